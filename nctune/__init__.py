@@ -1,0 +1,66 @@
+"""nctune: principled, cheap fine-tuning of pretrained vision backbones via neural collapse.
+
+The public verbs are re-exported here lazily (PEP 562), so ``import nctune.collapse``
+pulls in torch alone, not timm, torchvision or the rendering stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name → module that defines it
+_EXPORTS: dict[str, str] = {
+    "CollapseStats": "nctune.collapse",
+    "CollapseMetrics": "nctune.collapse",
+    "all_reduce_stats": "nctune.collapse",
+    "NctuneError": "nctune.errors",
+    "Recipe": "nctune.config",
+    "load_recipe": "nctune.config",
+    "Backbone": "nctune.backbones",
+    "create_backbone": "nctune.backbones",
+    "list_blocks": "nctune.backbones",
+    "build_data": "nctune.data",
+    "CollapseProfile": "nctune.analyze",
+    "LayerCollapse": "nctune.analyze",
+    "analyze": "nctune.analyze",
+    "select_layers": "nctune.selection",
+    "apply_strategy": "nctune.strategies",
+    "RunResult": "nctune.finetune",
+    "finetune": "nctune.finetune",
+    "load_finetuned": "nctune.artifacts",
+    "tune": "nctune.search",
+    "rank_backbones": "nctune.rank",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nctune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from nctune.analyze import CollapseProfile, LayerCollapse, analyze
+    from nctune.artifacts import load_finetuned
+    from nctune.backbones import Backbone, create_backbone, list_blocks
+    from nctune.collapse import CollapseMetrics, CollapseStats, all_reduce_stats
+    from nctune.config import Recipe, load_recipe
+    from nctune.data import build_data
+    from nctune.errors import NctuneError
+    from nctune.finetune import RunResult, finetune
+    from nctune.rank import rank_backbones
+    from nctune.search import tune
+    from nctune.selection import select_layers
+    from nctune.strategies import apply_strategy

