@@ -21,10 +21,12 @@ from nctune.collapse.stats import (
     CollapseStats,
     CollapseWarning,
 )
+from nctune.errors import CollapseError
 
 __all__ = [
     "DEFAULT_MAX_FULL_DIM",
     "PINV_RTOL",
+    "CollapseError",
     "CollapseMetrics",
     "CollapseStats",
     "CollapseWarning",
