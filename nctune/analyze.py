@@ -1,0 +1,305 @@
+"""One streaming pass over the downstream data → a layer-wise :class:`CollapseProfile`.
+
+recipe ──► backbone + loaders ──► LayerTaps (pooled (B, D) per block)
+       ──► CollapseStats per block ──► CollapseProfile (+ NCC accuracy on val)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from nctune.collapse import CollapseMetrics, CollapseStats, ncc_predict
+from nctune.errors import ConfigError
+from nctune.taps import LayerTaps, TapSpec, TokenPool, autocast, eval_mode, to_device
+
+if TYPE_CHECKING:
+    from nctune.backbones import Backbone
+    from nctune.config import Recipe
+    from nctune.data import DataSplits
+
+#: Name of the pseudo-layer holding the classifier's input (penultimate features).
+PRE_LOGITS = "pre_logits"
+
+#: ``progress(phase, batches_done, batches_total_or_None)``: the CLI draws a bar from it.
+ProgressFn = Callable[[str, int, int | None], None]
+
+
+@dataclass(frozen=True)
+class LayerCollapse:
+    """Collapse of one tapped layer.
+
+    Attributes:
+        index: depth order, 0 = shallowest.
+        name: module path (PEFT ``target_modules`` form), or ``"pre_logits"``.
+        dim: pooled feature width.
+        metrics: every collapse metric on the training split.
+        ncc_accuracy: nearest-class-centre accuracy on the validation split (None without one).
+        tunable: False for the pre-logits pseudo-layer, which is not a block one can tune.
+    """
+
+    index: int
+    name: str
+    dim: int
+    metrics: CollapseMetrics = field(repr=False)
+    ncc_accuracy: float | None
+    tunable: bool = True
+
+    @property
+    def nc1(self) -> float:
+        return self.metrics.nc1
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "index": self.index,
+            "name": self.name,
+            "dim": self.dim,
+            "nc1": m.nc1,
+            "trace_ratio": m.trace_ratio,
+            "cdnv": m.cdnv,
+            "ncc_accuracy": self.ncc_accuracy,
+            "nc2_equinorm": m.nc2_equinorm,
+            "nc2_equiangle": m.nc2_equiangle,
+            "tunable": self.tunable,
+        }
+
+
+@dataclass
+class CollapseProfile:
+    """Layer-wise neural collapse of a model on one dataset.
+
+    Attributes:
+        layers: one entry per tapped layer, shallow → deep.
+        num_samples: training samples measured.
+        num_classes: classes present in them.
+        seconds: wall time of the measurement passes.
+        backbone: the backbone spec, when known.
+        dataset: a description of the data, when known.
+    """
+
+    layers: list[LayerCollapse]
+    num_samples: int
+    num_classes: int
+    seconds: float
+    backbone: str | None = None
+    dataset: str | None = None
+
+    def __getitem__(self, name: str) -> LayerCollapse:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    @property
+    def blocks(self) -> list[LayerCollapse]:
+        """The tunable layers (everything but ``pre_logits``)."""
+        return [layer for layer in self.layers if layer.tunable]
+
+    @property
+    def penultimate(self) -> LayerCollapse:
+        """The deepest layer: pre-logits when tapped, else the last block."""
+        return self.layers[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``analysis.json`` body (without the recommendation, which the caller adds)."""
+        return {
+            "backbone": self.backbone,
+            "dataset": self.dataset,
+            "num_samples": self.num_samples,
+            "num_classes": self.num_classes,
+            "seconds": self.seconds,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def _tap_specs(
+    model: Backbone | nn.Module, layers: list[str] | None, pre_logits: bool
+) -> tuple[nn.Module, list[TapSpec], int]:
+    """(module to run, taps, prefix tokens) for a Backbone or a plain module."""
+    from nctune.backbones import Backbone, list_blocks
+
+    if isinstance(model, Backbone):
+        names = model.resolve_layers(layers)
+        layouts = {b.name: b.layout for b in model.blocks()}
+        specs = [TapSpec(n, n, layouts.get(n, "auto")) for n in names]
+        if pre_logits:
+            specs.append(TapSpec(PRE_LOGITS, model.classifier_name, "NC", on_input=True))
+        return model.model, specs, model.num_prefix_tokens
+    names = layers if layers is not None else list_blocks(model)
+    prefix = int(getattr(model, "num_prefix_tokens", 1 if hasattr(model, "cls_token") else 0))
+    return model, [TapSpec(n, n, "auto") for n in names], prefix
+
+
+def _num_classes(loader: Iterable, num_classes: int | None) -> int:
+    if num_classes is not None:
+        return num_classes
+    classes = getattr(getattr(loader, "dataset", None), "classes", None)
+    if classes is None:
+        raise ConfigError("analyze: pass num_classes= (the loader's dataset has no .classes)")
+    return len(classes)
+
+
+def analyze(
+    model: Backbone | nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    layers: list[str] | None = None,
+    *,
+    val_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    num_classes: int | None = None,
+    token_pool: TokenPool = "cls",
+    include_pre_logits: bool = True,
+    max_full_dim: int = 4096,
+    device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
+) -> CollapseProfile:
+    """Measure layer-wise neural collapse in one streaming pass over ``loader``.
+
+    Each tapped layer's output is pooled to ``(B, D)`` and added to that layer's
+    :class:`~nctune.collapse.CollapseStats`; no feature matrix is kept, memory is
+    O(Σ_layers D² + KD). The forward pass stops after the deepest tapped layer. With
+    ``val_loader``, a second pass gives each layer's nearest-class-centre accuracy
+    against the training class means. Layers wider than ``max_full_dim`` need one more
+    pass over ``loader`` (the bounded-memory two-pass statistics).
+
+    Args:
+        model: a :class:`~nctune.backbones.Backbone` or any ``nn.Module`` (its blocks are
+            discovered with :func:`~nctune.backbones.list_blocks`). Run in eval mode under
+            ``torch.inference_mode``; modes are restored afterwards.
+        loader: iterable of ``(images, labels)`` training batches.
+        layers: module paths or glob patterns to tap; default every block.
+        val_loader: held-out batches for NCC accuracy.
+        num_classes: K; default ``len(loader.dataset.classes)``.
+        token_pool: ``"cls"`` or ``"mean"`` pooling for token maps.
+        include_pre_logits: also tap the classifier's input (Backbone only).
+        max_full_dim: widths above this use two-pass statistics.
+        device: where to run; default the model's own device.
+        progress: optional ``progress(phase, done, total)`` callback.
+
+    Returns:
+        The profile, shallow → deep (``pre_logits`` last when tapped).
+    """
+    start = time.perf_counter()
+    k = _num_classes(loader, num_classes)
+    module, specs, prefix = _tap_specs(model, layers, include_pre_logits)
+    if device is None:
+        param = next(module.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    module.to(device)
+    stats = {s.name: CollapseStats(k, max_full_dim=max_full_dim) for s in specs}
+    labels: list[torch.Tensor] = []  # the current batch's labels, read by the sink
+
+    def run(phase: str, data: Iterable, taps: list[TapSpec], sink) -> None:
+        total = len(data) if hasattr(data, "__len__") else None
+        if progress:
+            progress(phase, 0, total)
+        with LayerTaps(module, taps, sink, token_pool=token_pool, prefix_tokens=prefix) as hooks:
+            for i, (x, y) in enumerate(data):
+                labels[:] = [torch.as_tensor(y).to(device)]
+                with autocast(device):
+                    hooks.forward(to_device(x, device))
+                if progress:
+                    progress(phase, i + 1, total)
+
+    def accumulate(name: str, feats: torch.Tensor) -> None:
+        stats[name].update(feats, labels[0])
+
+    with eval_mode(module), torch.inference_mode():
+        run("train", loader, specs, accumulate)
+        two_pass = [s for s in specs if stats[s.name].needs_another_pass]
+        if two_pass:
+            for s in two_pass:
+                stats[s.name].next_pass()
+            run("train (pass 2)", loader, two_pass, accumulate)
+        metrics = {name: st.compute() for name, st in stats.items()}
+        ncc: dict[str, float | None] = dict.fromkeys(metrics)
+        if val_loader is not None:
+            correct = dict.fromkeys(metrics, 0)
+            seen = [0]
+
+            def score(name: str, feats: torch.Tensor) -> None:
+                m = metrics[name]
+                pred = ncc_predict(feats, m.class_means, m.classes)
+                correct[name] += int((pred == labels[0].to(pred.device)).sum())
+                if name == specs[0].name:
+                    seen[0] += int(labels[0].numel())
+
+            run("val", val_loader, specs, score)
+            if seen[0]:
+                ncc = {name: correct[name] / seen[0] for name in metrics}
+    layer_list = [
+        LayerCollapse(
+            i, s.name, metrics[s.name].dim, metrics[s.name], ncc[s.name], s.name != PRE_LOGITS
+        )
+        for i, s in enumerate(specs)
+    ]
+    first = metrics[specs[0].name]
+    return CollapseProfile(
+        layers=layer_list,
+        num_samples=first.num_samples,
+        num_classes=first.num_classes,
+        seconds=time.perf_counter() - start,
+        backbone=getattr(model, "spec", None),
+    )
+
+
+@dataclass
+class Analysis:
+    """What ``nctune analyze`` produces: the profile plus the context it was measured in."""
+
+    profile: CollapseProfile
+    recommendation: Any  # nctune.selection.Selection
+    backbone: Backbone = field(repr=False)
+    data: DataSplits = field(repr=False)
+    recipe: Recipe = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``analysis.json`` document (DESIGN §4)."""
+        out = self.profile.to_dict()
+        out["recommendation"] = self.recommendation.to_dict()
+        return out
+
+
+def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analysis:
+    """Recipe → backbone, data, profile and a layer recommendation (what the CLI runs)."""
+    from nctune.backbones import create_backbone
+    from nctune.data import build_data, make_loader
+    from nctune.selection import select_layers
+    from nctune.taps import resolve_device
+
+    torch.manual_seed(recipe.seed)
+    device = resolve_device(recipe.device)
+    backbone = create_backbone(recipe.backbone)
+    splits = build_data(recipe.data, backbone.input_config, seed=recipe.seed)
+    train = splits.train
+    if recipe.analysis.max_samples is not None and len(train) > recipe.analysis.max_samples:
+        g = torch.Generator().manual_seed(recipe.seed)
+        idx = torch.randperm(len(train), generator=g)[: recipe.analysis.max_samples].tolist()
+        train = torch.utils.data.Subset(train, sorted(idx))
+    loader = make_loader(train, recipe.data, train=False, seed=recipe.seed, device=device)
+    val = splits.val if splits.val is not None else splits.test
+    val_loader = (
+        make_loader(val, recipe.data, train=False, seed=recipe.seed, device=device)
+        if val is not None
+        else None
+    )
+    profile = analyze(
+        backbone,
+        loader,
+        recipe.analysis.layers,
+        val_loader=val_loader,
+        num_classes=splits.num_classes,
+        token_pool=recipe.analysis.token_pool,
+        max_full_dim=recipe.analysis.max_full_dim,
+        device=device,
+        progress=progress,
+    )
+    profile.backbone = backbone.spec
+    profile.dataset = splits.source
+    return Analysis(profile, select_layers(profile), backbone, splits, recipe)

@@ -1,0 +1,29 @@
+"""The ``nctune`` command line: a thin Typer layer (load recipe → call library → render).
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from nctune.cli.analyze import analyze
+
+app = typer.Typer(
+    name="nctune",
+    help="Fine-tune pretrained vision backbones guided by neural collapse.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.command("analyze")(analyze)
+
+
+@app.callback()
+def _root() -> None:
+    """Fine-tune pretrained vision backbones guided by neural collapse (Li et al., arXiv 2212.12206)."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

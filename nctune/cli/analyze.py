@@ -1,0 +1,51 @@
+"""``nctune analyze``: layer-wise neural collapse of a backbone on the downstream data."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from nctune.artifacts import atomic_write_json, atomic_write_text, staged_dir, to_json
+from nctune.cli.common import (
+    JsonOpt,
+    OutOpt,
+    RecipeArg,
+    SetOpt,
+    default_out,
+    emit_json,
+    handle_errors,
+    progress_bar,
+)
+
+
+@handle_errors
+def analyze(
+    recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = None, json_: JsonOpt = False
+) -> None:
+    """Measure how collapsed each block's features already are on your training data.
+
+    Writes DIR/analysis.json, DIR/collapse.png and the resolved DIR/recipe.yaml.
+    """
+    from nctune.analyze import analyze_recipe
+    from nctune.artifacts import check_writable
+    from nctune.config import load_recipe
+    from nctune.report import plot_profile, profile_table
+
+    cfg = load_recipe(recipe, set_)
+    out = check_writable(out or default_out(recipe, "analyze"))
+    with progress_bar() as progress:
+        result = analyze_recipe(cfg, progress=progress)
+    doc = result.to_dict()
+    with staged_dir(out) as tmp:
+        atomic_write_json(tmp / "analysis.json", doc)
+        atomic_write_text(tmp / "recipe.yaml", cfg.to_yaml())
+        plot_profile(result.profile, tmp / "collapse.png", result.recommendation)
+    if json_:
+        emit_json(to_json(doc))
+        return
+    console = Console()
+    console.print(profile_table(result.profile, result.recommendation))
+    rec = result.recommendation
+    console.print(
+        f"[bold]Recommendation[/] ({rec.rule}): tune [green]{', '.join(rec.layers)}[/] — {rec.reason}."
+    )
+    console.print(f"Results in [cyan]{out}[/] (analysis.json, collapse.png, recipe.yaml)")

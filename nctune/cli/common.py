@@ -1,0 +1,124 @@
+"""What every command shares: option aliases, error handling, consoles, progress."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nctune.errors import NctuneError
+
+# Annotated option aliases, defined once (Typer's one-file-per-command style).
+RecipeArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Recipe YAML file. Omit to use the defaults (the offline quickstart).",
+        show_default=False,
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a recipe field: key.path=value (repeatable).",
+        show_default=False,
+    ),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", "-o", help="Result folder (default runs/<recipe>/<command>).", show_default=False
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result JSON alone on stdout.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: stderr console: errors, warnings, progress (never mixed into --json stdout).
+err_console = Console(stderr=True)
+
+
+def default_out(recipe: Path | None, command: str) -> Path:
+    """``runs/<recipe stem>/<command>`` (``runs/default/...`` without a recipe file)."""
+    return Path("runs") / (recipe.stem if recipe else "default") / command
+
+
+def handle_errors(fn: F) -> F:
+    """Bad input (NctuneError) → one red line on stderr and exit code 2, no traceback.
+
+    Library warnings are collected and shown as one dim line each after the command.
+    Any other exception propagates: it is a bug, Python prints the traceback, exit 1.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                return fn(*args, **kwargs)
+            except NctuneError as err:
+                err_console.print(
+                    f"[bold red]error:[/] {_one_line(str(err))}", highlight=False, soft_wrap=True
+                )
+                raise typer.Exit(2) from None
+            finally:
+                _show_warnings(caught)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    seen = set()
+    for w in caught:
+        # Only our own and users' warnings; third-party deprecation chatter is noise here.
+        if issubclass(w.category, (DeprecationWarning, FutureWarning)):
+            continue
+        msg = _one_line(str(w.message))
+        if msg not in seen:
+            seen.add(msg)
+            err_console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+
+
+def emit_json(text: str) -> None:
+    """Write the result JSON alone on stdout."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A rich progress bar on stderr, driven by the library's ``progress(phase, done, total)``."""
+    if not enabled:
+        yield lambda phase, done, total: None
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(phase: str, done: int, total: int | None, info: str = "") -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total, info=info)
+        bar.update(tasks[phase], completed=done, total=total, info=info)
+
+    with bar:
+        yield update

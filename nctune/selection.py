@@ -1,0 +1,144 @@
+"""Layer selection: rules that turn a :class:`~nctune.analyze.CollapseProfile` into blocks.
+
+Every rule sees the tunable blocks shallow → deep and returns module paths in the form
+PEFT's ``target_modules`` accepts. Rules are registered by name (timm-style registry),
+so a recipe says ``strategy.rule: knee`` and a user can add their own with
+:func:`register_rule`.
+
+Why these rules (Li et al., arXiv 2212.12206): NC1 falls with depth, and fine-tuning
+helps exactly where the pretrained blocks stop collapsing the downstream classes.
+
+* ``last`` — the deepest block: the classic "unfreeze the top" baseline.
+* ``knee`` — the block after which NC1 stops falling by more than ``threshold``
+  (relative, block over block): the last block that still does collapsing work on this
+  data. Deeper blocks add little, so this is where a tuned block has most to gain from
+  the pretrained features up to it.
+* ``min_nc1`` — the block whose features are already most collapsed.
+* ``max_ncc`` — the block whose features give the best held-out nearest-class-centre
+  accuracy: the most linearly usable representation, measured rather than assumed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from nctune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nctune.analyze import CollapseProfile, LayerCollapse
+
+#: The rule used when a recipe names none. Chosen by the evidence study (docs/evidence.md).
+DEFAULT_RULE = "knee"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which blocks to tune, and why.
+
+    Attributes:
+        rule: the rule's registered name.
+        layers: module paths, shallow → deep.
+        reason: one sentence a report can print.
+    """
+
+    rule: str
+    layers: list[str]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Rule = Callable[..., Selection]
+_RULES: dict[str, Rule] = {}
+
+
+def register_rule(name: str) -> Callable[[Rule], Rule]:
+    """Decorator: make ``fn(blocks, **params) -> Selection`` available as ``name``."""
+
+    def deco(fn: Rule) -> Rule:
+        _RULES[name] = fn
+        return fn
+
+    return deco
+
+
+def list_rules() -> list[str]:
+    """Registered rule names."""
+    return sorted(_RULES)
+
+
+@register_rule("last")
+def _last(blocks: list[LayerCollapse]) -> Selection:
+    b = blocks[-1]
+    return Selection("last", [b.name], f"{b.name} is the deepest block")
+
+
+@register_rule("knee")
+def _knee(blocks: list[LayerCollapse], threshold: float = 0.1) -> Selection:
+    if not 0.0 <= threshold < 1.0:
+        raise ConfigError(f"strategy.threshold: must be in [0, 1), got {threshold}")
+    drops = [(prev.nc1 - cur.nc1) / prev.nc1 for prev, cur in itertools.pairwise(blocks)]
+    significant = [i + 1 for i, d in enumerate(drops) if d > threshold]
+    if not significant:
+        b = blocks[0] if len(blocks) == 1 else blocks[-1]
+        return Selection(
+            "knee",
+            [b.name],
+            f"NC1 never falls by more than {threshold:.0%} per block; using the deepest, {b.name}",
+        )
+    b = blocks[significant[-1]]
+    return Selection(
+        "knee",
+        [b.name],
+        f"NC1 stops falling by more than {threshold:.0%} per block after {b.name} (NC1 {b.nc1:.3g})",
+    )
+
+
+@register_rule("min_nc1")
+def _min_nc1(blocks: list[LayerCollapse]) -> Selection:
+    b = min(blocks, key=lambda layer: layer.nc1)
+    return Selection("min_nc1", [b.name], f"{b.name} has the lowest NC1 ({b.nc1:.3g})")
+
+
+@register_rule("max_ncc")
+def _max_ncc(blocks: list[LayerCollapse]) -> Selection:
+    scored = [b for b in blocks if b.ncc_accuracy is not None]
+    if not scored:
+        raise ConfigError(
+            "strategy.rule: max_ncc needs a validation split (set data.val_fraction > 0)"
+        )
+    # Ties go to the deeper block: the same accuracy with more pretrained computation.
+    b = max(reversed(scored), key=lambda layer: layer.ncc_accuracy)
+    return Selection(
+        "max_ncc", [b.name], f"{b.name} has the best held-out NCC accuracy ({b.ncc_accuracy:.1%})"
+    )
+
+
+def select_layers(profile: CollapseProfile, rule: str | None = None, **params: Any) -> Selection:
+    """Apply a registered selection rule to a profile.
+
+    Args:
+        profile: the layer-wise collapse of the backbone on the downstream data.
+        rule: a name from :func:`list_rules`; default :data:`DEFAULT_RULE`.
+        **params: the rule's parameters (e.g. ``threshold`` for ``knee``).
+
+    Returns:
+        The selected block(s) and the reason.
+    """
+    name = rule or DEFAULT_RULE
+    fn = _RULES.get(name)
+    if fn is None:
+        raise ConfigError(
+            f"strategy.rule: unknown rule {name!r} (choose from {', '.join(list_rules())})"
+        )
+    blocks = profile.blocks
+    if not blocks:
+        raise ConfigError("strategy.rule: the profile has no tunable blocks to choose from")
+    try:
+        return fn(blocks, **params)
+    except TypeError as err:
+        raise ConfigError(f"strategy.rule: bad parameters for rule {name!r}: {err}") from None
