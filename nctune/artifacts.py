@@ -129,3 +129,115 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ fine-tuned runs
+MODEL_FILE = "model.safetensors"
+REPORT_FILE = "report.json"
+RECIPE_FILE = "recipe.yaml"
+
+
+def save_model(model, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Save a :class:`~nctune.strategies.TunedModel` as safetensors (weights + how to rebuild).
+
+    The metadata holds the model's ``config`` (backbone architecture, head, skip block,
+    input config) as JSON, so :func:`load_finetuned` needs no pickle and no network.
+    """
+    from safetensors.torch import save_model as st_save_model
+
+    path = Path(path)
+    meta = {"nctune_format": "1", "kind": "finetuned", "config": json.dumps(_clean(model.config))}
+    for key, value in (extra or {}).items():
+        meta[key] = json.dumps(_clean(value))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        st_save_model(model, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ArtifactError(f"{path}: cannot write ({err.strerror or err})") from None
+    return path
+
+
+def load_finetuned(path: str | Path, device: str = "cpu"):
+    """Rebuild a fine-tuned model from a run folder (or its ``model.safetensors``).
+
+    No pickle and no download: the architecture is rebuilt from the safetensors metadata
+    with random weights, then every tensor is loaded strictly.
+
+    Args:
+        path: an ``nctune finetune`` output folder, or the ``model.safetensors`` in it.
+        device: where to put the model.
+
+    Returns:
+        The :class:`~nctune.strategies.TunedModel` in eval mode, with ``classes`` (label
+        names) and ``input_config`` (image size and normalisation) attached.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    from nctune.backbones import InputConfig, rebuild_architecture
+    from nctune.strategies import TunedModel
+
+    path = Path(path)
+    file = path / MODEL_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ArtifactError(
+            f"{file}: no fine-tuned model here (expected {MODEL_FILE} from nctune finetune)"
+        )
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+        config = json.loads(meta["config"])
+    except (KeyError, ValueError, OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(
+            f"{file}: not an nctune fine-tuned model ({err.__class__.__name__})"
+        ) from None
+    backbone = rebuild_architecture(config["backbone"], where=str(file))
+    backbone.spec = config.get("backbone_spec", backbone.spec)
+    model = TunedModel(
+        backbone,
+        config["num_classes"],
+        skip_block=config["skip_block"],
+        token_pool=config["token_pool"],
+        head_dropout=config["head_dropout"],
+    )
+    try:
+        load_model(model, str(file), strict=True, device=str(device))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ArtifactError(
+            f"{file}: weights do not match the recorded architecture ({first[:200]})"
+        ) from None
+    model.input_config = InputConfig(
+        **{
+            **config["input_config"],
+            "mean": tuple(config["input_config"]["mean"]),
+            "std": tuple(config["input_config"]["std"]),
+        }
+    )
+    model.classes = json.loads(meta["classes"]) if "classes" in meta else None
+    # what nctune.backbones' file: source reads when a run folder is used as a backbone
+    model.nctune_arch = config["backbone"].get("arch")
+    model.nctune_input_config = model.input_config
+    return model.to(device).eval()
+
+
+def save_run(run_dir: str | Path, result, recipe_yaml: str | None = None) -> Path:
+    """Write a finished run: ``model.safetensors``, ``report.json``, ``training.png``.
+
+    Each file is atomic; ``recipe.yaml`` (already written when the run started) is
+    rewritten only when ``recipe_yaml`` is given.
+    """
+    from nctune.report import plot_training
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if recipe_yaml is not None:
+        atomic_write_text(run_dir / RECIPE_FILE, recipe_yaml)
+    save_model(result.model, run_dir / MODEL_FILE, extra={"classes": result.classes})
+    atomic_write_json(run_dir / REPORT_FILE, result.to_dict())
+    plot_training(result, run_dir / "training.png")
+    return run_dir

@@ -1067,19 +1067,8 @@ def _create_file(
         )
     obj, meta = _read_file(path, where)
     if meta.get("nctune_format"):
-        try:
-            build_kwargs = {**json.loads(meta.get("model_kwargs") or "{}"), **kwargs}
-            build_spec = meta["spec"]
-            num_classes = int(meta["num_classes"])
-        except (KeyError, ValueError) as err:
-            raise BackboneError(f"{where}: damaged nctune metadata ({err})") from None
-        build_kwargs.pop("num_classes", None)
-        source, inner = _parse_spec(build_spec)
-        if source == "file":
-            raise BackboneError(f"{where}: metadata spec {build_spec!r} points at another file")
-        built = _SOURCES[source](inner, False, None, build_kwargs)
-        if built.num_classes != num_classes:
-            built.reset_classifier(num_classes)
+        built = rebuild_architecture(meta, where=where, **kwargs)
+        build_spec = built._build_spec
         built.load_weights(_unwrap_state_dict(obj, where), where=where, adopt_num_classes=False)
     elif (
         isinstance(obj, Mapping)
@@ -1100,6 +1089,32 @@ def _create_file(
     built.source = "file"
     built._build_spec = build_spec
     built.model.eval()
+    return built
+
+
+def rebuild_architecture(
+    meta: Mapping[str, str], *, where: str = "metadata", **kwargs: Any
+) -> Backbone:
+    """The architecture :meth:`Backbone.metadata` describes, randomly initialised (no download).
+
+    Args:
+        meta: ``spec``, ``num_classes`` and ``model_kwargs`` as written by :meth:`Backbone.save`.
+        where: file name for error messages.
+        **kwargs: extra model factory arguments (override the recorded ones).
+    """
+    try:
+        build_kwargs = {**json.loads(meta.get("model_kwargs") or "{}"), **kwargs}
+        build_spec = meta["spec"]
+        num_classes = int(meta["num_classes"])
+    except (KeyError, ValueError) as err:
+        raise BackboneError(f"{where}: damaged nctune metadata ({err})") from None
+    build_kwargs.pop("num_classes", None)
+    source, inner = _parse_spec(build_spec)
+    if source == "file":
+        raise BackboneError(f"{where}: metadata spec {build_spec!r} points at another file")
+    built = _SOURCES[source](inner, False, None, build_kwargs)
+    if built.num_classes != num_classes:
+        built.reset_classifier(num_classes)
     return built
 
 

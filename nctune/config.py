@@ -136,12 +136,116 @@ class AnalysisConfig(Section):
     )
 
 
+class StrategyConfig(Section):
+    """What `nctune finetune` trains (see nctune.strategies)."""
+
+    name: Literal["linear", "full", "layers", "scl", "lora", "lp-ft", "auto"] = Field(
+        "auto",
+        description=(
+            "linear (head only), full (everything), layers (named blocks + head), scl (one block + "
+            "a head fed by that block and the penultimate features), lora (PEFT LoRA adapters), "
+            "lp-ft (probe, then full at a lower rate), auto (NC-guided block choice, then scl)."
+        ),
+    )
+    layers: list[str] | None = Field(
+        None,
+        description="Blocks to tune (module paths or globs); default: chosen by 'rule' from the NC profile.",
+    )
+    rule: str | None = Field(
+        None,
+        description="Selection rule: last, knee, min_nc1, max_ncc (default: nctune's default rule).",
+    )
+    threshold: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="knee rule: relative NC1 drop per block that still counts as falling.",
+    )
+    head_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Dropout before the classifier head."
+    )
+    lora_rank: int = Field(8, ge=1, description="LoRA rank r.")
+    lora_alpha: float = Field(
+        16.0, gt=0.0, description="LoRA scaling alpha (update scaled by alpha/r)."
+    )
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    lora_targets: list[str] | None = Field(
+        None,
+        description="Modules LoRA wraps (paths/globs of nn.Linear/nn.Conv2d); default: all in 'layers' or the backbone.",
+    )
+    probe_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="lp-ft: epochs of linear probing before full fine-tuning (default: half).",
+    )
+    full_lr_scale: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="lp-ft: learning-rate factor for the full fine-tuning phase.",
+    )
+
+
+class TrainConfig(Section):
+    """The training loop (nctune.train)."""
+
+    epochs: int = Field(10, ge=1, description="Training epochs.")
+    lr: float = Field(1e-3, gt=0.0, description="Peak learning rate (after warm-up).")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="AdamW or SGD with Nesterov momentum."
+    )
+    weight_decay: float = Field(
+        0.01, ge=0.0, description="Decoupled weight decay (not on biases and norms)."
+    )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    warmup_epochs: float = Field(
+        1.0, ge=0.0, description="Linear warm-up length in epochs (fractions allowed)."
+    )
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="Decay after warm-up.")
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="Cosine floor as a fraction of lr."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Cross-entropy label smoothing."
+    )
+    grad_clip: float | None = Field(
+        1.0, gt=0.0, description="Clip the global gradient norm (null: off)."
+    )
+    early_stopping: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many epochs without a better validation accuracy (null: off).",
+    )
+    amp: bool = Field(
+        True, description="Mixed precision (autocast + grad scaling) on CUDA; ignored on CPU."
+    )
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA.")
+    cache_prefix: Literal["auto", "memory", "disk", "off"] = Field(
+        "auto",
+        description="Compute the frozen prefix once and cache it (needs data.augment: false). auto: memory, else disk.",
+    )
+    cache_max_mb: int = Field(2048, ge=0, description="Largest prefix cache kept in memory (MiB).")
+    cache_disk_max_mb: int = Field(
+        16384, ge=0, description="Largest prefix cache written to disk (MiB)."
+    )
+    track_collapse: bool = Field(
+        True,
+        description="Per-epoch NC1 of the head's input on the training data, from the training pass itself.",
+    )
+    profile_after: bool = Field(
+        True, description="Measure every block's NC1 again after training (the before/after table)."
+    )
+    deterministic: bool = Field(True, description="Deterministic algorithms where torch has them.")
+
+
 class Recipe(Section):
     """A whole nctune run: every section, plus the seed and the device."""
 
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     seed: int = Field(0, description="Seed for splits, sampling, initialisation and order.")
     device: str = Field(
         "auto", description="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."

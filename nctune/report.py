@@ -96,8 +96,117 @@ def plot_profile(
             for i, layer in enumerate(layers):
                 if layer.name in recommendation.layers:
                     ax.axvline(i, color="tab:green", alpha=0.5, lw=6, label=None)
-        ax.legend(*handles, loc="upper right", fontsize=8)
+        ax.legend(*handles, loc="center right", fontsize=8)
         ax.set_title(f"{profile.backbone or 'model'} on {profile.dataset or 'data'}", fontsize=9)
+        return atomic_write_bytes(path, _png(fig))
+    finally:
+        plt.close(fig)
+
+
+def finetune_tables(result) -> list[Table]:
+    """The collapse-versus-accuracy report of a fine-tuning run: per-block NC1 before/after,
+    then the summary (accuracy, trainable parameters, time)."""
+    tables = []
+    if result.layers:
+        t = Table(
+            title=f"NC1 per block before → after {result.strategy} fine-tuning", header_style="bold"
+        )
+        for col, justify in [
+            ("layer", "left"),
+            ("width", "right"),
+            ("NC1 before", "right"),
+            ("NC1 after", "right"),
+            ("change", "right"),
+            ("NCC before", "right"),
+            ("NCC after", "right"),
+        ]:
+            t.add_column(col, justify=justify)
+        for row in result.layers:
+            b, a = row["nc1_before"], row["nc1_after"]
+            change = "–" if not (b and a) else f"{(a - b) / b:+.0%}"
+            pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+            style = "bold green" if row["tuned"] and result.tuned_layers != ["*"] else None
+            t.add_row(
+                row["name"] + (" (tuned)" if style else ""),
+                str(row["dim"]),
+                _fmt(b),
+                _fmt(a),
+                change,
+                pct(row["ncc_before"]),
+                pct(row["ncc_after"]),
+                style=style,
+            )
+        tables.append(t)
+    s = Table(title="Result", show_header=False)
+    s.add_column(style="bold")
+    s.add_column()
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.2f}%"
+
+    s.add_row(
+        "strategy",
+        result.strategy + (f" (rule {result.selection['rule']})" if result.selection else ""),
+    )
+    s.add_row("tuned blocks", ", ".join(result.tuned_layers) or "head only")
+    s.add_row(
+        "trainable params",
+        f"{result.trainable_params:,} of {result.total_params:,} "
+        f"({100 * result.trainable_params / max(1, result.total_params):.2f}%)",
+    )
+    s.add_row(
+        "val accuracy",
+        pct(result.val_accuracy) + (f" (epoch {result.best_epoch})" if result.best_epoch else ""),
+    )
+    s.add_row("test accuracy", pct(result.test_accuracy))
+    s.add_row(
+        "NC1 of head input", f"{_fmt(result.nc1_before)} → {_fmt(result.nc1_after)} (train split)"
+    )
+    cache = result.cache or {}
+    s.add_row(
+        "prefix cache",
+        f"{cache.get('where')} at {cache.get('cut')}, {cache.get('megabytes')} MiB"
+        if cache.get("used")
+        else f"off ({cache.get('reason') or 'n/a'})",
+    )
+    s.add_row("training time", f"{result.wall_seconds:.1f} s (total {result.total_seconds:.1f} s)")
+    tables.append(s)
+    return tables
+
+
+def plot_training(result, path: str | Path) -> Path:
+    """Accuracy (train, val) and the head input's NC1 per epoch, as a PNG (atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = result.history
+    epochs = [e["epoch"] for e in h]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    try:
+        ax1.plot(epochs, [100 * e["accuracy"] for e in h], "o-", label="train (running)")
+        if any(e["val_accuracy"] is not None for e in h):
+            ax1.plot(
+                epochs,
+                [float("nan") if e["val_accuracy"] is None else 100 * e["val_accuracy"] for e in h],
+                "s-",
+                label="val",
+            )
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("accuracy (%)")
+        ax1.grid(alpha=0.3)
+        ax1.legend(fontsize=8)
+        nc1 = [float("nan") if e["nc1"] is None else e["nc1"] for e in h]
+        ax2.plot(epochs, nc1, "o-", color="tab:purple")
+        if any(v == v and v > 0 for v in nc1):
+            ax2.set_yscale("log")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("NC1 of head input (train, log)")
+        ax2.grid(alpha=0.3)
+        fig.suptitle(
+            f"{result.strategy} on {result.dataset or 'data'} ({result.backbone})", fontsize=9
+        )
         return atomic_write_bytes(path, _png(fig))
     finally:
         plt.close(fig)

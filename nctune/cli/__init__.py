@@ -8,15 +8,17 @@ from __future__ import annotations
 import typer
 
 from nctune.cli.analyze import analyze
+from nctune.cli.finetune import finetune
 
 app = typer.Typer(
     name="nctune",
     help="Fine-tune pretrained vision backbones guided by neural collapse.",
     no_args_is_help=True,
     add_completion=False,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,  # internal errors: a plain traceback to paste in a bug report
 )
 app.command("analyze")(analyze)
+app.command("finetune")(finetune)
 
 
 @app.callback()

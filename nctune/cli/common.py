@@ -100,9 +100,13 @@ def emit_json(text: str) -> None:
 
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int | None], None]]:
-    """A rich progress bar on stderr, driven by the library's ``progress(phase, done, total)``."""
-    if not enabled:
-        yield lambda phase, done, total: None
+    """A rich progress bar on stderr, driven by the library's ``progress(phase, done, total)``.
+
+    Only on a terminal: redirected, rich renders nothing but still ends with a blank line,
+    which would break "an error is one line on stderr" for logs and scripts.
+    """
+    if not enabled or not err_console.is_terminal:
+        yield lambda phase, done, total, info="": None
         return
     bar = Progress(
         TextColumn("[bold]{task.description}"),

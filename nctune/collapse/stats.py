@@ -326,6 +326,39 @@ class CollapseStats:
         self._sums = _reshift(self._sums, self.shift - shift)
         self.shift = shift.clone()
 
+    # ------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        """The whole state as tensors and ints (for checkpoints; ``torch.save``-able)."""
+        s = self._sums
+        return {
+            "num_classes": self.num_classes,
+            "requested_mode": self.requested_mode,
+            "max_full_dim": self.max_full_dim,
+            "dim": self.dim,
+            "shift": self.shift,
+            "sums": None if s is None else [s.counts, s.sums, s.sq_norms, s.second_moment],
+            "batches": self._batches,
+            "pass_index": self.pass_index,
+            "frozen_means": self._frozen_means,
+            "directions": self._directions,
+            "proj_sq": self._proj_sq,
+            "pass2_counts": self._pass2_counts,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state written by :meth:`state_dict`."""
+        if state["num_classes"] != self.num_classes:
+            raise CollapseError(
+                f"state has K={state['num_classes']}, this object K={self.num_classes}"
+            )
+        self.requested_mode = state["requested_mode"]
+        self.max_full_dim = state["max_full_dim"]
+        self.dim, self.shift = state["dim"], state["shift"]
+        self._sums = None if state["sums"] is None else _Sums(*state["sums"])
+        self._batches, self.pass_index = state["batches"], state["pass_index"]
+        self._frozen_means, self._directions = state["frozen_means"], state["directions"]
+        self._proj_sq, self._pass2_counts = state["proj_sq"], state["pass2_counts"]
+
     # ---------------------------------------------------------------- compute
     def _checked_geometry(self):
         if self._sums is None:

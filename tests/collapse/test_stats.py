@@ -269,3 +269,16 @@ def test_numpy_reference_agrees_with_sklearn_free_brute_force():
     sb = mc.T @ mc / 4
     nc1 = np.trace(sw @ np.linalg.pinv(sb, rcond=1e-10, hermitian=True)) / 4
     assert reference_metrics(h, lab)["nc1"] == pytest.approx(nc1, rel=1e-8)
+
+
+def test_state_dict_round_trip_continues_exactly(tmp_path):
+    x, y = make_case(14, n=300, d=9, k=4, offset=5.0)
+    full = CollapseStats(4).update(x, y).compute()
+    a = CollapseStats(4).update(x[:120], y[:120])
+    torch.save(a.state_dict(), tmp_path / "s.pt")
+    b = CollapseStats(4)
+    b.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    b.update(x[120:], y[120:])
+    assert b.compute().nc1 == pytest.approx(full.nc1, rel=1e-12)
+    with pytest.raises(CollapseError, match="K=4"):
+        CollapseStats(5).load_state_dict(a.state_dict())

@@ -1,0 +1,175 @@
+"""``nctune finetune``: train with a strategy, then report collapse versus accuracy."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from nctune.artifacts import RECIPE_FILE, atomic_write_text, check_writable, save_run, to_json
+from nctune.cli.common import (
+    JsonOpt,
+    OutOpt,
+    RecipeArg,
+    SetOpt,
+    default_out,
+    emit_json,
+    err_console,
+    handle_errors,
+    progress_bar,
+)
+from nctune.errors import ArtifactError
+
+ResumeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        help="Continue the interrupted run in this folder (same recipe).",
+        show_default=False,
+    ),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing run in --out.")
+]
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _first_difference(va, vb, f"{prefix}{key}.")
+            if found:
+                return found
+        elif va != vb:
+            return f"{prefix}{key}"
+    return None
+
+
+def _check_resume(run_dir: Path, cfg) -> None:
+    import yaml
+
+    from nctune.train import CHECKPOINT
+
+    saved = run_dir / RECIPE_FILE
+    if not saved.is_file():
+        raise ArtifactError(f"--resume {run_dir}: not an nctune run folder (no {RECIPE_FILE})")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise ArtifactError(
+            f"--resume {run_dir}: no checkpoint to resume from (the run finished or never started)"
+        )
+    old = yaml.safe_load(saved.read_text())
+    new = cfg.model_dump(mode="json")
+    diff = _first_difference(old or {}, new)
+    if diff:
+        raise ArtifactError(
+            f"--resume {run_dir}: the recipe differs from the run's ({diff}); resume with the same recipe and --set values"
+        )
+
+
+class _StopFlag:
+    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        err_console.print(
+            "[yellow]stopping after this step; saving a checkpoint…[/] (Ctrl-C again to abort)"
+        )
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+@handle_errors
+def finetune(
+    recipe: RecipeArg = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Fine-tune with the recipe's strategy; report NC1 before/after and accuracy.
+
+    Writes DIR/report.json, DIR/model.safetensors, DIR/training.png and DIR/recipe.yaml;
+    checkpoints every epoch so an interrupted run continues with --resume DIR.
+    """
+    from nctune.config import load_recipe
+    from nctune.finetune import finetune as run_finetune
+    from nctune.finetune import prepare
+    from nctune.report import finetune_tables
+
+    cfg = load_recipe(recipe, set_)
+    if resume is not None:
+        run_dir = resume
+        _check_resume(run_dir, cfg)
+    else:
+        run_dir = check_writable(out or default_out(recipe, "finetune"))
+        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            raise ArtifactError(
+                f"--out {run_dir}: already holds a run; continue it with --resume {run_dir}, replace it with --overwrite, or pick another folder"
+            )
+    prepared = prepare(cfg)  # every bad-input check that needs the backbone/data, before writing
+    created = False
+    if resume is None:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        created = True
+        atomic_write_text(run_dir / RECIPE_FILE, cfg.to_yaml())
+    try:
+        with _StopFlag() as stop, progress_bar() as progress:
+            result = run_finetune(
+                cfg,
+                run_dir=run_dir,
+                resume=resume is not None,
+                should_stop=stop,
+                progress=progress,
+                prepared=prepared,
+            )
+    except Exception:
+        from nctune.train import CHECKPOINT
+
+        if created and not (run_dir / CHECKPOINT).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
+        raise
+    if result.interrupted:
+        where = f"{recipe} " if recipe else ""
+        err_console.print(
+            f"interrupted; checkpoint saved in {run_dir}. Continue with: nctune finetune {where}--resume {run_dir}"
+        )
+        raise typer.Exit(128 + (stop.signum or signal.SIGINT))
+    save_run(run_dir, result)
+    from nctune.train import CHECKPOINT
+
+    (run_dir / CHECKPOINT).unlink(
+        missing_ok=True
+    )  # the run is complete: model.safetensors replaces it
+    doc = result.to_dict()
+    if json_:
+        emit_json(to_json(doc))
+        return
+    console = Console()
+    for table in finetune_tables(result):
+        console.print(table)
+    console.print(
+        f"Results in [cyan]{run_dir}[/] (report.json, model.safetensors, training.png, recipe.yaml)"
+    )

@@ -1,0 +1,295 @@
+"""Recipe → collapse profile → layer selection → strategy → training → :class:`RunResult`.
+
+The library half of ``nctune finetune``: it returns a dataclass and writes nothing but
+checkpoints (when given a run folder); :func:`nctune.artifacts.save_run` writes the
+report, the weights and the plot.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from nctune.errors import CollapseError
+
+if TYPE_CHECKING:
+    from nctune.analyze import CollapseProfile
+    from nctune.backbones import Backbone
+    from nctune.config import Recipe
+    from nctune.data import DataSplits
+
+
+@dataclass
+class RunResult:
+    """Everything a fine-tuning run measured (``report.json`` is :meth:`to_dict`).
+
+    Attributes:
+        strategy: the strategy that trained (``auto`` resolves to ``scl``).
+        tuned_layers: backbone blocks whose weights trained (``["*"]``: all).
+        trainable_params, total_params: parameter counts (the largest phase for lp-ft).
+        val_accuracy: best validation accuracy (None without a validation split).
+        test_accuracy: accuracy of the kept weights on the test split (None without one).
+        nc1_before, nc1_after: NC1 of the features the head sees, on the training split,
+            in eval mode, before and after training.
+        wall_seconds: training time (prefix caching, epochs, validation).
+        history: per epoch: loss, accuracy, val_accuracy, nc1 (head input, from the
+            training pass), lr, seconds.
+        layers: per block: NC1 before and after training.
+    """
+
+    strategy: str
+    tuned_layers: list[str]
+    trainable_params: int
+    total_params: int
+    val_accuracy: float | None
+    test_accuracy: float | None
+    nc1_before: float | None
+    nc1_after: float | None
+    wall_seconds: float
+    history: list[dict[str, Any]]
+    selection: dict[str, Any] | None = None
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    train_accuracy: float | None = None
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    interrupted: bool = False
+    cache: dict[str, Any] = field(default_factory=dict)
+    backbone: str | None = None
+    dataset: str | None = None
+    classes: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    total_seconds: float = 0.0
+    model: nn.Module | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``report.json`` document (DESIGN §4 keys plus context)."""
+        keys = [
+            "strategy",
+            "tuned_layers",
+            "trainable_params",
+            "total_params",
+            "val_accuracy",
+            "test_accuracy",
+            "nc1_before",
+            "nc1_after",
+            "wall_seconds",
+            "history",
+            "selection",
+            "layers",
+            "train_accuracy",
+            "best_epoch",
+            "stopped_early",
+            "cache",
+            "backbone",
+            "dataset",
+            "classes",
+            "device",
+            "total_seconds",
+        ]
+        out = {k: getattr(self, k) for k in keys}
+        out["trainable_percent"] = 100.0 * self.trainable_params / max(1, self.total_params)
+        return out
+
+
+def _loader(dataset, batch_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def _head_nc1(
+    model: nn.Module, dataset, batch_size: int, device: torch.device, num_classes: int
+) -> tuple[float | None, float]:
+    """(NC1 of the head's input, accuracy) on ``dataset`` in eval mode."""
+    from nctune.train import evaluate
+
+    acc, stats = evaluate(model, _loader(dataset, batch_size), device, num_classes)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return stats.compute().nc1, acc
+    except CollapseError:
+        return None, acc
+
+
+def _profile(
+    backbone, splits: DataSplits, recipe: Recipe, device, progress, phase: str
+) -> CollapseProfile:
+    from nctune.analyze import analyze
+
+    bs = recipe.data.batch_size
+    return analyze(
+        backbone,
+        _loader(splits.train, bs),
+        recipe.analysis.layers,
+        val_loader=_loader(splits.val, bs) if splits.val is not None else None,
+        num_classes=splits.num_classes,
+        token_pool=recipe.analysis.token_pool,
+        max_full_dim=recipe.analysis.max_full_dim,
+        device=device,
+        progress=(lambda p, d, t: progress(f"{phase}: {p}", d, t)) if progress else None,
+    )
+
+
+def prepare(recipe: Recipe) -> tuple[Backbone, DataSplits, DataSplits, torch.device]:
+    """Backbone, data (and an un-augmented view of it) and device for a recipe.
+
+    Everything that can fail on bad input fails here, before a run folder exists.
+    """
+    from nctune.backbones import create_backbone
+    from nctune.data import build_data
+    from nctune.taps import resolve_device
+
+    device = resolve_device(recipe.device)
+    torch.manual_seed(recipe.seed)
+    backbone = create_backbone(recipe.backbone)
+    splits = build_data(recipe.data, backbone.input_config, seed=recipe.seed)
+    plain = splits
+    if recipe.data.augment:  # measurements and caches need the un-augmented images
+        plain = build_data(
+            recipe.data.model_copy(update={"augment": False}),
+            backbone.input_config,
+            seed=recipe.seed,
+        )
+    # Names in the strategy must exist before any run folder is created.
+    if recipe.strategy.layers:
+        backbone.resolve_layers(recipe.strategy.layers, field="strategy.layers")
+    if recipe.strategy.name == "lora" and recipe.strategy.lora_targets:
+        from nctune.strategies import lora_targets
+
+        lora_targets(backbone.model, None, recipe.strategy.lora_targets)
+    return backbone, splits, plain, device
+
+
+def finetune(
+    recipe: Recipe,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[..., None] | None = None,
+    prepared: tuple | None = None,
+) -> RunResult:
+    """Fine-tune the recipe's backbone with its strategy and measure collapse around it.
+
+    Steps: build backbone and data → profile every block's NC1 on the training split (and
+    NCC accuracy on validation) → select blocks (``strategy.rule``) when the strategy needs
+    them → :func:`~nctune.strategies.apply_strategy` → :func:`~nctune.train.fit` → keep the
+    best validation epoch → test accuracy, NC1 after training, per-block profile after.
+
+    Args:
+        recipe: a validated :class:`~nctune.config.Recipe`.
+        run_dir: folder for checkpoints (``checkpoint.pt``); None trains without them.
+        resume: continue from ``run_dir``'s checkpoint.
+        should_stop: polled after each step; True saves a checkpoint and returns early
+            with ``interrupted=True``.
+        progress: ``progress(phase, done, total, info=...)`` for a progress display.
+        prepared: the result of :func:`prepare` when the caller already built it.
+
+    Returns:
+        A :class:`RunResult`; ``result.model`` is the fine-tuned model in eval mode.
+    """
+    from nctune.selection import DEFAULT_RULE
+    from nctune.strategies import apply_strategy
+    from nctune.train import fit
+
+    start = time.perf_counter()
+    backbone, splits, plain, device = prepared or prepare(recipe)
+    s, t, bs, k = recipe.strategy, recipe.train, recipe.data.batch_size, splits.num_classes
+    needs_profile = s.name in ("auto",) or (s.name in ("layers", "scl") and not s.layers)
+    before = None
+    if needs_profile or t.profile_after:
+        before = _profile(backbone, plain, recipe, device, progress, "profile")
+    torch.manual_seed(recipe.seed)  # the head's initialisation depends on the seed alone
+    applied = apply_strategy(
+        backbone,
+        s.name,
+        k,
+        layers=s.layers,
+        profile=before,
+        rule=s.rule or DEFAULT_RULE,
+        rule_params={"threshold": s.threshold} if (s.rule or DEFAULT_RULE) == "knee" else None,
+        token_pool=recipe.analysis.token_pool,
+        head_dropout=s.head_dropout,
+        lora_rank=s.lora_rank,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=s.lora_dropout,
+        lora_target_patterns=s.lora_targets,
+    )
+    applied.model.to(device)
+    nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k)
+
+    result = fit(
+        applied,
+        splits.train,
+        splits.val,
+        t,
+        num_classes=k,
+        batch_size=bs,
+        block_names=backbone.block_names,
+        num_workers=recipe.data.num_workers,
+        seed=recipe.seed,
+        device=device,
+        augment=recipe.data.augment,
+        run_dir=run_dir,
+        resume=resume,
+        probe_epochs=s.probe_epochs,
+        full_lr_scale=s.full_lr_scale,
+        should_stop=should_stop,
+        progress=progress,
+    )
+    run = RunResult(
+        strategy=applied.strategy,
+        tuned_layers=applied.tuned_layers,
+        trainable_params=applied.trainable_params,
+        total_params=applied.total_params,
+        val_accuracy=result.best_val_accuracy,
+        test_accuracy=None,
+        nc1_before=nc1_before,
+        nc1_after=None,
+        wall_seconds=result.seconds,
+        history=result.history_dicts(),
+        selection=applied.selection.to_dict() if applied.selection else None,
+        best_epoch=result.best_epoch,
+        stopped_early=result.stopped_early,
+        interrupted=result.interrupted,
+        cache=result.cache.to_dict(),
+        backbone=backbone.spec,
+        dataset=splits.source,
+        classes=list(splits.classes),
+        device=str(device),
+    )
+    if result.interrupted:
+        run.total_seconds = time.perf_counter() - start
+        return run
+
+    model = applied.export().eval()
+    run.model = model
+    run.nc1_after, run.train_accuracy = _head_nc1(model, plain.train, bs, device, k)
+    if splits.test is not None:
+        from nctune.train import evaluate
+
+        run.test_accuracy = evaluate(model, _loader(splits.test, bs), device)[0]
+    if before is not None and t.profile_after:
+        after = _profile(backbone, plain, recipe, device, progress, "profile after")
+        run.layers = [
+            {
+                "name": b.name,
+                "dim": b.dim,
+                "nc1_before": b.nc1,
+                "nc1_after": a.nc1,
+                "ncc_before": b.ncc_accuracy,
+                "ncc_after": a.ncc_accuracy,
+                "tuned": b.name in applied.tuned_layers or applied.tuned_layers == ["*"],
+            }
+            for b, a in zip(before.layers, after.layers, strict=True)
+        ]
+    model.eval()
+    run.total_seconds = time.perf_counter() - start
+    return run

@@ -1,0 +1,362 @@
+"""Frozen-prefix cache: compute the frozen front of the network once, train only the rest.
+
+When nothing before the first tuned block trains and the data sees no random
+augmentation, that block's input is a fixed function of the image. We compute it once
+(the *cut* input), keep it in memory or on disk, and later epochs run only the suffix:
+the modules that finish before the cut are stubbed out (they return a cheap
+zero placeholder of the right shape) and a pre-hook hands the cut module its cached
+input. Nothing is assumed about the model's ``forward`` code beyond "the cut module's
+single input carries everything the suffix needs"; that is checked on a real batch
+(cached logits must equal uncached ones) before the cache is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nctune.taps import _StopForward, autocast, to_device
+
+HEAD = "head"  # cut at the classifier head: the whole backbone is the prefix
+
+
+@dataclass
+class CacheInfo:
+    """What the report says about the cache: used or not, where, how big, and why."""
+
+    used: bool
+    cut: str | None = None
+    where: str | None = None
+    megabytes: float = 0.0
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "used": self.used,
+            "cut": self.cut,
+            "where": self.where,
+            "megabytes": round(self.megabytes, 1),
+            "reason": self.reason,
+        }
+
+
+def find_cut(model: nn.Module, block_names: list[str]) -> str | None:
+    """The module whose input becomes the cache: the head when the whole backbone is frozen,
+    else the first block (shallow → deep) holding a trainable parameter. ``None`` when a
+    trainable parameter lies outside every block (e.g. the stem), so nothing is frozen first.
+    """
+    backbone = model.backbone
+    flags = [p.requires_grad for p in backbone.parameters()]
+    if not any(flags):
+        return HEAD
+    if all(flags):
+        return None
+    in_blocks: set[int] = set()
+    first = None
+    for name in block_names:
+        params = list(backbone.get_submodule(name).parameters())
+        in_blocks.update(id(p) for p in params)
+        if first is None and any(p.requires_grad for p in params):
+            first = name
+    if first is None:
+        return None
+    # Trainable parameters outside the blocks (cls token, stem, final norm) are only fine
+    # when they run after the cut; the trace in PrefixCache.build checks the order.
+    return f"backbone.{first}"
+
+
+class _Trace:
+    """Order of module calls in one forward: pre/post indices, output shapes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.pre: dict[str, int] = {}
+        self.post: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self.out: dict[str, torch.Tensor | None] = {}
+        self._n = 0
+        self._handles = []
+        for name, m in model.named_modules():
+            if name:
+                self._handles.append(m.register_forward_pre_hook(self._enter(name)))
+                self._handles.append(m.register_forward_hook(self._exit(name)))
+
+    def _enter(self, name):
+        def hook(m, args):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            self.pre.setdefault(name, self._n)
+            self._n += 1
+
+        return hook
+
+    def _exit(self, name):
+        def hook(m, args, out):
+            self.post[name] = self._n
+            self._n += 1
+            self.out[name] = out if isinstance(out, torch.Tensor) else None
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+class PrefixCache:
+    """Cut inputs for a whole dataset, plus the stubs that let the model start at the cut.
+
+    Build with :meth:`build`; iterate batches with :meth:`batches`; run the model on a
+    cached batch with :meth:`forward` inside ``with cache.attached(model):``.
+    """
+
+    def __init__(
+        self,
+        cut: str,
+        inputs,
+        labels: torch.Tensor,
+        image_shape: tuple[int, ...],
+        stubs: dict[str, torch.Tensor],
+        info: CacheInfo,
+        tmpdir: str | None,
+    ) -> None:
+        self.cut = cut
+        self.inputs = inputs  # torch.Tensor (memory) or np.memmap (disk)
+        self.labels = labels
+        self.image_shape = image_shape
+        self.stub_outputs = stubs  # prefix module path → one sample's output (shape/dtype only)
+        self.info = info
+        self._tmpdir = tmpdir
+        self._batch: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def close(self) -> None:
+        """Delete the disk cache, if any."""
+        self.inputs = None
+        if self._tmpdir:
+            import shutil
+
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    # --------------------------------------------------------------- building
+    @staticmethod
+    def _capture(model: nn.Module, cut: str, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The cut module's input for image batch ``x`` (no grad, autocast as in training)."""
+        if cut == HEAD:
+            with autocast(device):
+                return model.features(to_device(x, device)).detach()
+        box: list[torch.Tensor] = []
+
+        def grab(m, args):
+            box.append(args[0].detach())
+            raise _StopForward
+
+        h = model.get_submodule(cut).register_forward_pre_hook(grab)
+        try:
+            with autocast(device), contextlib.suppress(_StopForward):
+                model(to_device(x, device))
+        finally:
+            h.remove()
+        return box[0]
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        cut: str,
+        loader,
+        *,
+        device: torch.device,
+        max_memory_mb: float,
+        max_disk_mb: float,
+        prefer: str = "auto",
+        disk_dir: str | Path | None = None,
+    ) -> tuple[PrefixCache | None, CacheInfo]:
+        """Compute the cut inputs of every sample of ``loader`` (unshuffled, un-augmented).
+
+        ``model`` is the :class:`~nctune.strategies.TunedModel` (unwrapped from PEFT).
+        Returns ``(None, info)`` with the reason when caching is impossible or unsafe.
+        """
+        it = iter(loader)
+        try:
+            x0, y0 = next(it)
+        except StopIteration:
+            return None, CacheInfo(False, cut, reason="empty training set")
+        was_training = model.training
+        stubs: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            model.train()
+            a = cls._capture(model, cut, x0, device)
+            b = cls._capture(model, cut, x0, device)
+            if not torch.equal(a, b):
+                model.train(was_training)
+                return None, CacheInfo(
+                    False,
+                    cut,
+                    reason="the frozen prefix is random in training mode (dropout/drop-path before the tuned block)",
+                )
+            model.eval()
+            if not torch.equal(a, cls._capture(model, cut, x0, device)):
+                model.train(was_training)
+                return None, CacheInfo(
+                    False, cut, reason="the frozen prefix differs between train and eval mode"
+                )
+            if cut != HEAD:
+                stubs, why = cls._plan_stubs(model, cut, x0, device)
+                if stubs is None:
+                    model.train(was_training)
+                    return None, CacheInfo(False, cut, reason=why)
+        n = len(loader.dataset)
+        per_sample = a[0].numel() * a.element_size()
+        mb = n * per_sample / 2**20
+        where = "memory" if prefer in ("auto", "memory") and mb <= max_memory_mb else None
+        if where is None and prefer in ("auto", "disk") and mb <= max_disk_mb:
+            where = "disk"
+        if where is None:
+            model.train(was_training)
+            return None, CacheInfo(
+                False,
+                cut,
+                megabytes=mb,
+                reason=f"the cache would need {mb:.0f} MiB, over the memory/disk limits (train.cache_max_mb, train.cache_disk_max_mb)",
+            )
+        tmpdir = None
+        shape = (n, *a.shape[1:])
+        if where == "memory":
+            store = torch.empty(shape, dtype=a.dtype)
+        else:
+            tmpdir = tempfile.mkdtemp(prefix="nctune-prefix-", dir=disk_dir)
+            np_dtype = (
+                torch.empty(0, dtype=a.dtype).numpy().dtype
+                if a.dtype != torch.bfloat16
+                else np.float32
+            )
+            store = np.lib.format.open_memmap(
+                os.path.join(tmpdir, "prefix.npy"), mode="w+", dtype=np_dtype, shape=shape
+            )
+        labels = torch.empty(n, dtype=torch.long)
+        pos = 0
+        with torch.no_grad():
+            for x, y in [(x0, y0), *it]:
+                feats = cls._capture(model, cut, x, device).cpu()
+                b = feats.shape[0]
+                if where == "memory":
+                    store[pos : pos + b] = feats
+                else:
+                    store[pos : pos + b] = (
+                        feats.float().numpy() if feats.dtype == torch.bfloat16 else feats.numpy()
+                    )
+                labels[pos : pos + b] = torch.as_tensor(y)
+                pos += b
+        info = CacheInfo(True, cut, where, mb, "frozen prefix computed once")
+        cache = cls(cut, store, labels, tuple(x0.shape[1:]), stubs, info, tmpdir)
+        cache._dtype = a.dtype
+        # The proof that stubbing is sound for this model: on a real batch, in eval mode
+        # (deterministic), the cached path must give the uncached logits.
+        with torch.no_grad():
+            model.eval()
+            with autocast(device):
+                want = model(to_device(x0, device))
+                with cache.attached(model):
+                    got = cache.forward(model, model, a)[0]
+        model.train(was_training)
+        if not torch.allclose(got.float(), want.float(), rtol=1e-4, atol=1e-5):
+            cache.close()
+            return None, CacheInfo(
+                False,
+                cut,
+                reason=f"running from {cut} does not reproduce the model's output (its forward needs more than that block's input)",
+            )
+        return cache, info
+
+    @classmethod
+    def _plan_stubs(cls, model, cut, x0, device) -> tuple[dict[str, torch.Tensor] | None, str]:
+        """Modules to stub: those that finish before the cut starts (outermost only)."""
+        trace = _Trace(model)
+        try:
+            with autocast(device):
+                model(to_device(x0[:1], device))
+        finally:
+            trace.remove()
+        if cut not in trace.pre:
+            return None, f"{cut} did not run in the forward pass"
+        start = trace.pre[cut]
+        prefix = {n for n, post in trace.post.items() if post < start}
+        named = dict(model.named_modules())
+        for n in trace.pre:
+            if trace.pre[n] < start and any(
+                p.requires_grad for p in named[n].parameters(recurse=False)
+            ):
+                return None, f"{n} trains and runs before {cut}"
+        stubs: dict[str, torch.Tensor] = {}
+        for n in sorted(prefix, key=trace.pre.get):
+            parent = n.rpartition(".")[0]
+            if parent in prefix:
+                continue  # an ancestor is stubbed already
+            if trace.calls.get(n, 0) != 1 or trace.out.get(n) is None:
+                return None, f"{n} runs more than once or returns a non-tensor before {cut}"
+            stubs[n] = trace.out[n][:1].detach()
+        return stubs, ""
+
+    # ---------------------------------------------------------------- running
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached cut inputs and labels of ``indices``."""
+        if isinstance(self.inputs, torch.Tensor):
+            x = self.inputs[indices]
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(self.inputs[indices.numpy()])).to(self._dtype)
+        return x, self.labels[indices]
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module) -> Iterator[None]:
+        """Stub the prefix and feed the cut from the cache while the block runs."""
+        if self.cut == HEAD:
+            yield
+            return
+        originals = {}
+
+        def stub(sample: torch.Tensor):
+            def forward(*args, **kwargs):
+                return sample.expand(self._batch.shape[0], *sample.shape[1:])
+
+            return forward
+
+        for name, sample in self.stub_outputs.items():
+            m = model.get_submodule(name)
+            originals[name] = m
+            m.forward = stub(sample)
+        hook = model.get_submodule(self.cut).register_forward_pre_hook(
+            lambda m, args: (self._batch,)
+        )
+        try:
+            yield
+        finally:
+            hook.remove()
+            for m in originals.values():
+                del m.forward  # back to the class's forward
+
+    def forward(
+        self, model: nn.Module, tuned: nn.Module, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, head input)`` for a cached batch ``x`` (already on the device).
+
+        ``model`` is what trains (a PEFT wrapper or the TunedModel), ``tuned`` the TunedModel.
+        """
+        if self.cut == HEAD:
+            return tuned.head(tuned.head_drop(x)), x
+        self._batch = x
+        placeholder = torch.zeros((1, *self.image_shape), device=x.device).expand(
+            x.shape[0], *self.image_shape
+        )
+        return model(placeholder, return_features=True)
+
+    _dtype = torch.float32

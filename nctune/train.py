@@ -1,0 +1,641 @@
+"""The training loop: readable top to bottom (nanoGPT-style), with the why in comments.
+
+One call, :func:`fit`, trains an :class:`~nctune.strategies.AppliedStrategy`:
+
+* AdamW or SGD, linear warm-up then cosine decay, per step;
+* autocast + gradient scaling on CUDA, plain float32 on CPU/MPS;
+* per epoch: training loss and accuracy, validation accuracy, and NC1 of the features
+  the head sees, accumulated from the training pass itself (no second pass);
+* a checkpoint after every epoch, written atomically; a stop request (SIGINT/SIGTERM
+  in the CLI) finishes the current step and saves a mid-epoch checkpoint; ``resume``
+  continues from either and ends with the same numbers as an uninterrupted run;
+* the frozen prefix computed once and cached when the data sees no augmentation.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from nctune.artifacts import atomic_write_bytes
+from nctune.collapse import CollapseStats
+from nctune.config import TrainConfig
+from nctune.errors import ArtifactError
+from nctune.prefix_cache import CacheInfo, PrefixCache, find_cut
+from nctune.strategies import AppliedStrategy
+from nctune.taps import autocast, to_device
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+#: ``progress(phase, done, total, info)`` — the CLI draws it; the library never prints.
+ProgressFn = Callable[..., None]
+
+
+@dataclass
+class EpochStats:
+    """One epoch of training."""
+
+    epoch: int
+    phase: str
+    loss: float
+    accuracy: float
+    val_accuracy: float | None
+    nc1: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns."""
+
+    history: list[EpochStats]
+    best_epoch: int
+    best_val_accuracy: float | None
+    stopped_early: bool
+    interrupted: bool
+    seconds: float
+    cache: CacheInfo = field(default_factory=lambda: CacheInfo(False, reason="not attempted"))
+
+    def history_dicts(self) -> list[dict[str, Any]]:
+        return [asdict(h) for h in self.history]
+
+
+class EpochSampler(Sampler[int]):
+    """A fresh permutation per epoch from ``(seed, epoch)`` alone, optionally from an offset.
+
+    Deriving the order from the epoch number (not from a generator's running state)
+    is what lets a run resumed mid-epoch see exactly the batches it would have seen.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+
+    def order(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig, base_lr: float) -> float:
+    """Learning rate at optimizer step ``step``.
+
+    Linear warm-up from 0 avoids large early updates to a freshly initialised head
+    wrecking pretrained features; cosine decay to ``min_lr_ratio·lr`` then anneals.
+    """
+    if warmup and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if cfg.schedule == "constant" or total <= warmup:
+        return base_lr
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = cfg.min_lr_ratio * base_lr
+    return floor + 0.5 * (base_lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(
+    params: list[nn.Parameter], cfg: TrainConfig, lr: float
+) -> torch.optim.Optimizer:
+    """AdamW/SGD with weight decay on weight matrices/kernels only (not biases, norms, tokens)."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+class _Batches:
+    """The uncached source: image batches through the whole model."""
+
+    cut = None
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, num_workers: int, seed: int, device: torch.device
+    ) -> None:
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.seed, self.device = seed, device
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        sampler = EpochSampler(len(self.dataset), self.seed, epoch, start_batch * self.batch_size)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        yield from loader
+
+    def forward(self, model: nn.Module, tuned: nn.Module, x: torch.Tensor):
+        return model(to_device(x, self.device), return_features=True)
+
+    def attached(self, tuned: nn.Module):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class _Cached:
+    """The cached source: the same per-epoch order, served from the prefix cache."""
+
+    def __init__(
+        self, cache: PrefixCache, batch_size: int, seed: int, device: torch.device
+    ) -> None:
+        self.cache, self.batch_size, self.seed, self.device = cache, batch_size, seed, device
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = EpochSampler(len(self.cache), self.seed, epoch).order()
+        for i in range(start_batch * self.batch_size, len(order), self.batch_size):
+            yield self.cache.batch(order[i : i + self.batch_size])
+
+    def forward(self, model: nn.Module, tuned: nn.Module, x: torch.Tensor):
+        return self.cache.forward(model, tuned, x.to(self.device, non_blocking=True))
+
+    def attached(self, tuned: nn.Module):
+        return self.cache.attached(tuned)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    num_classes: int | None = None,
+    source=None,
+    tuned=None,
+) -> tuple[float, CollapseStats | None]:
+    """Top-1 accuracy of ``model`` on ``loader`` (eval mode), and the head-input statistics."""
+    was = model.training
+    model.eval()
+    stats = CollapseStats(num_classes) if num_classes else None
+    correct = seen = 0
+    try:
+        batches = loader if source is None else source.epoch_in_order()
+        ctx = source.attached(tuned) if source is not None else _null()
+        with ctx:
+            for x, y in batches:
+                y = torch.as_tensor(y).to(device)
+                with autocast(device):
+                    if source is None:
+                        logits, feats = model(to_device(x, device), return_features=True)
+                    else:
+                        logits, feats = source.forward(model, tuned, x)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += int(y.numel())
+                if stats is not None:
+                    stats.update(feats.float(), y)
+    finally:
+        model.train(was)
+    return (correct / seen if seen else float("nan")), stats
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+class _EvalCached(_Cached):
+    def epoch_in_order(self):
+        n = len(self.cache)
+        for i in range(0, n, self.batch_size):
+            yield self.cache.batch(torch.arange(i, min(n, i + self.batch_size)))
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _save(path: Path, obj: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint in ``run_dir``, or None when there is none."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ArtifactError(
+            f"{path}: unreadable checkpoint ({err.__class__.__name__}); start a new run"
+        ) from None
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ArtifactError(
+            f"{path}: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}"
+        )
+    return ckpt
+
+
+def _phases(
+    applied: AppliedStrategy, epochs: int, probe_epochs: int | None, full_lr_scale: float
+) -> list[tuple[str, int, float]]:
+    """(name, epochs, lr factor) per phase. lp-ft probes first, then tunes everything gently."""
+    if applied.strategy != "lp-ft":
+        return [("main", epochs, 1.0)]
+    probe = probe_epochs or max(1, epochs // 2)
+    if probe >= epochs:
+        return [("probe", epochs, 1.0)]
+    return [("probe", probe, 1.0), ("full", epochs - probe, full_lr_scale)]
+
+
+def fit(
+    applied: AppliedStrategy,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    cfg: TrainConfig,
+    *,
+    num_classes: int,
+    batch_size: int,
+    block_names: list[str],
+    num_workers: int = 0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    augment: bool = False,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    probe_epochs: int | None = None,
+    full_lr_scale: float = 0.1,
+    should_stop: Callable[[], bool] | None = None,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Train ``applied.model`` on ``train_set``; keep the weights of the best validation epoch.
+
+    Args:
+        applied: the strategy's model (from :func:`~nctune.strategies.apply_strategy`).
+        train_set, val_set: datasets of ``(image, label)``; ``val_set`` may be None, in which
+            case the last epoch is kept.
+        cfg: the ``train`` section of the recipe.
+        num_classes: K.
+        batch_size: per-step batch size.
+        block_names: the backbone's blocks, shallow → deep (where the prefix may be cut).
+        num_workers: DataLoader workers for the uncached path.
+        seed: seeds initial state, order and dropout.
+        device: where to train.
+        augment: whether ``train_set`` applies random augmentation (disables the cache).
+        run_dir: where checkpoints go (None: no checkpoints).
+        resume: continue from ``run_dir``'s checkpoint.
+        probe_epochs, full_lr_scale: lp-ft phases.
+        should_stop: polled after every step; when it returns True the loop saves a
+            mid-epoch checkpoint and returns with ``interrupted=True``.
+        progress: ``progress(phase, done, total, info=...)`` callback.
+
+    Returns:
+        The per-epoch history and how the run ended.
+    """
+    start_time = time.perf_counter()
+    device = torch.device(device)
+    model, tuned = applied.model, applied.tuned
+    run_dir = Path(run_dir) if run_dir is not None else None
+    torch.manual_seed(seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    model.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    use_amp = cfg.amp and device.type == "cuda"
+    # float16 autocast needs loss scaling against underflow; bfloat16 does not.
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+
+    phases = _phases(applied, cfg.epochs, probe_epochs, full_lr_scale)
+    ckpt = load_checkpoint(run_dir) if (resume and run_dir) else None
+    history: list[EpochStats] = []
+    best = {"acc": None, "epoch": -1, "state": None, "bad": 0}
+    epoch0, step0 = 0, 0
+    if ckpt is not None:
+        epoch0, step0 = ckpt["epoch"], ckpt["step"]
+        if ckpt["phase"] == "full" and applied.phase != "full":
+            applied.start_full_phase()
+        model.load_state_dict(ckpt["model"])
+        history = [EpochStats(**h) for h in ckpt["history"]]
+        best = {
+            "acc": ckpt["best_acc"],
+            "epoch": ckpt["best_epoch"],
+            "state": ckpt["best_state"],
+            "bad": ckpt["bad_epochs"],
+        }
+
+    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    epoch, stopped_early, interrupted = epoch0, False, False
+    cache_info = CacheInfo(
+        False, reason="train.cache_prefix is off" if cfg.cache_prefix == "off" else ""
+    )
+    phase_start = 0
+    for phase_name, phase_epochs, lr_scale in phases:
+        phase_end = phase_start + phase_epochs
+        if epoch >= phase_end:
+            phase_start = phase_end
+            continue
+        if phase_name == "full" and applied.phase != "full":
+            applied.start_full_phase()
+        base_lr = cfg.lr * lr_scale
+        params = applied.parameters()
+        optimizer = make_optimizer(params, cfg, base_lr)
+        total_steps = phase_epochs * steps_per_epoch
+        warmup = round(cfg.warmup_epochs * steps_per_epoch) if phase_name != "full" else 0
+        if ckpt is not None and ckpt["phase"] == phase_name:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+
+        # The frozen prefix is the same every epoch when nothing random touches the
+        # input, so compute it once: later epochs then cost only the trainable suffix.
+        source, val_source = _Batches(train_set, batch_size, num_workers, seed, device), None
+        if cfg.cache_prefix != "off":
+            if augment:
+                cache_info = CacheInfo(
+                    False, reason="data.augment is on: the prefix differs every epoch"
+                )
+            else:
+                source, val_source, cache_info = _try_cache(
+                    tuned,
+                    block_names,
+                    train_set,
+                    val_set,
+                    cfg,
+                    batch_size,
+                    seed,
+                    device,
+                    run_dir,
+                    progress,
+                )
+
+        for epoch in range(
+            max(epoch0 if ckpt is not None else phase_start, phase_start), phase_end
+        ):
+            t0 = time.perf_counter()
+            start_batch = step0 if (ckpt is not None and epoch == epoch0) else 0
+            loss_sum, correct, seen = 0.0, 0, 0
+            stats = CollapseStats(num_classes) if cfg.track_collapse else None
+            if start_batch and ckpt is not None:
+                loss_sum, correct, seen = (
+                    ckpt["partial"]["loss_sum"],
+                    ckpt["partial"]["correct"],
+                    ckpt["partial"]["seen"],
+                )
+                if stats is not None and ckpt["partial"]["stats"] is not None:
+                    stats.load_state_dict(ckpt["partial"]["stats"])
+            if ckpt is not None and epoch == epoch0:
+                _set_rng_state(ckpt["rng"], device)
+            model.train()
+            if progress:
+                progress(f"epoch {epoch + 1}/{cfg.epochs}", start_batch, steps_per_epoch)
+            step = start_batch
+            with source.attached(tuned):
+                for x, y in source.epoch(epoch, start_batch):
+                    global_step = (epoch - phase_start) * steps_per_epoch + step
+                    lr = lr_at(global_step, total_steps, warmup, cfg, base_lr)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    y = torch.as_tensor(y).to(device, non_blocking=True)
+                    with autocast(device, use_amp):
+                        logits, feats = source.forward(model, tuned, x)
+                        loss = F.cross_entropy(
+                            logits.float(), y, label_smoothing=cfg.label_smoothing
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if cfg.grad_clip:
+                        scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    # Book-keeping from this same forward pass: no extra pass for NC1.
+                    b = y.numel()
+                    loss_sum += float(loss.detach()) * b
+                    correct += int((logits.detach().argmax(1) == y).sum())
+                    seen += b
+                    if stats is not None:
+                        stats.update(feats.detach().float(), y)
+                    step += 1
+                    if progress:
+                        progress(
+                            f"epoch {epoch + 1}/{cfg.epochs}",
+                            step,
+                            steps_per_epoch,
+                            info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%}",
+                        )
+                    if should_stop is not None and should_stop() and step < steps_per_epoch:
+                        interrupted = True
+                        break
+            if interrupted:
+                partial = {
+                    "loss_sum": loss_sum,
+                    "correct": correct,
+                    "seen": seen,
+                    "stats": stats.state_dict() if stats else None,
+                }
+                if run_dir is not None:
+                    _save(
+                        run_dir / CHECKPOINT,
+                        _ckpt(
+                            epoch,
+                            step,
+                            applied,
+                            model,
+                            optimizer,
+                            scaler,
+                            history,
+                            best,
+                            device,
+                            partial,
+                        ),
+                    )
+                return TrainResult(
+                    history,
+                    best["epoch"],
+                    best["acc"],
+                    False,
+                    True,
+                    time.perf_counter() - start_time,
+                    cache_info,
+                )
+
+            val_acc = None
+            if val_set is not None:
+                val_acc = _validate(model, tuned, val_set, val_source, batch_size, device)
+            nc1 = _safe_nc1(stats)
+            history.append(
+                EpochStats(
+                    epoch + 1,
+                    phase_name,
+                    loss_sum / max(seen, 1),
+                    correct / max(seen, 1),
+                    val_acc,
+                    nc1,
+                    lr,
+                    time.perf_counter() - t0,
+                )
+            )
+
+            # Keep the best validation epoch; without validation, the last one.
+            score = val_acc if val_acc is not None else -1.0
+            if best["acc"] is None or score > best["acc"]:
+                best = {
+                    "acc": score,
+                    "epoch": epoch + 1,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    "bad": 0,
+                }
+            else:
+                best["bad"] += 1
+            ckpt = None
+            step0 = 0
+            if run_dir is not None:
+                _save(
+                    run_dir / CHECKPOINT,
+                    _ckpt(
+                        epoch + 1, 0, applied, model, optimizer, scaler, history, best, device, None
+                    ),
+                )
+            if should_stop is not None and should_stop() and epoch + 1 < cfg.epochs:
+                interrupted = True
+                return TrainResult(
+                    history,
+                    best["epoch"],
+                    best["acc"],
+                    False,
+                    True,
+                    time.perf_counter() - start_time,
+                    cache_info,
+                )
+            if cfg.early_stopping and val_set is not None and best["bad"] >= cfg.early_stopping:
+                stopped_early = True
+                break
+        if isinstance(source, _Cached):
+            source.cache.close()
+            if val_source is not None:
+                val_source.cache.close()
+        if stopped_early:
+            break
+        phase_start = phase_end
+        epoch = phase_end
+
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    best_acc = best["acc"] if val_set is not None else None
+    return TrainResult(
+        history,
+        best["epoch"],
+        best_acc,
+        stopped_early,
+        False,
+        time.perf_counter() - start_time,
+        cache_info,
+    )
+
+
+def _safe_nc1(stats: CollapseStats | None) -> float | None:
+    if stats is None or stats.num_samples == 0:
+        return None
+    import warnings
+
+    from nctune.errors import CollapseError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return stats.compute().nc1
+    except CollapseError:
+        return None
+
+
+def _validate(model, tuned, val_set, val_source, batch_size, device) -> float:
+    if val_source is not None:
+        return evaluate(model, None, device, source=val_source, tuned=tuned)[0]
+    loader = DataLoader(val_set, batch_size=batch_size, shuffle=False)
+    return evaluate(model, loader, device)[0]
+
+
+def _try_cache(
+    tuned, block_names, train_set, val_set, cfg, batch_size, seed, device, run_dir, progress
+):
+    cut = find_cut(tuned, block_names)
+    if cut is None:
+        return (
+            _Batches(train_set, batch_size, 0, seed, device),
+            None,
+            CacheInfo(
+                False, reason="a parameter before the first block trains (nothing frozen to cache)"
+            ),
+        )
+    kw = dict(
+        device=device,
+        max_memory_mb=cfg.cache_max_mb,
+        max_disk_mb=cfg.cache_disk_max_mb,
+        prefer=cfg.cache_prefix,
+        disk_dir=run_dir,
+    )
+    if progress:
+        progress("caching frozen prefix", 0, None)
+    cache, info = PrefixCache.build(
+        tuned, cut, DataLoader(train_set, batch_size=batch_size, shuffle=False), **kw
+    )
+    if cache is None:
+        return _Batches(train_set, batch_size, 0, seed, device), None, info
+    val_source = None
+    if val_set is not None:
+        vcache, _ = PrefixCache.build(
+            tuned, cut, DataLoader(val_set, batch_size=batch_size, shuffle=False), **kw
+        )
+        val_source = _EvalCached(vcache, batch_size, seed, device) if vcache is not None else None
+    return _Cached(cache, batch_size, seed, device), val_source, info
+
+
+def _ckpt(
+    epoch, step, applied, model, optimizer, scaler, history, best, device, partial
+) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "step": step,
+        "phase": applied.phase,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": _rng_state(device),
+        "history": [asdict(h) for h in history],
+        "best_acc": best["acc"],
+        "best_epoch": best["epoch"],
+        "best_state": best["state"],
+        "bad_epochs": best["bad"],
+        "partial": partial,
+    }
