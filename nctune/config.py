@@ -186,6 +186,16 @@ class StrategyConfig(Section):
     )
 
 
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, v: str | None) -> str | None:
+        from nctune.selection import list_rules  # light: selection imports only errors
+
+        if v is not None and v not in list_rules():
+            raise ValueError(f"unknown rule {v!r} (choose from {', '.join(list_rules())})")
+        return v
+
+
 class TrainConfig(Section):
     """The training loop (nctune.train)."""
 
@@ -236,6 +246,14 @@ class TrainConfig(Section):
         True, description="Measure every block's NC1 again after training (the before/after table)."
     )
     deterministic: bool = Field(True, description="Deterministic algorithms where torch has them.")
+
+    @field_validator("cache_prefix", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off`/`on` as a boolean: accept what the user meant.
+        if isinstance(v, bool):
+            return "auto" if v else "off"
+        return v
 
 
 class Recipe(Section):

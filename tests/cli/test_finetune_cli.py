@@ -1,0 +1,195 @@
+"""`nctune finetune` end to end: artefacts, load_finetuned, bad input, SIGINT/SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nctune import load_finetuned
+from nctune.cli import app
+from nctune.config import load_recipe
+from nctune.data import build_data
+from nctune.train import evaluate
+
+TINY = [
+    "backbone.name=timm:test_resnet",
+    "backbone.pretrained=false",
+    "data.subset=vendored",
+    "data.samples_per_class=10",
+    "data.val_fraction=0.03",
+    "data.max_test_samples=60",
+    "data.image_size=32",
+    "data.batch_size=16",
+    "train.epochs=2",
+    "train.lr=0.01",
+]
+REPORT_KEYS = {
+    "strategy",
+    "tuned_layers",
+    "trainable_params",
+    "total_params",
+    "val_accuracy",
+    "test_accuracy",
+    "nc1_before",
+    "nc1_after",
+    "wall_seconds",
+    "history",
+}
+
+
+def sets(*extra: str) -> list[str]:
+    out = []
+    for s in [*TINY, *extra]:
+        out += ["--set", s]
+    return out
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_finetune_writes_the_contract_and_load_finetuned_reproduces_it(tmp_path):
+    out = tmp_path / "run"
+    res = invoke(
+        "finetune",
+        *sets("strategy.name=scl", "strategy.layers=[layer3.0]"),
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert REPORT_KEYS <= set(doc)
+    assert doc == json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.safetensors",
+        "recipe.yaml",
+        "report.json",
+        "training.png",
+    ]
+    assert doc["strategy"] == "scl" and doc["tuned_layers"] == ["layer3.0"]
+    assert 0 < doc["trainable_params"] < doc["total_params"]
+    assert len(doc["history"]) == 2 and {"loss", "accuracy", "nc1"} <= set(doc["history"][0])
+    assert doc["nc1_before"] > 0 and doc["nc1_after"] > 0
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Production inference: rebuilt from safetensors + recipe, no pickle, same accuracy.
+    model = load_finetuned(out)
+    assert not model.training and model.classes == doc["classes"]
+    recipe = load_recipe(out / "recipe.yaml")
+    splits = build_data(recipe.data, model.input_config, seed=recipe.seed)
+    loader = torch.utils.data.DataLoader(splits.test, batch_size=16)
+    assert evaluate(model, loader, torch.device("cpu"))[0] == pytest.approx(
+        doc["test_accuracy"], abs=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["strategy.name=magic"], "strategy.name"),
+        (["strategy.rule=kne"], "strategy.rule"),
+        (["strategy.name=layers", "strategy.layers=[layer9.9]"], "strategy.layers"),
+        (["strategy.name=lora", "strategy.lora_targets=[layer1.0.bn1]"], "strategy.lora_targets"),
+        (["train.lr=0"], "train.lr"),
+        (["train.lr=-1e-3"], "train.lr"),
+    ],
+)
+def test_bad_strategy_input_is_one_line_exit_2_and_no_folder(tmp_path, extra, match):
+    out = tmp_path / "run"
+    res = invoke("finetune", *sets(*extra), "--out", str(out))
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in res.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    res = invoke("finetune", *sets(), "--out", str(out))
+    assert res.exit_code == 2 and "--resume" in res.stderr
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_resume_refuses_a_different_recipe_and_a_finished_run(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("finetune", *sets("strategy.name=linear"), "--out", str(out)).exit_code == 0
+    res = invoke("finetune", *sets("strategy.name=linear"), "--resume", str(out))
+    assert res.exit_code == 2 and "no checkpoint" in res.stderr
+    (out / "checkpoint.pt").write_bytes(b"x")
+    res = invoke("finetune", *sets("strategy.name=linear", "train.lr=0.5"), "--resume", str(out))
+    assert res.exit_code == 2 and "train.lr" in res.stderr
+
+
+# --------------------------------------------------------------- signals
+SLOW = [
+    *TINY[:-2],
+    "data.samples_per_class=60",
+    "train.epochs=4",
+    "train.lr=0.01",
+    "strategy.name=full",  # no prefix cache: every epoch costs real time, easy to interrupt
+]
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nctune", "finetune", *args]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _metrics(run_dir: Path) -> dict:
+    doc = json.loads((run_dir / "report.json").read_text())
+    return {k: doc[k] for k in ("val_accuracy", "test_accuracy", "nc1_after")} | {
+        "history": [(h["loss"], h["accuracy"], h["val_accuracy"], h["nc1"]) for h in doc["history"]]
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    args = [a for s in SLOW for a in ("--set", s)]
+    subprocess.run(_cmd(*args, "--out", str(out)), check=True, capture_output=True, env=_env())
+    return _metrics(out)
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, sig, uninterrupted):
+    out = tmp_path / "run"
+    args = [a for s in SLOW for a in ("--set", s)]
+    proc = subprocess.Popen(
+        _cmd(*args, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()
+    )
+    _wait_for(out / "checkpoint.pt", proc)  # epoch 1 is saved; the signal lands in epoch 2
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 128 + signal.SIGINT, err.decode()
+        assert b"--resume" in err and b"Traceback" not in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not (out / "report.json").exists()
+    done = subprocess.run(_cmd(*args, "--resume", str(out)), capture_output=True, env=_env())
+    assert done.returncode == 0, done.stderr.decode()
+    assert _metrics(out) == uninterrupted
+    assert not (out / "checkpoint.pt").exists()  # a finished run keeps model.safetensors only
