@@ -6,6 +6,7 @@ recipe ──► backbone + loaders ──► LayerTaps (pooled (B, D) per block
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from nctune.collapse import CollapseMetrics, CollapseStats, ncc_predict
-from nctune.errors import ConfigError
+from nctune.errors import BackboneError, ConfigError
 from nctune.taps import LayerTaps, TapSpec, TokenPool, autocast, eval_mode, to_device
 
 if TYPE_CHECKING:
@@ -131,9 +132,35 @@ def _tap_specs(
         if pre_logits:
             specs.append(TapSpec(PRE_LOGITS, model.classifier_name, "NC", on_input=True))
         return model.model, specs, model.num_prefix_tokens
-    names = layers if layers is not None else list_blocks(model)
-    prefix = int(getattr(model, "num_prefix_tokens", 1 if hasattr(model, "cls_token") else 0))
+    names = list_blocks(model) if layers is None else _resolve_plain(model, layers)
+    # timm ViTs say num_prefix_tokens; torchvision's ViT has a class_token (as Backbone reads it)
+    token = getattr(model, "cls_token", getattr(model, "class_token", None))
+    prefix = int(getattr(model, "num_prefix_tokens", int(isinstance(token, torch.Tensor))))
     return model, [TapSpec(n, n, "auto") for n in names], prefix
+
+
+def _resolve_plain(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Module paths or globs → paths in depth order (``Backbone.resolve_layers`` for a plain
+    module: a glob matches the blocks first, every module path when no block matches)."""
+    from nctune.backbones import list_blocks
+
+    order = {n: i for i, (n, _) in enumerate(model.named_modules()) if n}
+    chosen: set[str] = set()
+    for pattern in (str(p).strip() for p in patterns):
+        if pattern in order:
+            chosen.add(pattern)
+            continue
+        matches: list[str] = []
+        if any(c in pattern for c in "*?["):
+            try:
+                blocks = list_blocks(model)
+            except BackboneError:
+                blocks = []
+            matches = fnmatch.filter(blocks, pattern) or fnmatch.filter(order, pattern)
+        if not matches:
+            raise BackboneError(f"analysis.layers: no module matches {pattern!r} in the model")
+        chosen.update(matches)
+    return sorted(chosen, key=order.__getitem__)
 
 
 def _num_classes(loader: Iterable, num_classes: int | None) -> int:
@@ -269,7 +296,7 @@ class Analysis:
 def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analysis:
     """Recipe → backbone, data, profile and a layer recommendation (what the CLI runs)."""
     from nctune.backbones import create_backbone
-    from nctune.data import build_data, make_loader
+    from nctune.data import build_data, make_loader, subsample
     from nctune.selection import select_layers
     from nctune.taps import resolve_device
 
@@ -277,11 +304,8 @@ def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analys
     device = resolve_device(recipe.device)
     backbone = create_backbone(recipe.backbone)
     splits = build_data(recipe.data, backbone.input_config, seed=recipe.seed)
-    train = splits.train
-    if recipe.analysis.max_samples is not None and len(train) > recipe.analysis.max_samples:
-        g = torch.Generator().manual_seed(recipe.seed)
-        idx = torch.randperm(len(train), generator=g)[: recipe.analysis.max_samples].tolist()
-        train = torch.utils.data.Subset(train, sorted(idx))
+    # stratified, so a cap keeps every class (a uniform draw can miss a small one)
+    train = subsample(splits.train, recipe.analysis.max_samples, seed=recipe.seed)
     loader = make_loader(train, recipe.data, train=False, seed=recipe.seed, device=device)
     val = splits.val if splits.val is not None else splits.test
     val_loader = (

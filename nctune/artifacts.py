@@ -135,6 +135,15 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
 MODEL_FILE = "model.safetensors"
 REPORT_FILE = "report.json"
 RECIPE_FILE = "recipe.yaml"
+# what load_finetuned reads from a saved TunedModel's config metadata
+_CONFIG_KEYS = (
+    "backbone",
+    "num_classes",
+    "skip_block",
+    "token_pool",
+    "head_dropout",
+    "input_config",
+)
 
 
 def save_model(model, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -175,7 +184,7 @@ def load_finetuned(path: str | Path, device: str = "cpu"):
         The :class:`~nctune.strategies.TunedModel` in eval mode, with ``classes`` (label
         names) and ``input_config`` (image size and normalisation) attached.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
 
     from nctune.backbones import InputConfig, rebuild_architecture
@@ -191,7 +200,12 @@ def load_finetuned(path: str | Path, device: str = "cpu"):
         with safe_open(str(file), framework="pt") as f:
             meta = f.metadata() or {}
         config = json.loads(meta["config"])
-    except (KeyError, ValueError, OSError, json.JSONDecodeError) as err:
+        # every key the rebuild reads, checked here so a damaged file fails as one line
+        missing = [k for k in _CONFIG_KEYS if k not in config]
+        if missing or not isinstance(config["backbone"], dict):
+            raise KeyError(missing[0] if missing else "backbone")
+    except (KeyError, TypeError, ValueError, OSError, SafetensorError) as err:
+        # SafetensorError: not a safetensors file at all (truncated, corrupted, other format)
         raise ArtifactError(
             f"{file}: not an nctune fine-tuned model ({err.__class__.__name__})"
         ) from None
@@ -206,7 +220,7 @@ def load_finetuned(path: str | Path, device: str = "cpu"):
     )
     try:
         load_model(model, str(file), strict=True, device=str(device))
-    except RuntimeError as err:
+    except (RuntimeError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0]
         raise ArtifactError(
             f"{file}: weights do not match the recorded architecture ({first[:200]})"

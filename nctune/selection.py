@@ -81,7 +81,11 @@ def _last(blocks: list[LayerCollapse]) -> Selection:
 def _knee(blocks: list[LayerCollapse], threshold: float = 0.1) -> Selection:
     if not 0.0 <= threshold < 1.0:
         raise ConfigError(f"strategy.threshold: must be in [0, 1), got {threshold}")
-    drops = [(prev.nc1 - cur.nc1) / prev.nc1 for prev, cur in itertools.pairwise(blocks)]
+    # NC1 is 0 when every class has one sample (or collapsed fully): nothing left to fall
+    drops = [
+        (prev.nc1 - cur.nc1) / prev.nc1 if prev.nc1 > 0 else 0.0
+        for prev, cur in itertools.pairwise(blocks)
+    ]
     significant = [i + 1 for i, d in enumerate(drops) if d > threshold]
     if not significant:
         b = blocks[0] if len(blocks) == 1 else blocks[-1]

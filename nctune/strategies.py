@@ -18,7 +18,7 @@ Strategies (Li et al., arXiv 2212.12206 for ``scl``):
 ``layers`` the named blocks + the head
 ``scl``    one block + a head fed by [pooled block output, penultimate features]
            (skip-connection layer fine-tuning); everything else frozen
-``lora``   PEFT LoRA adapters on the chosen modules; the head via ``modules_to_save``
+``lora``   PEFT LoRA adapters on the chosen modules, plus the head
 ``lp-ft``  linear probe first, then everything at a lower rate (Kumar et al. 2022)
 ``auto``   the NC profile picks the block (``strategy.rule``), then ``scl``
 =========  ====================================================================
@@ -201,6 +201,11 @@ def _freeze_all_but(model: TunedModel, layers: list[str]) -> None:
         p.requires_grad_(True)
 
 
+def _adaptable(mod: nn.Module) -> bool:
+    """LoRA (PEFT) can wrap it at any rank: an ``nn.Linear`` or an ungrouped ``nn.Conv2d``."""
+    return isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1)
+
+
 def lora_targets(
     backbone: nn.Module, layers: list[str] | None, explicit: list[str] | None
 ) -> list[str]:
@@ -219,6 +224,14 @@ def lora_targets(
                 raise ConfigError(
                     f"strategy.lora_targets: {pattern!r} matches no module of the backbone"
                 )
+            if any(c in pattern for c in "*?["):
+                # a glob ('blocks.3.*') means the adaptable layers it reaches; only a module
+                # named exactly must itself be one
+                hits = [n for n in hits if _adaptable(named[n])]
+                if not hits:
+                    raise ConfigError(
+                        f"strategy.lora_targets: {pattern!r} matches no nn.Linear or ungrouped nn.Conv2d layer"
+                    )
             for n in hits:
                 mod = named[n]
                 if not isinstance(mod, (nn.Linear, nn.Conv2d)):
@@ -235,8 +248,7 @@ def lora_targets(
         out = [
             n
             for n, mod in named.items()
-            if any(n == r or n.startswith(r + ".") or r == "" for r in roots)
-            and (isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1))
+            if any(n == r or n.startswith(r + ".") or r == "" for r in roots) and _adaptable(mod)
         ]
     if not out:
         raise ConfigError(
@@ -322,12 +334,11 @@ def apply_strategy(
         ]
         for p in model.parameters():
             p.requires_grad_(False)
+        # The head trains as a plain module, not through PEFT's modules_to_save: that
+        # matches by name suffix, so "head" would also wrap (and unfreeze) the backbone's
+        # own "head" (timm ConvNeXt's norm + pooling, ViT's emptied classifier slot).
         config = LoraConfig(
-            r=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=targets,
-            modules_to_save=["head"],
+            r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets
         )
         try:
             model = get_peft_model(model, config)
@@ -335,6 +346,7 @@ def apply_strategy(
             raise ConfigError(
                 f"strategy.lora_targets: PEFT refused the targets: {' '.join(str(err).split())}"
             ) from None
+        model.get_base_model().head.requires_grad_(True)
         lora = True
         tuned = names or ["*"]
     applied = AppliedStrategy(

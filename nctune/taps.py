@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nctune.errors import BackboneError
+from nctune.errors import BackboneError, ConfigError
 
 Layout = Literal["NCHW", "NHWC", "NLC", "NC", "auto"]
 TokenPool = Literal["cls", "mean"]
@@ -55,7 +55,8 @@ def pool(
     if isinstance(x, (tuple, list)):  # some blocks return (features, extras)
         x = x[0]
     if layout == "NC" or x.ndim == 2:
-        return x
+        # a 1×1-conv classifier (timm DLA) receives (B, C, 1, 1): flatten like Backbone.features
+        return x.flatten(1)
     if layout == "auto":
         layout = "NCHW" if x.ndim == 4 else "NLC"
     if layout == "NCHW":
@@ -169,11 +170,25 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(
+            f"device: {str(device)!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BackboneError(
             f"device: {device!r} requested but CUDA is not available; use device=cpu"
         )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device: {device!r} requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+        )
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(f"device: {device!r} requested but MPS is not available; use device=cpu")
     return dev
 
 

@@ -47,6 +47,8 @@ def test_last():
         ([10, 5, 2.5, 2.4, 2.39], 0.03, "blocks.3"),  # a lower bar counts the 4 % step too
         ([10, 9.5, 9.4], 0.1, "blocks.2"),  # never falls much: the deepest block
         ([10, 5, 6, 2, 2.1], 0.1, "blocks.3"),  # non-monotone: the last significant fall
+        ([0.0, 0.0, 0.0], 0.1, "blocks.2"),  # one sample per class: NC1 is 0, no division
+        ([4.0, 0.0, 0.0], 0.1, "blocks.1"),  # fully collapsed after blocks.1
     ],
 )
 def test_knee(nc1s, threshold, want):

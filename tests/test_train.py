@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import math
 
 import pytest
@@ -78,7 +79,7 @@ def test_lr_schedule_warmup_then_cosine():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up
     assert lrs[10] == pytest.approx(1.0)
     assert lrs[55] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # monotone decay
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))  # monotone decay
     assert lrs[-1] > 0.1 - 1e-9
     const = TrainConfig(lr=1.0, schedule="constant")
     assert lr_at(50, 100, 0, const, 0.5) == 0.5
@@ -94,7 +95,7 @@ def test_epoch_sampler_depends_on_seed_and_epoch_only():
 
 # --------------------------------------------------------------- the loop
 def test_fit_records_history_and_keeps_best_epoch():
-    result, applied = run()
+    result, _ = run()
     assert len(result.history) == 3 and result.cache.used
     h = result.history[-1]
     assert 0.0 <= h.accuracy <= 1.0 and h.val_accuracy is not None and h.nc1 > 0
