@@ -21,6 +21,17 @@ from typing import Any
 from nctune.errors import ArtifactError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _public(path: str | Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; results get the usual umask-based mode."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def _clean(obj: Any) -> Any:
     """JSON has no NaN/Inf: non-finite floats become null; paths become strings."""
     if isinstance(obj, float):
@@ -52,6 +63,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _public(tmp)
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):
@@ -109,6 +121,7 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        _public(tmp, directory=True)
     except OSError as err:
         raise ArtifactError(f"--out {out}: cannot create ({err.strerror or err})") from None
     try:
@@ -162,6 +175,7 @@ def save_model(model, path: str | Path, extra: dict[str, Any] | None = None) -> 
     os.close(fd)
     try:
         st_save_model(model, tmp, metadata=meta)
+        _public(tmp)
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):

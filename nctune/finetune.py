@@ -67,6 +67,7 @@ class RunResult:
     classes: list[str] = field(default_factory=list)
     device: str = "cpu"
     total_seconds: float = 0.0
+    profile_seconds: float = 0.0
     model: nn.Module | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +94,7 @@ class RunResult:
             "classes",
             "device",
             "total_seconds",
+            "profile_seconds",
         ]
         out = {k: getattr(self, k) for k in keys}
         out["trainable_percent"] = 100.0 * self.trainable_params / max(1, self.total_params)
@@ -204,8 +206,10 @@ def finetune(
     s, t, bs, k = recipe.strategy, recipe.train, recipe.data.batch_size, splits.num_classes
     needs_profile = s.name in ("auto",) or (s.name in ("layers", "scl") and not s.layers)
     before = None
+    t_profile = time.perf_counter()
     if needs_profile or t.profile_after:
         before = _profile(backbone, plain, recipe, device, progress, "profile")
+    profile_seconds = time.perf_counter() - t_profile
     torch.manual_seed(recipe.seed)  # the head's initialisation depends on the seed alone
     applied = apply_strategy(
         backbone,
@@ -264,6 +268,7 @@ def finetune(
         dataset=splits.source,
         classes=list(splits.classes),
         device=str(device),
+        profile_seconds=profile_seconds,
     )
     if result.interrupted:
         run.total_seconds = time.perf_counter() - start

@@ -45,3 +45,15 @@ def test_unwritable_out_is_an_artifact_error(tmp_path):
         pass
     with pytest.raises(ArtifactError, match="is a file"), staged_dir(f / "sub" / "out"):
         pass
+
+
+def test_results_get_umask_permissions_not_private_temp_modes(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "r.json", "{}")
+        with staged_dir(tmp_path / "run") as tmp:
+            (tmp / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert p.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
