@@ -371,7 +371,9 @@ def fit(
         params = applied.parameters()
         optimizer = make_optimizer(params, cfg, base_lr)
         total_steps = phase_epochs * steps_per_epoch
-        warmup = round(cfg.warmup_epochs * steps_per_epoch) if phase_name != "full" else 0
+        # Each phase warms up: lp-ft's full phase starts from a trained head but from
+        # untouched backbone statistics, and a cold start at full rate would undo the probe.
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
         if ckpt is not None and ckpt["phase"] == phase_name:
             optimizer.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
