@@ -210,3 +210,107 @@ def plot_training(result, path: str | Path) -> Path:
         return atomic_write_bytes(path, _png(fig))
     finally:
         plt.close(fig)
+
+
+def sweep_table(result) -> Table:
+    """One row per swept block: accuracy and NC1 after for each mode, and which rules picked it."""
+    modes = sorted({p.mode for p in result.points}, key=["layer", "scl"].index)
+    t = Table(
+        title=f"Layer sweep: {result.backbone} on {result.dataset}",
+        header_style="bold",
+        caption=f"{result.metric.replace('_', ' ')} per tuned block; ◀ best per mode",
+    )
+    t.add_column("#", justify="right")
+    t.add_column("block")
+    t.add_column("NC1 (pretrained)", justify="right")
+    for m in modes:
+        label = "Layer-FT" if m == "layer" else "SCL-FT"
+        t.add_column(f"{label} acc", justify="right")
+        t.add_column(f"{label} NC1 after", justify="right")
+        t.add_column(f"{label} params", justify="right")
+    t.add_column("picked by")
+    best = {m: result.best(m).block for m in modes}
+    blocks = list(dict.fromkeys(p.block for p in result.points))
+    for block in blocks:
+        row_pts = {p.mode: p for p in result.points if p.block == block}
+        first = next(iter(row_pts.values()))
+        cells = [str(first.index), block, _fmt(first.nc1_before)]
+        for m in modes:
+            p = row_pts.get(m)
+            score = None if p is None else getattr(p, result.metric)
+            mark = " ◀" if best[m] == block else ""
+            cells += [
+                "–" if score is None else f"{100 * score:.2f}%{mark}",
+                _fmt(p.nc1_after if p else None),
+                "–" if p is None else f"{100 * p.trainable_params / p.total_params:.1f}%",
+            ]
+        cells.append(", ".join(r for r, b in result.picks.items() if b == block))
+        t.add_row(*cells)
+    return t
+
+
+def plot_sweep(result, path: str | Path) -> Path:
+    """Accuracy and NC1 after tuning against the tuned block; the rules' picks marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = list(dict.fromkeys(p.block for p in result.points))
+    x = {b: i for i, b in enumerate(blocks)}
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(max(6.0, 0.4 * len(blocks) + 2), 6.0), sharex=True
+    )
+    try:
+        for mode, style in (("layer", "o-"), ("scl", "s-")):
+            pts = [p for p in result.points if p.mode == mode]
+            if not pts:
+                continue
+            label = "Layer-FT" if mode == "layer" else "SCL-FT"
+            xs = [x[p.block] for p in pts]
+            ax1.plot(
+                xs,
+                [100 * (getattr(p, result.metric) or float("nan")) for p in pts],
+                style,
+                label=label,
+            )
+            ax2.plot(
+                xs,
+                [p.nc1_after or float("nan") for p in pts],
+                style,
+                label=f"{label}: head input after",
+            )
+        ax2.plot(
+            range(len(blocks)),
+            [
+                next(p.nc1_before for p in result.points if p.block == b) or float("nan")
+                for b in blocks
+            ],
+            "k:",
+            label="block, pretrained",
+        )
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (rule, block) in enumerate(sorted(result.picks.items())):
+            if block not in x:  # the rule picked a block outside the swept subset
+                continue
+            for ax in (ax1, ax2):
+                ax.axvline(
+                    x[block] + 0.06 * (i - 1.5),
+                    color=colors[(i + 2) % len(colors)],
+                    ls="--",
+                    lw=1.2,
+                    label=f"rule {rule}" if ax is ax1 else None,
+                )
+        ax1.set_ylabel(f"{result.metric.replace('_', ' ')} (%)")
+        ax1.grid(alpha=0.3)
+        ax1.legend(fontsize=7, ncol=2)
+        ax2.set_yscale("log")
+        ax2.set_ylabel("NC1 (train, log)")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=7)
+        ax2.set_xticks(range(len(blocks)), blocks, rotation=60, ha="right", fontsize=7)
+        ax2.set_xlabel("tuned block")
+        fig.suptitle(f"Layer sweep: {result.backbone} on {result.dataset}", fontsize=9)
+        return atomic_write_bytes(path, _png(fig))
+    finally:
+        plt.close(fig)

@@ -9,6 +9,7 @@ import typer
 
 from nctune.cli.analyze import analyze
 from nctune.cli.finetune import finetune
+from nctune.cli.sweep import sweep
 
 app = typer.Typer(
     name="nctune",
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 app.command("analyze")(analyze)
 app.command("finetune")(finetune)
+app.command("sweep")(sweep)
 
 
 @app.callback()

@@ -1,0 +1,81 @@
+"""``nctune sweep``: fine-tune each block in turn and check which one the NC profile picks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from nctune.artifacts import (
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    staged_dir,
+    to_json,
+)
+from nctune.cli.common import (
+    JsonOpt,
+    OutOpt,
+    RecipeArg,
+    SetOpt,
+    default_out,
+    emit_json,
+    handle_errors,
+    progress_bar,
+)
+
+BlocksOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--blocks",
+        help="Comma-separated blocks or globs to sweep (default: all).",
+        show_default=False,
+    ),
+]
+ModesOpt = Annotated[str, typer.Option("--modes", help="layer (Layer-FT), scl (SCL-FT), or both.")]
+
+
+@handle_errors
+def sweep(
+    recipe: RecipeArg = None,
+    set_: SetOpt = None,
+    blocks: BlocksOpt = None,
+    modes: ModesOpt = "layer,scl",
+    out: OutOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Which block should I tune on my data? Fine-tune each one and compare with the rules.
+
+    Writes DIR/sweep.json, DIR/layer_sweep.png and DIR/recipe.yaml.
+    """
+    from nctune.config import load_recipe
+    from nctune.report import plot_sweep, sweep_table
+    from nctune.sweep import layer_sweep
+
+    cfg = load_recipe(recipe, set_)
+    out = check_writable(out or default_out(recipe, "sweep"))
+    names = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
+    with progress_bar() as progress:
+        result = layer_sweep(
+            cfg, blocks=names, modes=tuple(m.strip() for m in modes.split(",")), progress=progress
+        )
+    doc = result.to_dict()
+    with staged_dir(out) as tmp:
+        atomic_write_json(tmp / "sweep.json", doc)
+        atomic_write_text(tmp / "recipe.yaml", cfg.to_yaml())
+        plot_sweep(result, tmp / "layer_sweep.png")
+    if json_:
+        emit_json(to_json(doc))
+        return
+    console = Console()
+    console.print(sweep_table(result))
+    for rule, regret in result.regret.items():
+        if all(g is None for g in regret.values()):
+            console.print(f"rule [bold]{rule}[/] picks {result.picks[rule]} (not swept)")
+            continue
+        gaps = ", ".join(f"{m}: {g:.2f} pts" for m, g in regret.items() if g is not None)
+        console.print(
+            f"rule [bold]{rule}[/] picks {result.picks[rule]} — below the best swept block by {gaps}"
+        )
+    console.print(f"Results in [cyan]{out}[/] (sweep.json, layer_sweep.png, recipe.yaml)")

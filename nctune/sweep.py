@@ -1,0 +1,176 @@
+"""Layer sweep: fine-tune each block on its own and see which choice the NC profile predicts.
+
+"Which layer should I tune on my data?" is the question users ask most; the sweep answers it
+by brute force, so the cheap answer (a selection rule on the one-pass profile) can be checked:
+
+    profile (one pass) ──► every rule's pick
+    for each block b:  Layer-FT(b) and SCL-FT(b) ──► test accuracy, trainable params, NC1 after
+
+The result says, per rule, how far its pick lands from the best single block.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nctune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nctune.config import Recipe
+
+MODES = {"layer": "layers", "scl": "scl"}  # sweep mode → strategy name
+
+
+@dataclass
+class SweepPoint:
+    """One fine-tuning run of the sweep."""
+
+    block: str
+    index: int
+    mode: str  # "layer" (Layer-FT) or "scl" (SCL-FT)
+    test_accuracy: float | None
+    val_accuracy: float | None
+    trainable_params: int
+    total_params: int
+    nc1_before: float | None  # NC1 of the block's features before tuning (the profile)
+    nc1_after: float | None  # NC1 of the head's input after tuning
+    wall_seconds: float
+
+
+@dataclass
+class SweepResult:
+    """The sweep table, the profile's rule picks and how good each pick was."""
+
+    points: list[SweepPoint]
+    picks: dict[str, str]  # rule → block
+    profile: list[dict[str, Any]]
+    backbone: str
+    dataset: str
+    seconds: float
+    metric: str = "test_accuracy"
+    regret: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+    def best(self, mode: str) -> SweepPoint:
+        """The block whose run scored highest (ties: the shallower, cheaper one)."""
+        pts = [p for p in self.points if p.mode == mode and self._score(p) is not None]
+        return max(pts, key=lambda p: (self._score(p), -p.index))
+
+    def _score(self, p: SweepPoint) -> float | None:
+        return getattr(p, self.metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone,
+            "dataset": self.dataset,
+            "metric": self.metric,
+            "seconds": self.seconds,
+            "picks": self.picks,
+            "regret": self.regret,
+            "best": {m: self.best(m).block for m in {p.mode for p in self.points}},
+            "points": [asdict(p) for p in self.points],
+            "profile": self.profile,
+        }
+
+
+def layer_sweep(
+    recipe: Recipe,
+    *,
+    blocks: list[str] | None = None,
+    modes: tuple[str, ...] = ("layer", "scl"),
+    rules: list[str] | None = None,
+    progress: Callable[..., None] | None = None,
+) -> SweepResult:
+    """Fine-tune each block in turn (Layer-FT and/or SCL-FT) and score the selection rules.
+
+    Every run uses the recipe's data, seed, epochs and learning rate unchanged, so the runs
+    differ only in the tuned block. The rules see one collapse profile of the pretrained
+    backbone, measured once before the sweep.
+
+    Args:
+        recipe: the base recipe (its ``strategy`` section is replaced per run).
+        blocks: module paths or globs to sweep (default: every block).
+        modes: ``"layer"`` (block + head) and/or ``"scl"`` (block + skip head).
+        rules: selection rules to score (default: every registered rule).
+        progress: ``progress(phase, done, total)`` callback.
+
+    Returns:
+        The table of runs, each rule's pick, and each pick's regret: the accuracy gap
+        (in points) to the best block of the sweep, per mode.
+    """
+    from nctune.analyze import analyze
+    from nctune.finetune import _loader, finetune, prepare
+    from nctune.selection import list_rules, select_layers
+
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ConfigError(f"--modes: unknown mode {bad[0]!r} (choose from {', '.join(MODES)})")
+    start = time.perf_counter()
+    backbone, splits, plain, device = prepare(recipe)
+    names = backbone.resolve_layers(blocks, field="--blocks")
+    bs = recipe.data.batch_size
+    profile = analyze(
+        backbone,
+        _loader(plain.train, bs),
+        val_loader=_loader(plain.val, bs) if plain.val is not None else None,
+        num_classes=splits.num_classes,
+        token_pool=recipe.analysis.token_pool,
+        device=device,
+        progress=(lambda p, d, t: progress(f"profile: {p}", d, t)) if progress else None,
+    )
+    picks = {}
+    for rule in rules or list_rules():
+        try:
+            picks[rule] = select_layers(profile, rule).layers[0]
+        except ConfigError:  # e.g. max_ncc without a validation split
+            continue
+    by_name = {layer.name: layer for layer in profile.layers}
+    points: list[SweepPoint] = []
+    total = len(names) * len(modes)
+    for i, block in enumerate(names):
+        for mode in modes:
+            if progress:
+                progress("sweep", len(points), total)
+            run_recipe = recipe.model_copy(deep=True)
+            run_recipe.strategy.name = MODES[mode]
+            run_recipe.strategy.layers = [block]
+            run_recipe.train.profile_after = False
+            r = finetune(run_recipe)
+            points.append(
+                SweepPoint(
+                    block=block,
+                    index=i,
+                    mode=mode,
+                    test_accuracy=r.test_accuracy,
+                    val_accuracy=r.val_accuracy,
+                    trainable_params=r.trainable_params,
+                    total_params=r.total_params,
+                    nc1_before=by_name[block].nc1 if block in by_name else None,
+                    nc1_after=r.nc1_after,
+                    wall_seconds=r.wall_seconds,
+                )
+            )
+    if progress:
+        progress("sweep", total, total)
+    metric = "test_accuracy" if points and points[0].test_accuracy is not None else "val_accuracy"
+    result = SweepResult(
+        points,
+        picks,
+        [layer.to_dict() for layer in profile.layers],
+        backbone.spec,
+        splits.source,
+        0.0,
+        metric,
+    )
+    for rule, block in picks.items():
+        result.regret[rule] = {}
+        for mode in modes:
+            best = result._score(result.best(mode))
+            got = next(
+                (result._score(p) for p in points if p.mode == mode and p.block == block), None
+            )
+            result.regret[rule][mode] = None if got is None else 100.0 * (best - got)
+    result.seconds = time.perf_counter() - start
+    return result
