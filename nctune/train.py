@@ -14,6 +14,7 @@ One call, :func:`fit`, trains an :class:`~nctune.strategies.AppliedStrategy`:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
@@ -123,89 +124,103 @@ def make_optimizer(
     return torch.optim.AdamW(groups, lr=lr)
 
 
-class _Batches:
-    """The uncached source: image batches through the whole model."""
-
-    cut = None
+class _Images:
+    """Image batches through the whole model (no cache); ``epoch=None`` means in order."""
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, num_workers: int, seed: int, device: torch.device
+        self, data, batch_size: int, device: torch.device, seed: int = 0, num_workers: int = 0
     ) -> None:
-        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
-        self.seed, self.device = seed, device
+        self.data, self.batch_size, self.device = data, batch_size, device
+        self.seed, self.num_workers = seed, num_workers
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        sampler = EpochSampler(len(self.dataset), self.seed, epoch, start_batch * self.batch_size)
-        loader = DataLoader(
-            self.dataset,
+    def batches(
+        self, epoch: int | None = None, start_batch: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not isinstance(self.data, Dataset):  # a user's DataLoader or any iterable of batches
+            yield from self.data
+            return
+        sampler = (
+            None
+            if epoch is None
+            else EpochSampler(len(self.data), self.seed, epoch, start_batch * self.batch_size)
+        )
+        yield from DataLoader(
+            self.data,
             batch_size=self.batch_size,
             sampler=sampler,
+            shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
         )
-        yield from loader
 
-    def forward(self, model: nn.Module, tuned: nn.Module, x: torch.Tensor):
-        return model(to_device(x, self.device), return_features=True)
-
-    def attached(self, tuned: nn.Module):
-        import contextlib
-
+    def attached(self):
         return contextlib.nullcontext()
+
+    def forward(self, model: nn.Module, x: torch.Tensor):
+        return model(to_device(x, self.device), return_features=True)
 
 
 class _Cached:
-    """The cached source: the same per-epoch order, served from the prefix cache."""
+    """The same batches as :class:`_Images`, served from the prefix cache (suffix only)."""
 
     def __init__(
-        self, cache: PrefixCache, batch_size: int, seed: int, device: torch.device
+        self,
+        cache: PrefixCache,
+        tuned: nn.Module,
+        batch_size: int,
+        device: torch.device,
+        seed: int = 0,
     ) -> None:
-        self.cache, self.batch_size, self.seed, self.device = cache, batch_size, seed, device
+        self.cache, self.tuned, self.batch_size, self.device, self.seed = (
+            cache,
+            tuned,
+            batch_size,
+            device,
+            seed,
+        )
 
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = EpochSampler(len(self.cache), self.seed, epoch).order()
-        for i in range(start_batch * self.batch_size, len(order), self.batch_size):
+    def batches(
+        self, epoch: int | None = None, start_batch: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.cache)
+        order = torch.arange(n) if epoch is None else EpochSampler(n, self.seed, epoch).order()
+        for i in range(start_batch * self.batch_size, n, self.batch_size):
             yield self.cache.batch(order[i : i + self.batch_size])
 
-    def forward(self, model: nn.Module, tuned: nn.Module, x: torch.Tensor):
-        return self.cache.forward(model, tuned, x.to(self.device, non_blocking=True))
+    def attached(self):
+        return self.cache.attached(self.tuned)
 
-    def attached(self, tuned: nn.Module):
-        return self.cache.attached(tuned)
+    def forward(self, model: nn.Module, x: torch.Tensor):
+        return self.cache.forward(model, self.tuned, x.to(self.device, non_blocking=True))
+
+    def close(self) -> None:
+        self.cache.close()
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    loader,
-    device: torch.device,
-    num_classes: int | None = None,
-    source=None,
-    tuned=None,
+    model: nn.Module, data, device: torch.device, num_classes: int | None = None
 ) -> tuple[float, CollapseStats | None]:
-    """Top-1 accuracy of ``model`` on ``loader`` (eval mode), and the head-input statistics."""
+    """Top-1 accuracy of ``model`` in eval mode, and (with ``num_classes``) the statistics of
+    the features its head sees.
+
+    Args:
+        model: a :class:`~nctune.strategies.TunedModel` (or PEFT wrapper of one).
+        data: a DataLoader / iterable of ``(images, labels)``, or a batch source of the trainer.
+        device: where the model runs.
+        num_classes: K for the head-input :class:`~nctune.collapse.CollapseStats`.
+    """
+    source = data if hasattr(data, "attached") else _Images(data, 0, device)
     was = model.training
     model.eval()
     stats = CollapseStats(num_classes) if num_classes else None
     correct = seen = 0
     try:
-        batches = loader if source is None else source.epoch_in_order()
-        ctx = source.attached(tuned) if source is not None else _null()
-        with ctx:
-            for x, y in batches:
+        with source.attached():
+            for x, y in source.batches():
                 y = torch.as_tensor(y).to(device)
                 with autocast(device):
-                    if source is None:
-                        logits, feats = model(to_device(x, device), return_features=True)
-                    else:
-                        logits, feats = source.forward(model, tuned, x)
+                    logits, feats = source.forward(model, x)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += int(y.numel())
                 if stats is not None:
@@ -213,19 +228,6 @@ def evaluate(
     finally:
         model.train(was)
     return (correct / seen if seen else float("nan")), stats
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
-class _EvalCached(_Cached):
-    def epoch_in_order(self):
-        n = len(self.cache)
-        for i in range(0, n, self.batch_size):
-            yield self.cache.batch(torch.arange(i, min(n, i + self.batch_size)))
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -380,14 +382,15 @@ def fit(
 
         # The frozen prefix is the same every epoch when nothing random touches the
         # input, so compute it once: later epochs then cost only the trainable suffix.
-        source, val_source = _Batches(train_set, batch_size, num_workers, seed, device), None
+        source = _Images(train_set, batch_size, device, seed, num_workers)
+        val_source = _Images(val_set, batch_size, device) if val_set is not None else None
         if cfg.cache_prefix != "off":
             if augment:
                 cache_info = CacheInfo(
                     False, reason="data.augment is on: the prefix differs every epoch"
                 )
             else:
-                source, val_source, cache_info = _try_cache(
+                cached, cached_val, cache_info = _try_cache(
                     tuned,
                     block_names,
                     train_set,
@@ -399,6 +402,8 @@ def fit(
                     run_dir,
                     progress,
                 )
+                source = cached or source
+                val_source = cached_val or val_source
 
         for epoch in range(
             max(epoch0 if ckpt is not None else phase_start, phase_start), phase_end
@@ -421,15 +426,15 @@ def fit(
             if progress:
                 progress(f"epoch {epoch + 1}/{cfg.epochs}", start_batch, steps_per_epoch)
             step = start_batch
-            with source.attached(tuned):
-                for x, y in source.epoch(epoch, start_batch):
+            with source.attached():
+                for x, y in source.batches(epoch, start_batch):
                     global_step = (epoch - phase_start) * steps_per_epoch + step
                     lr = lr_at(global_step, total_steps, warmup, cfg, base_lr)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     y = torch.as_tensor(y).to(device, non_blocking=True)
                     with autocast(device, use_amp):
-                        logits, feats = source.forward(model, tuned, x)
+                        logits, feats = source.forward(model, x)
                         loss = F.cross_entropy(
                             logits.float(), y, label_smoothing=cfg.label_smoothing
                         )
@@ -491,9 +496,7 @@ def fit(
                     cache_info,
                 )
 
-            val_acc = None
-            if val_set is not None:
-                val_acc = _validate(model, tuned, val_set, val_source, batch_size, device)
+            val_acc = evaluate(model, val_source, device)[0] if val_source is not None else None
             nc1 = _safe_nc1(stats)
             history.append(
                 EpochStats(
@@ -542,10 +545,9 @@ def fit(
             if cfg.early_stopping and val_set is not None and best["bad"] >= cfg.early_stopping:
                 stopped_early = True
                 break
-        if isinstance(source, _Cached):
-            source.cache.close()
-            if val_source is not None:
-                val_source.cache.close()
+        for src in (source, val_source):
+            if isinstance(src, _Cached):
+                src.close()
         if stopped_early:
             break
         phase_start = phase_end
@@ -580,20 +582,14 @@ def _safe_nc1(stats: CollapseStats | None) -> float | None:
         return None
 
 
-def _validate(model, tuned, val_set, val_source, batch_size, device) -> float:
-    if val_source is not None:
-        return evaluate(model, None, device, source=val_source, tuned=tuned)[0]
-    loader = DataLoader(val_set, batch_size=batch_size, shuffle=False)
-    return evaluate(model, loader, device)[0]
-
-
 def _try_cache(
     tuned, block_names, train_set, val_set, cfg, batch_size, seed, device, run_dir, progress
 ):
+    """(cached train source, cached val source, info); the sources are None when refused."""
     cut = find_cut(tuned, block_names)
     if cut is None:
         return (
-            _Batches(train_set, batch_size, 0, seed, device),
+            None,
             None,
             CacheInfo(
                 False, reason="a parameter before the first block trains (nothing frozen to cache)"
@@ -612,14 +608,14 @@ def _try_cache(
         tuned, cut, DataLoader(train_set, batch_size=batch_size, shuffle=False), **kw
     )
     if cache is None:
-        return _Batches(train_set, batch_size, 0, seed, device), None, info
-    val_source = None
+        return None, None, info
+    val = None
     if val_set is not None:
         vcache, _ = PrefixCache.build(
             tuned, cut, DataLoader(val_set, batch_size=batch_size, shuffle=False), **kw
         )
-        val_source = _EvalCached(vcache, batch_size, seed, device) if vcache is not None else None
-    return _Cached(cache, batch_size, seed, device), val_source, info
+        val = _Cached(vcache, tuned, batch_size, device) if vcache is not None else None
+    return _Cached(cache, tuned, batch_size, device, seed), val, info
 
 
 def _ckpt(

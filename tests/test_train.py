@@ -61,15 +61,24 @@ def weights(applied):
     return {k: v.detach().clone() for k, v in applied.model.state_dict().items()}
 
 
-def assert_same_run(a, b):
+def assert_same_run(a, b, exact: bool = True):
+    """Same history and weights. ``exact=False`` allows float rounding (1e-5 relative): the
+    cached prefix is computed in dataset order while the uncached one sees shuffled batches of
+    other sizes, and CPU kernels may round a sample differently by batch shape."""
     (ra, aa), (rb, ab) = a, b
     wa, wb = weights(aa), weights(ab)
-    assert [h.loss for h in ra.history] == [h.loss for h in rb.history]
+    tol = {} if exact else {"rel": 1e-5, "abs": 1e-7}
+    assert [h.loss for h in ra.history] == pytest.approx([h.loss for h in rb.history], **tol)
     assert [h.val_accuracy for h in ra.history] == [h.val_accuracy for h in rb.history]
-    assert [h.nc1 for h in ra.history] == pytest.approx([h.nc1 for h in rb.history], rel=1e-9)
+    assert [h.nc1 for h in ra.history] == pytest.approx(
+        [h.nc1 for h in rb.history], rel=1e-5 if not exact else 1e-9
+    )
     assert wa.keys() == wb.keys()
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+        if exact:
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+        else:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 # --------------------------------------------------------------------- pieces
@@ -118,7 +127,7 @@ def test_prefix_cache_gives_the_same_run_as_no_cache(strategy, layers, expect_cu
     assert cached[0].cache.used and cached[0].cache.cut == expect_cut
     plain = run(strategy, layers, overrides=["train.cache_prefix=off"])
     assert not plain[0].cache.used
-    assert_same_run(cached, plain)
+    assert_same_run(cached, plain, exact=False)
 
 
 def test_prefix_cache_on_vit_and_disk():
@@ -128,7 +137,7 @@ def test_prefix_cache_on_vit_and_disk():
     )
     assert cached[0].cache.used and cached[0].cache.where == "disk"
     plain = run("scl", ("blocks.3",), overrides=[*vit, "train.cache_prefix=off", "train.epochs=2"])
-    assert_same_run(cached, plain)
+    assert_same_run(cached, plain, exact=False)
 
 
 def test_cache_refused_when_prefix_trains_or_data_is_augmented():
