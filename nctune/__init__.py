@@ -31,8 +31,7 @@ _EXPORTS: dict[str, str] = {
     "RunResult": "nctune.finetune",
     "finetune": "nctune.finetune",
     "load_finetuned": "nctune.artifacts",
-    "tune": "nctune.search",
-    "rank_backbones": "nctune.rank",
+    "layer_sweep": "nctune.sweep",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -60,7 +59,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nctune.data import build_data
     from nctune.errors import NctuneError
     from nctune.finetune import RunResult, finetune
-    from nctune.rank import rank_backbones
-    from nctune.search import tune
     from nctune.selection import select_layers
     from nctune.strategies import apply_strategy
+    from nctune.sweep import layer_sweep

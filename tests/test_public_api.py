@@ -1,0 +1,28 @@
+"""The public names resolve, lazily, and `import nctune` stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nctune
+
+
+def test_every_public_name_resolves():
+    for name in nctune.__all__:
+        assert getattr(nctune, name) is not None, name
+
+
+def test_import_is_lazy():
+    code = "import sys, nctune; print(int(any(m in sys.modules for m in ('timm', 'torchvision', 'peft', 'optuna'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
+
+
+def test_unknown_name_is_an_attribute_error():
+    try:
+        nctune.does_not_exist  # noqa: B018
+    except AttributeError as err:
+        assert "does_not_exist" in str(err)
+    else:
+        raise AssertionError("expected AttributeError")
