@@ -185,7 +185,6 @@ class StrategyConfig(Section):
         description="lp-ft: learning-rate factor for the full fine-tuning phase.",
     )
 
-
     @field_validator("rule")
     @classmethod
     def _known_rule(cls, v: str | None) -> str | None:

@@ -48,18 +48,30 @@ class _Sums:
 
 
 def _batch_sums(
-    x: torch.Tensor, labels: torch.Tensor, num_classes: int, with_second_moment: bool
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    with_second_moment: bool,
+    into: _Sums | None = None,
 ) -> _Sums:
-    """One batch's contribution. ``x`` is already shifted float64 ``(B, D)``."""
+    """One batch's contribution, added in place to ``into`` when given (and returned).
+
+    ``x`` is already shifted float64 ``(B, D)``.
+    """
     k, d = num_classes, x.shape[1]
-    counts = torch.bincount(labels, minlength=k).to(torch.float64)
-    sums = torch.zeros(k, d, dtype=torch.float64, device=x.device).index_add_(0, labels, x)
-    sq = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(
-        0, labels, x.square().sum(dim=1)
-    )
-    # One GEMM per batch: the only O(B·D²) work of the whole engine.
-    second = x.T @ x if with_second_moment else None
-    return _Sums(counts, sums, sq, second)
+    if into is None:
+        z = torch.zeros
+        opts = {"dtype": torch.float64, "device": x.device}
+        second = z(d, d, **opts) if with_second_moment else None
+        into = _Sums(z(k, **opts), z(k, d, **opts), z(k, **opts), second)
+    into.counts += torch.bincount(labels, minlength=k).to(torch.float64)
+    into.sums.index_add_(0, labels, x)
+    into.sq_norms.index_add_(0, labels, x.square().sum(dim=1))
+    if into.second_moment is not None:
+        # One GEMM per batch, the only O(B·D²) work of the whole engine; addmm_ adds it in
+        # place, without a D×D temporary and a second pass over S.
+        into.second_moment.addmm_(x.T, x)
+    return into
 
 
 def _reshift(s: _Sums, delta: torch.Tensor) -> _Sums:

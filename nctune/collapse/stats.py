@@ -233,8 +233,8 @@ class CollapseStats:
             if self.shift is None:
                 self.dim = int(x.shape[1])
                 self.shift = x.mean(dim=0)
-            batch = _batch_sums(x - self.shift, y, self.num_classes, self.mode == "full")
-            self._add(batch)
+            full = self.mode == "full"
+            self._sums = _batch_sums(x - self.shift, y, self.num_classes, full, into=self._sums)
         self._batches += 1
         return self
 
