@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,13 +60,14 @@ def find_cut(model: nn.Module, block_names: list[str]) -> str | None:
         return HEAD
     if all(flags):
         return None
-    in_blocks: set[int] = set()
-    first = None
-    for name in block_names:
-        params = list(backbone.get_submodule(name).parameters())
-        in_blocks.update(id(p) for p in params)
-        if first is None and any(p.requires_grad for p in params):
-            first = name
+    first = next(
+        (
+            n
+            for n in block_names
+            if any(p.requires_grad for p in backbone.get_submodule(n).parameters())
+        ),
+        None,
+    )
     if first is None:
         return None
     # Trainable parameters outside the blocks (cls token, stem, final norm) are only fine
@@ -112,7 +114,7 @@ class _Trace:
 class PrefixCache:
     """Cut inputs for a whole dataset, plus the stubs that let the model start at the cut.
 
-    Build with :meth:`build`; iterate batches with :meth:`batches`; run the model on a
+    Build with :meth:`build`; read cached batches with :meth:`batch`; run the model on a
     cached batch with :meth:`forward` inside ``with cache.attached(model):``.
     """
 
@@ -142,8 +144,6 @@ class PrefixCache:
         """Delete the disk cache, if any."""
         self.inputs = None
         if self._tmpdir:
-            import shutil
-
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
 
@@ -234,6 +234,9 @@ class PrefixCache:
         if where == "memory":
             store = torch.empty(shape, dtype=a.dtype)
         else:
+            if disk_dir is not None:  # a killed run leaves its cache behind; the run folder is ours
+                for stale in Path(disk_dir).glob("nctune-prefix-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
             tmpdir = tempfile.mkdtemp(prefix="nctune-prefix-", dir=disk_dir)
             np_dtype = (
                 torch.empty(0, dtype=a.dtype).numpy().dtype
