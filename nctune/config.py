@@ -153,7 +153,7 @@ class StrategyConfig(Section):
     )
     rule: str | None = Field(
         None,
-        description="Selection rule: last, knee, min_nc1, max_ncc (default: nctune's default rule).",
+        description="Selection rule: last, knee, min_nc1, max_ncc (default: knee, chosen by the evidence in docs/evidence.md).",
     )
     threshold: float = Field(
         0.1,

@@ -107,7 +107,7 @@ def test_strategy_recipes_suit_their_strategy(strategy):
     if strategy == "scl":
         assert len(s.layers) == 1
     if strategy == "auto":
-        assert s.layers is None and s.rule  # the profile chooses
+        assert s.layers is None  # the profile chooses (strategy.rule or the default rule)
     if strategy == "lp-ft":
         assert s.probe_epochs is not None and s.probe_epochs < t.epochs
         assert t.lr * s.full_lr_scale <= full * 1.001  # the full phase is gentle

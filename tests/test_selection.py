@@ -83,3 +83,11 @@ def test_custom_rule_can_be_registered():
 
     assert select_layers(profile([3, 2]), "first_test_only").layers == ["blocks.0"]
     assert select_layers(profile([3, 2]), "first_test_only").to_dict()["rule"] == "first_test_only"
+
+
+def test_default_rule_is_the_evidence_choice():
+    from nctune.selection import resolve_rule
+
+    assert resolve_rule() == DEFAULT_RULE == "knee"  # docs/evidence.md says why
+    assert resolve_rule("last") == "last"
+    assert select_layers(profile([10, 5, 2.5, 2.4, 2.39])).rule == "knee"
