@@ -356,8 +356,30 @@ def fit(
             "bad": ckpt["bad_epochs"],
         }
 
+    def save(epoch: int, step: int, partial: dict | None) -> None:
+        if run_dir is not None:
+            _save(
+                run_dir / CHECKPOINT,
+                _ckpt(
+                    epoch, step, applied, model, optimizer, scaler, history, best, device, partial
+                ),
+            )
+
+    def finish(interrupted: bool) -> TrainResult:
+        best_acc = best["acc"] if val_set is not None else None
+        return TrainResult(
+            history,
+            best["epoch"],
+            best_acc,
+            stopped_early,
+            interrupted,
+            time.perf_counter() - start_time,
+            cache_info,
+        )
+
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
     epoch, stopped_early, interrupted = epoch0, False, False
+    optimizer = None
     cache_info = CacheInfo(
         False, reason="train.cache_prefix is off" if cfg.cache_prefix == "off" else ""
     )
@@ -463,41 +485,17 @@ def fit(
                     if should_stop is not None and should_stop() and step < steps_per_epoch:
                         interrupted = True
                         break
-            if interrupted:
+            if interrupted:  # a stop request mid-epoch: save exactly where we are
                 partial = {
                     "loss_sum": loss_sum,
                     "correct": correct,
                     "seen": seen,
                     "stats": stats.state_dict() if stats else None,
                 }
-                if run_dir is not None:
-                    _save(
-                        run_dir / CHECKPOINT,
-                        _ckpt(
-                            epoch,
-                            step,
-                            applied,
-                            model,
-                            optimizer,
-                            scaler,
-                            history,
-                            best,
-                            device,
-                            partial,
-                        ),
-                    )
-                return TrainResult(
-                    history,
-                    best["epoch"],
-                    best["acc"],
-                    False,
-                    True,
-                    time.perf_counter() - start_time,
-                    cache_info,
-                )
+                save(epoch, step, partial)
+                return finish(interrupted=True)
 
             val_acc = evaluate(model, val_source, device)[0] if val_source is not None else None
-            nc1 = _safe_nc1(stats)
             history.append(
                 EpochStats(
                     epoch + 1,
@@ -505,7 +503,7 @@ def fit(
                     loss_sum / max(seen, 1),
                     correct / max(seen, 1),
                     val_acc,
-                    nc1,
+                    _safe_nc1(stats),
                     lr,
                     time.perf_counter() - t0,
                 )
@@ -514,34 +512,14 @@ def fit(
             # Keep the best validation epoch; without validation, the last one.
             score = val_acc if val_acc is not None else -1.0
             if best["acc"] is None or score > best["acc"]:
-                best = {
-                    "acc": score,
-                    "epoch": epoch + 1,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "bad": 0,
-                }
+                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best = {"acc": score, "epoch": epoch + 1, "state": state, "bad": 0}
             else:
                 best["bad"] += 1
-            ckpt = None
-            step0 = 0
-            if run_dir is not None:
-                _save(
-                    run_dir / CHECKPOINT,
-                    _ckpt(
-                        epoch + 1, 0, applied, model, optimizer, scaler, history, best, device, None
-                    ),
-                )
+            ckpt, step0 = None, 0
+            save(epoch + 1, 0, None)
             if should_stop is not None and should_stop() and epoch + 1 < cfg.epochs:
-                interrupted = True
-                return TrainResult(
-                    history,
-                    best["epoch"],
-                    best["acc"],
-                    False,
-                    True,
-                    time.perf_counter() - start_time,
-                    cache_info,
-                )
+                return finish(interrupted=True)
             if cfg.early_stopping and val_set is not None and best["bad"] >= cfg.early_stopping:
                 stopped_early = True
                 break
@@ -555,16 +533,7 @@ def fit(
 
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    best_acc = best["acc"] if val_set is not None else None
-    return TrainResult(
-        history,
-        best["epoch"],
-        best_acc,
-        stopped_early,
-        False,
-        time.perf_counter() - start_time,
-        cache_info,
-    )
+    return finish(interrupted=False)
 
 
 def _safe_nc1(stats: CollapseStats | None) -> float | None:
