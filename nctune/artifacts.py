@@ -50,29 +50,38 @@ def to_json(obj: Any) -> str:
     return json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename)."""
-    path = Path(path)
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[str]:
+    """Yield a temporary sibling of ``path``; when the block succeeds it replaces ``path``.
+
+    Any failure removes the temporary file; an ``OSError`` (disk full, no permission)
+    becomes one :class:`ArtifactError` line naming ``path``.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     except OSError as err:
         raise ArtifactError(f"{path}: cannot write ({err.strerror or err})") from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         _public(tmp)
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise ArtifactError(f"{path}: cannot write ({err.strerror or err})") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise ArtifactError(f"{path}: cannot write ({err.strerror or err})") from None
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename)."""
+    path = Path(path)
+    with _replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 
@@ -171,16 +180,8 @@ def save_model(model, path: str | Path, extra: dict[str, Any] | None = None) -> 
     meta = {"nctune_format": "1", "kind": "finetuned", "config": json.dumps(_clean(model.config))}
     for key, value in (extra or {}).items():
         meta[key] = json.dumps(_clean(value))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _replacing(path) as tmp:
         st_save_model(model, tmp, metadata=meta)
-        _public(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise ArtifactError(f"{path}: cannot write ({err.strerror or err})") from None
     return path
 
 

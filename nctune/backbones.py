@@ -833,19 +833,12 @@ def _create_timm(
 
     spec = f"timm:{name}"
     _timm_check_name(name)
+    num_classes = None
     if pretrained and weights is None:
         model = _timm_create_pretrained(name, spec, kwargs)
-        backbone = Backbone(
-            model,
-            spec=spec,
-            source="timm",
-            arch=_timm_arch(model, name),
-            input_config=_timm_input_config(model, kwargs),
-            model_kwargs=kwargs,
-        )
-        return _finish(backbone, None)
-    build_kwargs, num_classes = _split_num_classes(kwargs, loading=weights is not None)
-    model = _factory_call(timm.create_model, spec, name, pretrained=False, **build_kwargs)
+    else:
+        build_kwargs, num_classes = _split_num_classes(kwargs, loading=weights is not None)
+        model = _factory_call(timm.create_model, spec, name, pretrained=False, **build_kwargs)
     backbone = Backbone(
         model,
         spec=spec,
