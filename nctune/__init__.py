@@ -47,7 +47,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted({"__version__", *_EXPORTS})
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

@@ -341,7 +341,7 @@ def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analys
     """Recipe → backbone, data, profile and a layer recommendation (what the CLI runs)."""
     from nctune.backbones import create_backbone
     from nctune.data import build_data, make_loader, subsample
-    from nctune.selection import select_layers
+    from nctune.selection import recipe_rule, select_layers
     from nctune.taps import resolve_device
 
     torch.manual_seed(recipe.seed)
@@ -351,10 +351,11 @@ def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analys
     # stratified, so a cap keeps every class (a uniform draw can miss a small one)
     train = subsample(splits.train, recipe.analysis.max_samples, seed=recipe.seed)
     loader = make_loader(train, recipe.data, train=False, seed=recipe.seed, device=device)
-    val = splits.val if splits.val is not None else splits.test
+    # NCC accuracy (and the max_ncc rule) use the validation split only: choosing a block
+    # on the test split would leak it into every accuracy reported later.
     val_loader = (
-        make_loader(val, recipe.data, train=False, seed=recipe.seed, device=device)
-        if val is not None
+        make_loader(splits.val, recipe.data, train=False, seed=recipe.seed, device=device)
+        if splits.val is not None
         else None
     )
     profile = analyze(
@@ -370,4 +371,5 @@ def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analys
     )
     profile.backbone = backbone.spec
     profile.dataset = splits.source
-    return Analysis(profile, select_layers(profile), backbone, splits, recipe)
+    rule, params = recipe_rule(recipe.strategy)
+    return Analysis(profile, select_layers(profile, rule, **params), backbone, splits, recipe)

@@ -331,7 +331,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Load a YAML recipe, apply ``key.path=value`` overrides and validate it.
 
     Args:
-        path: recipe file; ``None`` starts from the defaults (the offline quickstart).
+        path: recipe file; ``None`` starts from the defaults (Lite0 on Fashion-MNIST).
         overrides: dotted overrides, applied in order after the file.
 
     Raises:

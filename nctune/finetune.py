@@ -197,7 +197,7 @@ def finetune(
     Returns:
         A :class:`RunResult`; ``result.model`` is the fine-tuned model in eval mode.
     """
-    from nctune.selection import resolve_rule
+    from nctune.selection import recipe_rule
     from nctune.strategies import apply_strategy
     from nctune.train import fit
 
@@ -210,7 +210,7 @@ def finetune(
     if needs_profile or t.profile_after:
         before = _profile(backbone, plain, recipe, device, progress, "profile")
     profile_seconds = time.perf_counter() - t_profile
-    rule = resolve_rule(s.rule)
+    rule, rule_params = recipe_rule(s)
     torch.manual_seed(recipe.seed)  # the head's initialisation depends on the seed alone
     applied = apply_strategy(
         backbone,
@@ -219,7 +219,7 @@ def finetune(
         layers=s.layers,
         profile=before,
         rule=rule,
-        rule_params={"threshold": s.threshold} if rule == "knee" else None,
+        rule_params=rule_params,
         token_pool=recipe.analysis.token_pool,
         head_dropout=s.head_dropout,
         lora_rank=s.lora_rank,

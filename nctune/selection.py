@@ -29,6 +29,7 @@ from nctune.errors import ConfigError
 
 if TYPE_CHECKING:
     from nctune.analyze import CollapseProfile, LayerCollapse
+    from nctune.config import StrategyConfig
 
 #: The rule used when a recipe names none, chosen from the evidence in docs/evidence.md: on
 #: the offline default its pick lands 0.42 points (SCL-FT) below the best single block of
@@ -129,6 +130,20 @@ def _max_ncc(blocks: list[LayerCollapse]) -> Selection:
 def resolve_rule(rule: str | None = None) -> str:
     """The rule :func:`select_layers` applies: ``rule``, else :data:`DEFAULT_RULE`."""
     return rule or DEFAULT_RULE
+
+
+def recipe_rule(strategy: StrategyConfig, rule: str | None = None) -> tuple[str, dict[str, Any]]:
+    """A recipe's ``strategy`` section → (rule name, that rule's parameters).
+
+    One place decides what ``strategy.rule`` and ``strategy.threshold`` mean, so
+    ``nctune analyze``'s recommendation, ``finetune``'s choice and ``sweep``'s picks agree.
+
+    Args:
+        strategy: the recipe's strategy section.
+        rule: apply this rule instead of ``strategy.rule`` (parameters still from the recipe).
+    """
+    rule = resolve_rule(rule or strategy.rule)
+    return rule, ({"threshold": strategy.threshold} if rule == "knee" else {})
 
 
 def select_layers(profile: CollapseProfile, rule: str | None = None, **params: Any) -> Selection:

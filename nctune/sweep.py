@@ -100,9 +100,8 @@ def layer_sweep(
         The table of runs, each rule's pick, and each pick's regret: the accuracy gap
         (in points) to the best block of the sweep, per mode.
     """
-    from nctune.analyze import analyze
-    from nctune.finetune import _loader, finetune, prepare
-    from nctune.selection import list_rules, select_layers
+    from nctune.finetune import _profile, finetune, prepare
+    from nctune.selection import list_rules, recipe_rule, select_layers
 
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -110,20 +109,12 @@ def layer_sweep(
     start = time.perf_counter()
     backbone, splits, plain, device = prepare(recipe)
     names = backbone.resolve_layers(blocks, field="--blocks")
-    bs = recipe.data.batch_size
-    profile = analyze(
-        backbone,
-        _loader(plain.train, bs),
-        val_loader=_loader(plain.val, bs) if plain.val is not None else None,
-        num_classes=splits.num_classes,
-        token_pool=recipe.analysis.token_pool,
-        device=device,
-        progress=(lambda p, d, t: progress(f"profile: {p}", d, t)) if progress else None,
-    )
+    profile = _profile(backbone, plain, recipe, device, progress, "profile")
     picks = {}
     for rule in rules or list_rules():
         try:
-            picks[rule] = select_layers(profile, rule).layers[0]
+            name, params = recipe_rule(recipe.strategy, rule)
+            picks[rule] = select_layers(profile, name, **params).layers[0]
         except ConfigError:  # e.g. max_ncc without a validation split
             continue
     by_name = {layer.name: layer for layer in profile.layers}

@@ -34,7 +34,8 @@ INTRO = """\
 
 A recipe is a YAML file whose sections follow nctune's data flow: which **backbone**, which
 **data**, what **analysis** measures, which fine-tuning **strategy**, and how to **train**.
-Every field is optional (the defaults are the offline quickstart), unknown keys are
+Every field is optional (the defaults are the quickstart's backbone and data at the
+backbone's own resolution — see each field below), unknown keys are
 rejected with their path, and any field can be overridden on the command line:
 
     nctune finetune recipes/finetune-scl.yaml --set train.epochs=3 --set data.batch_size=32

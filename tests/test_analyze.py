@@ -24,6 +24,7 @@ from nctune.backbones import Backbone, InputConfig, list_blocks
 from nctune.collapse import CollapseStats, ncc_accuracy
 from nctune.config import load_recipe
 from nctune.errors import BackboneError, ConfigError
+from nctune.selection import select_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, K, BATCH = 32, 4, 16
@@ -365,3 +366,32 @@ def test_analyze_recipe_writes_the_design_json_deterministically():
     rec = first["recommendation"]
     assert set(rec) >= {"rule", "layers", "reason"}
     assert rec["layers"] and set(rec["layers"]) <= set(blocks)
+
+
+def test_analyze_recipe_recommends_with_the_recipes_rule_and_threshold():
+    base = load_recipe(ROOT / "recipes" / "quickstart.yaml", TINY_QUICKSTART)
+    result = analyze_recipe(base)
+    assert result.recommendation.rule == "knee"
+    for rule in ("last", "min_nc1", "max_ncc"):
+        recipe = base.model_copy(
+            update={"strategy": base.strategy.model_copy(update={"rule": rule})}
+        )
+        # the same profile, the rule named in the recipe
+        assert select_layers(result.profile, rule) == analyze_recipe(recipe).recommendation
+    # a threshold no block-over-block drop reaches: knee falls back to the deepest block
+    strict = base.model_copy(
+        update={"strategy": base.strategy.model_copy(update={"threshold": 0.999})}
+    )
+    rec = analyze_recipe(strict).recommendation
+    assert rec.layers == ["layer4.0"] and "never falls" in rec.reason
+
+
+def test_analyze_recipe_never_scores_ncc_on_the_test_split():
+    recipe = load_recipe(
+        ROOT / "recipes" / "quickstart.yaml",
+        [*TINY_QUICKSTART, "data.val_fraction=0", "data.test_fraction=0.2"],
+    )
+    result = analyze_recipe(recipe)
+    assert result.data.val is None and result.data.test is not None
+    assert all(layer.ncc_accuracy is None for layer in result.profile.layers)
+    assert result.recommendation.rule == "knee"

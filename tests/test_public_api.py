@@ -13,6 +13,10 @@ def test_every_public_name_resolves():
         assert getattr(nctune, name) is not None, name
 
 
+def test_dir_lists_the_public_names_only():
+    assert dir(nctune) == sorted(nctune.__all__)
+
+
 def test_import_is_lazy():
     code = "import sys, nctune; print(int(any(m in sys.modules for m in ('timm', 'torchvision', 'peft', 'optuna'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

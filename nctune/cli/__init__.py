@@ -5,6 +5,8 @@ Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from nctune.cli.analyze import analyze
@@ -28,6 +30,26 @@ def _root() -> None:
     """Fine-tune pretrained vision backbones guided by neural collapse (Li et al., arXiv 2212.12206)."""
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point.
+
+    Click's usage errors (an unknown option or command, a missing value) get the same one
+    line on stderr and exit code 2 as every other bad input, instead of a usage box.
+    """
+    try:  # Typer >= 0.2x carries its own copy of Click; older ones use Click itself
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - depends on the installed Typer
+        from click import exceptions as cx
+
+    try:
+        code = app(args=argv, prog_name="nctune", standalone_mode=False)
+    except cx.NoArgsIsHelpError:  # a bare `nctune`: Typer has printed the help
+        sys.exit(2)
+    except cx.UsageError as err:
+        where = err.ctx.command_path if err.ctx is not None else "nctune"
+        message = " ".join(err.format_message().split()).rstrip(".")
+        print(f"error: {where}: {message}; see '{where} --help'", file=sys.stderr)
+        sys.exit(2)
+    except cx.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -20,7 +20,7 @@ from nctune.errors import NctuneError
 RecipeArg = Annotated[
     Path | None,
     typer.Argument(
-        help="Recipe YAML file. Omit to use the defaults (the offline quickstart).",
+        help="Recipe YAML file. Omit to use the defaults (Lite0 on Fashion-MNIST at 224 px).",
         show_default=False,
     ),
 ]

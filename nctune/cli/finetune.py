@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -128,14 +129,17 @@ def finetune(
                 f"--out {run_dir}: already holds a run; continue it with --resume {run_dir}, replace it with --overwrite, or pick another folder"
             )
     prepared = prepare(cfg)  # every bad-input check that needs the backbone/data, before writing
-    created = False
-    if resume is None:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        created = True
-        atomic_write_text(run_dir / RECIPE_FILE, cfg.to_yaml())
+    from nctune.train import CHECKPOINT
+
+    created, old = False, None
     try:
+        if resume is None:
+            if run_dir.exists():  # --overwrite: set the old run aside until the new one exists
+                old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+                os.replace(run_dir, old)
+            run_dir.mkdir(parents=True)
+            created = True
+            atomic_write_text(run_dir / RECIPE_FILE, cfg.to_yaml())
         with _StopFlag() as stop, progress_bar() as progress:
             result = run_finetune(
                 cfg,
@@ -145,12 +149,16 @@ def finetune(
                 progress=progress,
                 prepared=prepared,
             )
-    except Exception:
-        from nctune.train import CHECKPOINT
-
+    except BaseException:
         if created and not (run_dir / CHECKPOINT).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: restore the old run
+            if old is not None:
+                os.replace(old, run_dir)
+                old = None
         raise
+    finally:
+        if old is not None:  # the new run has a checkpoint (or finished): the old one goes
+            shutil.rmtree(old, ignore_errors=True)
     if result.interrupted:
         where = f"{recipe} " if recipe else ""
         err_console.print(
@@ -158,11 +166,7 @@ def finetune(
         )
         raise typer.Exit(128 + (stop.signum or signal.SIGINT))
     save_run(run_dir, result)
-    from nctune.train import CHECKPOINT
-
-    (run_dir / CHECKPOINT).unlink(
-        missing_ok=True
-    )  # the run is complete: model.safetensors replaces it
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # complete: model.safetensors replaces it
     doc = result.to_dict()
     if json_:
         emit_json(to_json(doc))

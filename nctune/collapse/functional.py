@@ -2,9 +2,9 @@
 
 Two kinds of function live here:
 
-* private ``_batch_sums`` / ``_reshift`` / ``_metrics_from_sums``: the update and compute
-  halves of :class:`~nctune.collapse.CollapseStats` (torchmetrics' ``_update``/``_compute``
-  split), written over the additive sufficient statistics
+* private ``_batch_sums`` / ``_reshift`` (update) and ``_geometry`` / ``_trace_ratio`` /
+  ``_cdnv`` (compute): the halves of :class:`~nctune.collapse.CollapseStats`
+  (torchmetrics' ``_update``/``_compute`` split), written over the additive sufficient statistics
 
       n_k,  s_k = Σ_{y=k} (h − c),  S = Σ (h − c)(h − c)ᵀ,  q_k = Σ_{y=k} ‖h − c‖²
 

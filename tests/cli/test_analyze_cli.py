@@ -367,6 +367,23 @@ def test_entry_point_bad_recipe_and_bad_image(env: Env) -> None:
     assert not out.exists() and leftovers(out) == []
 
 
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["analyze", "--bogus"], ["nctune analyze", "--bogus"]),
+        (["analyze", "--set"], ["--set"]),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
+def test_entry_point_usage_errors_are_one_line(tmp_path: Path, args, names) -> None:
+    proc = run_module(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(name in lines[0] for name in names) and "--help" in lines[0]
+
+
 def test_entry_point_internal_error_exits_1_with_traceback(recipe: Path, tmp_path: Path) -> None:
     code = (
         "import runpy, nctune.analyze\n"

@@ -18,6 +18,7 @@ from nctune import load_finetuned
 from nctune.cli import app
 from nctune.config import load_recipe
 from nctune.data import build_data
+from nctune.errors import DataError
 from nctune.train import evaluate
 
 TINY = [
@@ -120,6 +121,27 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
     res = invoke("finetune", *sets(), "--out", str(out))
     assert res.exit_code == 2 and "--resume" in res.stderr
     assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+
+    def fails_before_any_checkpoint(*args, **kwargs):
+        raise DataError("data: tiny/img.png: cannot decode the image; replace or remove it")
+
+    with monkeypatch.context() as m:
+        m.setattr("nctune.finetune.finetune", fails_before_any_checkpoint)
+        res = invoke("finetune", *sets(), "--out", str(out), "--overwrite")
+    assert res.exit_code == 2 and "img.png" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # the old run, restored as it was
+
+    res = invoke("finetune", *sets("strategy.name=linear"), "--out", str(out), "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert not (out / "keep.txt").exists() and (out / "report.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no set-aside copy left
 
 
 def test_resume_refuses_a_different_recipe_and_a_finished_run(tmp_path):
