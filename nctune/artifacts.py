@@ -119,6 +119,19 @@ def check_writable(out: str | Path) -> Path:
     return out
 
 
+def check_replaceable(out: Path, result_file: str) -> Path:
+    """Refuse an ``--out`` folder that holds anything but an earlier result of the command.
+
+    Re-running a command replaces its own earlier results (recognised by ``result_file``);
+    a folder the user filled with other files is never deleted.
+    """
+    if out.is_dir() and any(out.iterdir()) and not (out / result_file).is_file():
+        raise ArtifactError(
+            f"--out {out}: holds other files (no {result_file} of an earlier run); pick another folder or empty it"
+        )
+    return out
+
+
 @contextlib.contextmanager
 def staged_dir(out: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``out``; on success it replaces ``out``.

@@ -274,14 +274,23 @@ class Recipe(Section):
 
 
 # --------------------------------------------------------------------- loading
-def _format_error(err: ValidationError, source: str) -> str:
-    """One line: ``source: field.path: message`` (+ how many more)."""
+def _format_error(
+    err: ValidationError, source: str, overridden: frozenset[str] = frozenset()
+) -> str:
+    """One line: ``source: field.path: message`` (+ how many more).
+
+    ``source`` is the recipe file, or ``--set`` when the field came from an override.
+    """
     errors = err.errors()
     first = errors[0]
     loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if any(loc == key or loc.startswith(f"{key}.") for key in overridden):
+        source = "--set"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; see docs/recipes.md for the fields)"
+    elif first["type"] == "value_error":  # our validators' messages already name the value
+        msg = msg.removeprefix("Value error, ")
     elif "input" in first and first["type"] not in ("missing",):
         shown = repr(first["input"])
         msg = f"{msg} (got {shown[:60]})"
@@ -319,12 +328,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
-    """Validate a plain dict into a :class:`Recipe` (errors become one-line ConfigError)."""
+def recipe_from_dict(
+    data: dict[str, Any], source: str = "recipe", overridden: frozenset[str] = frozenset()
+) -> Recipe:
+    """Validate a plain dict into a :class:`Recipe` (errors become one-line ConfigError).
+
+    ``overridden``: dotted keys set by ``--set``, so their errors name ``--set``, not the file.
+    """
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+        raise ConfigError(_format_error(err, source, overridden)) from None
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
@@ -347,6 +361,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{path}: recipe file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a folder; pass the recipe YAML file") from None
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: cannot read recipe ({err.__class__.__name__})") from None
         try:
@@ -361,5 +377,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a recipe must be a YAML mapping of sections")
         data = loaded
-    data = apply_overrides(data, list(overrides or []))
-    return recipe_from_dict(data, source)
+    overrides = list(overrides or [])
+    data = apply_overrides(data, overrides)
+    overridden = frozenset(".".join(parse_override(o)[0]) for o in overrides)
+    return recipe_from_dict(data, source, overridden)

@@ -137,7 +137,18 @@ def test_unknown_key_names_its_path(tmp_path):
 )
 def test_wrong_type_or_value_names_the_field(override, field):
     msg = _error(None, [override])
-    assert msg.startswith(f"recipe: {field}: "), msg
+    assert msg.startswith(f"--set: {field}: "), msg
+
+
+def test_errors_name_where_the_bad_value_came_from(tmp_path):
+    path = _write(tmp_path, "train:\n  lr: 0\n")
+    assert _error(path).startswith(f"{path}: train.lr: ")
+    assert _error(path, ["train.lr=-1"]).startswith("--set: train.lr: ")
+    # a whole section set on the command line owns the fields below it
+    assert _error(path, ["train={lr: -1}"]).startswith("--set: train.lr: ")
+    # our validators' messages read as one sentence, without pydantic's prefix
+    msg = _error(None, ["strategy.rule=kne"])
+    assert msg.startswith("--set: strategy.rule: unknown rule 'kne'") and "Value error" not in msg
 
 
 def test_malformed_yaml_gives_the_line(tmp_path):
@@ -159,7 +170,7 @@ def test_missing_or_unreadable_file(tmp_path):
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\xff\xfe\x00bad")
     assert "bin.yaml" in _error(binary)
-    assert "cannot read" in _error(tmp_path)  # a folder, not a file
+    assert "is a folder" in _error(tmp_path)
 
 
 def test_validation_on_assignment():

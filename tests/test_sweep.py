@@ -63,3 +63,10 @@ def test_sweep_cli_writes_results(tmp_path):
     )
     bad = CliRunner().invoke(app, ["sweep", "--modes", "everything", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--modes" in bad.stderr and not (tmp_path / "x").exists()
+    # a folder of the user's own files is refused before any work, and left alone
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    bad = CliRunner().invoke(app, ["sweep", "--out", str(mine)])
+    assert bad.exit_code == 2 and "sweep.json" in bad.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

@@ -26,12 +26,12 @@ def analyze(
     Writes DIR/analysis.json, DIR/collapse.png and the resolved DIR/recipe.yaml.
     """
     from nctune.analyze import analyze_recipe
-    from nctune.artifacts import check_writable
+    from nctune.artifacts import check_replaceable, check_writable
     from nctune.config import load_recipe
     from nctune.report import plot_profile, profile_table
 
     cfg = load_recipe(recipe, set_)
-    out = check_writable(out or default_out(recipe, "analyze"))
+    out = check_replaceable(check_writable(out or default_out(recipe, "analyze")), "analysis.json")
     with progress_bar() as progress:
         result = analyze_recipe(cfg, progress=progress)
     doc = result.to_dict()

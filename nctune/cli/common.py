@@ -70,6 +70,9 @@ def handle_errors(fn: F) -> F:
                     f"[bold red]error:[/] {_one_line(str(err))}", highlight=False, soft_wrap=True
                 )
                 raise typer.Exit(2) from None
+            except KeyboardInterrupt:  # results are staged: nothing half-written is left
+                err_console.print("interrupted; nothing was written to --out", soft_wrap=True)
+                raise typer.Exit(130) from None
             finally:
                 _show_warnings(caught)
 

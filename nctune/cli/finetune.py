@@ -23,7 +23,7 @@ from nctune.cli.common import (
     handle_errors,
     progress_bar,
 )
-from nctune.errors import ArtifactError
+from nctune.errors import ArtifactError, NctuneError
 
 ResumeOpt = Annotated[
     Path | None,
@@ -62,9 +62,15 @@ def _check_resume(run_dir: Path, cfg) -> None:
         raise ArtifactError(
             f"--resume {run_dir}: no checkpoint to resume from (the run finished or never started)"
         )
-    old = yaml.safe_load(saved.read_text())
-    new = cfg.model_dump(mode="json")
-    diff = _first_difference(old or {}, new)
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        old = err
+    if not isinstance(old, dict):
+        raise ArtifactError(
+            f"--resume {run_dir}: {RECIPE_FILE} is damaged (not a recipe mapping); start a new run"
+        )
+    diff = _first_difference(old, cfg.model_dump(mode="json"))
     if diff:
         raise ArtifactError(
             f"--resume {run_dir}: the recipe differs from the run's ({diff}); resume with the same recipe and --set values"
@@ -149,8 +155,20 @@ def finetune(
                 progress=progress,
                 prepared=prepared,
             )
-    except BaseException:
-        if created and not (run_dir / CHECKPOINT).exists():
+    except BaseException as err:
+        if (run_dir / CHECKPOINT).exists():
+            if isinstance(err, NctuneError):  # e.g. a corrupt test image found after training
+                raise type(err)(
+                    f"{err}; the run's checkpoint is kept: fix that and continue with --resume {run_dir}"
+                ) from None
+            if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C: abort, keep what is saved
+                err_console.print(
+                    f"aborted; the last checkpoint in {run_dir} is kept: continue with --resume {run_dir}",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+                raise typer.Exit(130) from None
+        elif created:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: restore the old run
             if old is not None:
                 os.replace(old, run_dir)
@@ -162,7 +180,9 @@ def finetune(
     if result.interrupted:
         where = f"{recipe} " if recipe else ""
         err_console.print(
-            f"interrupted; checkpoint saved in {run_dir}. Continue with: nctune finetune {where}--resume {run_dir}"
+            f"interrupted; checkpoint saved in {run_dir}. Continue with: nctune finetune {where}--resume {run_dir}",
+            soft_wrap=True,
+            highlight=False,
         )
         raise typer.Exit(128 + (stop.signum or signal.SIGINT))
     save_run(run_dir, result)

@@ -10,6 +10,7 @@ from rich.console import Console
 from nctune.artifacts import (
     atomic_write_json,
     atomic_write_text,
+    check_replaceable,
     check_writable,
     staged_dir,
     to_json,
@@ -54,7 +55,7 @@ def sweep(
     from nctune.sweep import layer_sweep
 
     cfg = load_recipe(recipe, set_)
-    out = check_writable(out or default_out(recipe, "sweep"))
+    out = check_replaceable(check_writable(out or default_out(recipe, "sweep")), "sweep.json")
     names = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
     with progress_bar() as progress:
         result = layer_sweep(

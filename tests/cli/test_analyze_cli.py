@@ -132,6 +132,15 @@ def test_rerun_replaces_existing_folder(recipe: Path, tmp_path: Path) -> None:
         json.loads(result.stdout)
 
 
+def test_a_folder_of_other_files_is_never_replaced(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own")
+    result = invoke(recipe, "--out", out)
+    assert_bad_input(result, "--out", "analysis.json")
+    assert os.listdir(out) == ["notes.txt"] and leftovers(out) == []
+
+
 def test_failure_while_writing_leaves_old_results(
     recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -152,6 +152,35 @@ def test_resume_refuses_a_different_recipe_and_a_finished_run(tmp_path):
     (out / "checkpoint.pt").write_bytes(b"x")
     res = invoke("finetune", *sets("strategy.name=linear", "train.lr=0.5"), "--resume", str(out))
     assert res.exit_code == 2 and "train.lr" in res.stderr
+    for damaged in ("backbone: [unclosed", "- a list\n- not a recipe\n"):
+        (out / "recipe.yaml").write_text(damaged)
+        res = invoke("finetune", *sets("strategy.name=linear"), "--resume", str(out))
+        assert res.exit_code == 2, res.output
+        assert "recipe.yaml is damaged" in res.stderr and len(res.stderr.splitlines()) == 1
+
+
+def test_bad_input_found_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_path, monkeypatch):
+    import nctune.finetune
+
+    real, calls = nctune.finetune._head_nc1, []
+
+    def corrupt_after_training(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:  # the first call measures NC1 before training
+            raise DataError("data: test/img.png: cannot read image; fix or remove the file")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nctune.finetune, "_head_nc1", corrupt_after_training)
+    out = tmp_path / "run"
+    res = invoke("finetune", *sets("strategy.name=linear"), "--out", str(out))
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and "img.png" in lines[0] and f"--resume {out}" in lines[0]
+    assert (out / "checkpoint.pt").exists()
+    monkeypatch.setattr(nctune.finetune, "_head_nc1", real)  # the user fixed the image
+    res = invoke("finetune", *sets("strategy.name=linear"), "--resume", str(out))
+    assert res.exit_code == 0, res.output
+    assert (out / "report.json").exists() and not (out / "checkpoint.pt").exists()
 
 
 # --------------------------------------------------------------- signals
