@@ -730,7 +730,8 @@ def _factory_call(fn: Callable[..., nn.Module], label: str, *args: Any, **kwargs
     try:
         return fn(*args, **kwargs)
     except TypeError as err:
-        raise BackboneError(f"backbone.model_kwargs: {label} rejects {kwargs!r}: {err}") from None
+        shown = {k: v for k, v in kwargs.items() if k != "pretrained"}  # ours, not the user's
+        raise BackboneError(f"backbone.model_kwargs: {label} rejects {shown!r}: {err}") from None
 
 
 def _split_num_classes(kwargs: dict[str, Any], loading: bool) -> tuple[dict[str, Any], int | None]:
