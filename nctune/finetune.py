@@ -8,7 +8,6 @@ report, the weights and the plot.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-
-from nctune.errors import CollapseError
 
 if TYPE_CHECKING:
     from nctune.analyze import CollapseProfile
@@ -106,18 +103,13 @@ def _loader(dataset, batch_size: int) -> DataLoader:
 
 
 def _head_nc1(
-    model: nn.Module, dataset, batch_size: int, device: torch.device, num_classes: int
+    model: nn.Module, dataset, batch_size: int, device: torch.device, num_classes: int, amp: bool
 ) -> tuple[float | None, float]:
     """(NC1 of the head's input, accuracy) on ``dataset`` in eval mode."""
-    from nctune.train import evaluate
+    from nctune.train import evaluate, safe_nc1
 
-    acc, stats = evaluate(model, _loader(dataset, batch_size), device, num_classes)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return stats.compute().nc1, acc
-    except CollapseError:
-        return None, acc
+    acc, stats = evaluate(model, _loader(dataset, batch_size), device, num_classes, amp)
+    return safe_nc1(stats), acc
 
 
 def _profile(
@@ -228,7 +220,7 @@ def finetune(
         lora_target_patterns=s.lora_targets,
     )
     applied.model.to(device)
-    nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k)
+    nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k, t.amp)
 
     result = fit(
         applied,
@@ -277,11 +269,11 @@ def finetune(
 
     model = applied.export().eval()
     run.model = model
-    run.nc1_after, run.train_accuracy = _head_nc1(model, plain.train, bs, device, k)
+    run.nc1_after, run.train_accuracy = _head_nc1(model, plain.train, bs, device, k, t.amp)
     if splits.test is not None:
         from nctune.train import evaluate
 
-        run.test_accuracy = evaluate(model, _loader(splits.test, bs), device)[0]
+        run.test_accuracy = evaluate(model, _loader(splits.test, bs), device, amp=t.amp)[0]
     if before is not None and t.profile_after:
         after = _profile(backbone, plain, recipe, device, progress, "profile after")
         run.layers = [

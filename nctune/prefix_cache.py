@@ -27,6 +27,18 @@ from torch import nn
 from nctune.taps import _StopForward, autocast, to_device
 
 HEAD = "head"  # cut at the classifier head: the whole backbone is the prefix
+CACHE_DIR_PREFIX = "nctune-prefix-"
+
+
+def remove_stale_caches(run_dir: str | Path | None) -> None:
+    """Delete disk caches a killed run left in ``run_dir`` (the run folder is nctune's).
+
+    Call once before building a run's caches, never between them: a later build must not
+    delete the folder an earlier one is serving from.
+    """
+    if run_dir is not None:
+        for stale in Path(run_dir).glob(f"{CACHE_DIR_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 @dataclass
@@ -149,10 +161,12 @@ class PrefixCache:
 
     # --------------------------------------------------------------- building
     @staticmethod
-    def _capture(model: nn.Module, cut: str, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def _capture(
+        model: nn.Module, cut: str, x: torch.Tensor, device: torch.device, amp: bool
+    ) -> torch.Tensor:
         """The cut module's input for image batch ``x`` (no grad, autocast as in training)."""
         if cut == HEAD:
-            with autocast(device):
+            with autocast(device, amp):
                 return model.features(to_device(x, device)).detach()
         box: list[torch.Tensor] = []
 
@@ -162,7 +176,7 @@ class PrefixCache:
 
         h = model.get_submodule(cut).register_forward_pre_hook(grab)
         try:
-            with autocast(device), contextlib.suppress(_StopForward):
+            with autocast(device, amp), contextlib.suppress(_StopForward):
                 model(to_device(x, device))
         finally:
             h.remove()
@@ -180,6 +194,7 @@ class PrefixCache:
         max_disk_mb: float,
         prefer: str = "auto",
         disk_dir: str | Path | None = None,
+        amp: bool = True,
     ) -> tuple[PrefixCache | None, CacheInfo]:
         """Compute the cut inputs of every sample of ``loader`` (unshuffled, un-augmented).
 
@@ -195,8 +210,8 @@ class PrefixCache:
         stubs: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             model.train()
-            a = cls._capture(model, cut, x0, device)
-            b = cls._capture(model, cut, x0, device)
+            a = cls._capture(model, cut, x0, device, amp)
+            b = cls._capture(model, cut, x0, device, amp)
             if not torch.equal(a, b):
                 model.train(was_training)
                 return None, CacheInfo(
@@ -205,22 +220,22 @@ class PrefixCache:
                     reason="the frozen prefix is random in training mode (dropout/drop-path before the tuned block)",
                 )
             model.eval()
-            if not torch.equal(a, cls._capture(model, cut, x0, device)):
+            if not torch.equal(a, cls._capture(model, cut, x0, device, amp)):
                 model.train(was_training)
                 return None, CacheInfo(
                     False, cut, reason="the frozen prefix differs between train and eval mode"
                 )
             if cut != HEAD:
-                stubs, why = cls._plan_stubs(model, cut, x0, device)
+                stubs, why = cls._plan_stubs(model, cut, x0, device, amp)
                 if stubs is None:
                     model.train(was_training)
                     return None, CacheInfo(False, cut, reason=why)
         n = len(loader.dataset)
-        per_sample = a[0].numel() * a.element_size()
-        mb = n * per_sample / 2**20
+        mb = n * a[0].numel() * a.element_size() / 2**20
+        disk_mb = mb * (2 if a.dtype == torch.bfloat16 else 1)  # numpy has no bf16: float32
         where = "memory" if prefer in ("auto", "memory") and mb <= max_memory_mb else None
-        if where is None and prefer in ("auto", "disk") and mb <= max_disk_mb:
-            where = "disk"
+        if where is None and prefer in ("auto", "disk") and disk_mb <= max_disk_mb:
+            where, mb = "disk", disk_mb
         if where is None:
             model.train(was_training)
             return None, CacheInfo(
@@ -234,10 +249,7 @@ class PrefixCache:
         if where == "memory":
             store = torch.empty(shape, dtype=a.dtype)
         else:
-            if disk_dir is not None:  # a killed run leaves its cache behind; the run folder is ours
-                for stale in Path(disk_dir).glob("nctune-prefix-*"):
-                    shutil.rmtree(stale, ignore_errors=True)
-            tmpdir = tempfile.mkdtemp(prefix="nctune-prefix-", dir=disk_dir)
+            tmpdir = tempfile.mkdtemp(prefix=CACHE_DIR_PREFIX, dir=disk_dir)
             np_dtype = (
                 torch.empty(0, dtype=a.dtype).numpy().dtype
                 if a.dtype != torch.bfloat16
@@ -250,7 +262,7 @@ class PrefixCache:
         pos = 0
         with torch.no_grad():
             for x, y in [(x0, y0), *it]:
-                feats = cls._capture(model, cut, x, device).cpu()
+                feats = cls._capture(model, cut, x, device, amp).cpu()
                 b = feats.shape[0]
                 if where == "memory":
                     store[pos : pos + b] = feats
@@ -267,7 +279,7 @@ class PrefixCache:
         # (deterministic), the cached path must give the uncached logits.
         with torch.no_grad():
             model.eval()
-            with autocast(device):
+            with autocast(device, amp):
                 want = model(to_device(x0, device))
                 with cache.attached(model):
                     got = cache.forward(model, model, a)[0]
@@ -282,11 +294,11 @@ class PrefixCache:
         return cache, info
 
     @classmethod
-    def _plan_stubs(cls, model, cut, x0, device) -> tuple[dict[str, torch.Tensor] | None, str]:
+    def _plan_stubs(cls, model, cut, x0, device, amp) -> tuple[dict[str, torch.Tensor] | None, str]:
         """Modules to stub: those that finish before the cut starts (outermost only)."""
         trace = _Trace(model)
         try:
-            with autocast(device):
+            with autocast(device, amp):
                 model(to_device(x0[:1], device))
         finally:
             trace.remove()

@@ -192,12 +192,21 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def amp_dtype() -> torch.dtype:
+    """The CUDA autocast dtype: bfloat16 where the GPU runs it natively (Ampere and later),
+    else float16, which needs loss scaling. Emulated bf16 (T4, V100) is slower than fp16."""
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # pragma: no cover - torch without the keyword
+        native = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if native else torch.float16
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bfloat16/float16 autocast on CUDA (bf16 where supported), a no-op elsewhere."""
+    """:func:`amp_dtype` autocast on CUDA, a no-op elsewhere or when not ``enabled``."""
     if not enabled or device.type != "cuda":
         return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=amp_dtype())
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:

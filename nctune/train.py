@@ -18,6 +18,7 @@ import contextlib
 import io
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,10 +32,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from nctune.artifacts import atomic_write_bytes
 from nctune.collapse import CollapseStats
 from nctune.config import TrainConfig
-from nctune.errors import ArtifactError
-from nctune.prefix_cache import CacheInfo, PrefixCache, find_cut
+from nctune.errors import ArtifactError, CollapseError
+from nctune.prefix_cache import CacheInfo, PrefixCache, find_cut, remove_stale_caches
 from nctune.strategies import AppliedStrategy
-from nctune.taps import autocast, to_device
+from nctune.taps import amp_dtype, autocast, to_device
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -70,6 +71,7 @@ class TrainResult:
     cache: CacheInfo = field(default_factory=lambda: CacheInfo(False, reason="not attempted"))
 
     def history_dicts(self) -> list[dict[str, Any]]:
+        """The history as plain dicts (``report.json``'s ``history``)."""
         return [asdict(h) for h in self.history]
 
 
@@ -83,9 +85,13 @@ class EpochSampler(Sampler[int]):
     def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0) -> None:
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
 
+    def generator(self) -> torch.Generator:
+        """A generator seeded from ``(seed, epoch)`` alone."""
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
     def order(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=g)
+        """This epoch's permutation of ``range(n)`` (before the offset)."""
+        return torch.randperm(self.n, generator=self.generator())
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.start :].tolist())
@@ -144,6 +150,9 @@ class _Images:
             if epoch is None
             else EpochSampler(len(self.data), self.seed, epoch, start_batch * self.batch_size)
         )
+        # The loader gets its own generator: creating its iterator would otherwise draw a
+        # worker seed from the global RNG, shifting every later dropout mask of a resumed
+        # run by one draw; seeded from (seed, epoch), worker seeds repeat on resume too.
         yield from DataLoader(
             self.data,
             batch_size=self.batch_size,
@@ -151,6 +160,7 @@ class _Images:
             shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
+            generator=sampler.generator() if sampler is not None else None,
         )
 
     def attached(self):
@@ -199,7 +209,11 @@ class _Cached:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data, device: torch.device, num_classes: int | None = None
+    model: nn.Module,
+    data,
+    device: torch.device,
+    num_classes: int | None = None,
+    amp: bool = True,
 ) -> tuple[float, CollapseStats | None]:
     """Top-1 accuracy of ``model`` in eval mode, and (with ``num_classes``) the statistics of
     the features its head sees.
@@ -209,6 +223,10 @@ def evaluate(
         data: a DataLoader / iterable of ``(images, labels)``, or a batch source of the trainer.
         device: where the model runs.
         num_classes: K for the head-input :class:`~nctune.collapse.CollapseStats`.
+        amp: autocast on CUDA (as in training; a cached source must match its cache).
+
+    Returns:
+        ``(accuracy, statistics or None)``.
     """
     source = data if hasattr(data, "attached") else _Images(data, 0, device)
     was = model.training
@@ -219,7 +237,7 @@ def evaluate(
         with source.attached():
             for x, y in source.batches():
                 y = torch.as_tensor(y).to(device)
-                with autocast(device):
+                with autocast(device, amp):
                     logits, feats = source.forward(model, x)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += int(y.numel())
@@ -336,7 +354,7 @@ def fit(
         model.to(memory_format=torch.channels_last)
     use_amp = cfg.amp and device.type == "cuda"
     # float16 autocast needs loss scaling against underflow; bfloat16 does not.
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype() == torch.float16)
 
     phases = _phases(applied, cfg.epochs, probe_epochs, full_lr_scale)
     ckpt = load_checkpoint(run_dir) if (resume and run_dir) else None
@@ -423,6 +441,7 @@ def fit(
                     device,
                     run_dir,
                     progress,
+                    use_amp,
                 )
                 source = cached or source
                 val_source = cached_val or val_source
@@ -495,7 +514,11 @@ def fit(
                 save(epoch, step, partial)
                 return finish(interrupted=True)
 
-            val_acc = evaluate(model, val_source, device)[0] if val_source is not None else None
+            val_acc = (
+                evaluate(model, val_source, device, amp=use_amp)[0]
+                if val_source is not None
+                else None
+            )
             history.append(
                 EpochStats(
                     epoch + 1,
@@ -503,17 +526,16 @@ def fit(
                     loss_sum / max(seen, 1),
                     correct / max(seen, 1),
                     val_acc,
-                    _safe_nc1(stats),
+                    safe_nc1(stats),
                     lr,
                     time.perf_counter() - t0,
                 )
             )
 
             # Keep the best validation epoch; without validation, the last one.
-            score = val_acc if val_acc is not None else -1.0
-            if best["acc"] is None or score > best["acc"]:
+            if val_acc is None or best["acc"] is None or val_acc > best["acc"]:
                 state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                best = {"acc": score, "epoch": epoch + 1, "state": state, "bad": 0}
+                best = {"acc": val_acc, "epoch": epoch + 1, "state": state, "bad": 0}
             else:
                 best["bad"] += 1
             ckpt, step0 = None, 0
@@ -536,13 +558,10 @@ def fit(
     return finish(interrupted=False)
 
 
-def _safe_nc1(stats: CollapseStats | None) -> float | None:
+def safe_nc1(stats: CollapseStats | None) -> float | None:
+    """NC1 of ``stats``, or None when it is undefined (no samples, one class present)."""
     if stats is None or stats.num_samples == 0:
         return None
-    import warnings
-
-    from nctune.errors import CollapseError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -552,7 +571,7 @@ def _safe_nc1(stats: CollapseStats | None) -> float | None:
 
 
 def _try_cache(
-    tuned, block_names, train_set, val_set, cfg, batch_size, seed, device, run_dir, progress
+    tuned, block_names, train_set, val_set, cfg, batch_size, seed, device, run_dir, progress, amp
 ):
     """(cached train source, cached val source, info); the sources are None when refused."""
     cut = find_cut(tuned, block_names)
@@ -570,9 +589,11 @@ def _try_cache(
         max_disk_mb=cfg.cache_disk_max_mb,
         prefer=cfg.cache_prefix,
         disk_dir=run_dir,
+        amp=amp,
     )
     if progress:
         progress("caching frozen prefix", 0, None)
+    remove_stale_caches(run_dir)
     cache, info = PrefixCache.build(
         tuned, cut, DataLoader(train_set, batch_size=batch_size, shuffle=False), **kw
     )

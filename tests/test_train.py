@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,17 +31,23 @@ TINY = [
 ]
 
 
-def run(strategy="scl", layers=("layer3.0",), overrides=(), **fit_kw):
+def run(
+    strategy="scl", layers=("layer3.0",), overrides=(), head_dropout=0.0, no_val=False, **fit_kw
+):
     recipe = load_recipe(None, [*TINY, *overrides])
     backbone, splits, _, device = prepare(recipe)
     torch.manual_seed(recipe.seed)
     applied = apply_strategy(
-        backbone, strategy, splits.num_classes, layers=list(layers) if layers else None
+        backbone,
+        strategy,
+        splits.num_classes,
+        layers=list(layers) if layers else None,
+        head_dropout=head_dropout,
     )
     result = fit(
         applied,
         splits.train,
-        splits.val,
+        None if no_val else splits.val,
         recipe.train,
         num_classes=splits.num_classes,
         batch_size=recipe.data.batch_size,
@@ -140,6 +147,41 @@ def test_prefix_cache_on_vit_and_disk():
     assert_same_run(cached, plain, exact=False)
 
 
+def test_disk_caches_live_until_the_run_ends_and_stale_ones_go(tmp_path, monkeypatch):
+    from nctune.prefix_cache import PrefixCache
+
+    built, missing = [], []
+    real = PrefixCache.build.__func__
+
+    def spy(cls, *args, **kwargs):
+        cache, info = real(cls, *args, **kwargs)
+        if cache is not None:
+            built.append(Path(cache._tmpdir))
+        return cache, info
+
+    def progress(phase, done, total, info=""):
+        if phase.startswith("epoch"):  # every training step: both caches still on disk
+            missing.extend(d for d in built if not d.exists())
+
+    monkeypatch.setattr(PrefixCache, "build", classmethod(spy))
+    stale = tmp_path / "nctune-prefix-from-a-killed-run"
+    stale.mkdir()
+    result, _ = run(
+        overrides=["train.cache_prefix=disk", "train.epochs=1"],
+        run_dir=tmp_path,
+        progress=progress,
+    )
+    assert result.cache.where == "disk" and len(built) == 2  # train and validation
+    assert missing == [] and not stale.exists()
+    assert list(tmp_path.glob("nctune-prefix-*")) == []  # closed when the run ended
+
+
+def test_without_validation_the_last_epoch_is_kept():
+    result, _ = run(no_val=True)
+    assert result.best_epoch == 3 and result.best_val_accuracy is None
+    assert [h.val_accuracy for h in result.history] == [None, None, None]
+
+
 def test_cache_refused_when_prefix_trains_or_data_is_augmented():
     full, _ = run("full", None, overrides=["train.epochs=1"])
     assert not full.cache.used
@@ -174,8 +216,13 @@ def test_early_stopping_stops_when_validation_stalls():
 
 
 # --------------------------------------------------------- checkpoints/resume
-def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
-    full = run(run_dir=tmp_path / "a")
+@pytest.mark.parametrize(
+    "overrides, head_dropout",
+    [((), 0.0), (("train.cache_prefix=off",), 0.5)],  # cached; uncached with random dropout
+)
+def test_resume_mid_epoch_matches_uninterrupted(tmp_path, overrides, head_dropout):
+    kw = {"overrides": overrides, "head_dropout": head_dropout}
+    full = run(run_dir=tmp_path / "a", **kw)
     assert load_checkpoint(tmp_path / "a")["epoch"] == 3
 
     spe = steps_per_epoch()
@@ -185,11 +232,11 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
         calls["n"] += 1
         return calls["n"] >= spe + 1 + 2  # epoch 2, after its second step (sticky, like a signal)
 
-    first = run(run_dir=tmp_path / "b", should_stop=mid_epoch_2)
+    first = run(run_dir=tmp_path / "b", should_stop=mid_epoch_2, **kw)
     assert first[0].interrupted and len(first[0].history) == 1
     ckpt = load_checkpoint(tmp_path / "b")
     assert ckpt["epoch"] == 1 and ckpt["step"] == 2
-    resumed = run(run_dir=tmp_path / "b", resume=True)
+    resumed = run(run_dir=tmp_path / "b", resume=True, **kw)
     assert not resumed[0].interrupted
     assert_same_run(full, resumed)
 

@@ -50,6 +50,6 @@ def main(argv: list[str] | None = None) -> None:
         message = " ".join(err.format_message().split()).rstrip(".")
         print(f"error: {where}: {message}; see '{where} --help'", file=sys.stderr)
         sys.exit(2)
-    except cx.Abort:
+    except typer.Abort:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

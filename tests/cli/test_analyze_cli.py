@@ -406,6 +406,7 @@ def test_entry_point_internal_error_exits_1_with_traceback(recipe: Path, tmp_pat
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" in proc.stderr
     assert "RuntimeError" in proc.stderr and "boom from a test" in proc.stderr
+    assert "During handling" not in proc.stderr  # the entry point itself must not fail on it
     assert proc.stdout == ""
     assert not out.exists() and leftovers(out) == []
 
