@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from nctune.collapse import CollapseMetrics, CollapseStats, ncc_predict
+from nctune.collapse import (
+    DEFAULT_MAX_FULL_DIM,
+    CollapseMetrics,
+    CollapseStats,
+    ncc_predict,
+)
 from nctune.errors import BackboneError, ConfigError
 from nctune.taps import LayerTaps, TapSpec, TokenPool, autocast, eval_mode, to_device
 
@@ -221,7 +226,7 @@ def analyze(
     num_classes: int | None = None,
     token_pool: TokenPool = "cls",
     include_pre_logits: bool = True,
-    max_full_dim: int = 4096,
+    max_full_dim: int = DEFAULT_MAX_FULL_DIM,
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
 ) -> CollapseProfile:
@@ -369,7 +374,6 @@ def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analys
         device=device,
         progress=progress,
     )
-    profile.backbone = backbone.spec
     profile.dataset = splits.source
     rule, params = recipe_rule(recipe.strategy)
     return Analysis(profile, select_layers(profile, rule, **params), backbone, splits, recipe)

@@ -93,7 +93,7 @@ def _knee(blocks: list[LayerCollapse], threshold: float = 0.1) -> Selection:
     ]
     significant = [i + 1 for i, d in enumerate(drops) if d > threshold]
     if not significant:
-        b = blocks[0] if len(blocks) == 1 else blocks[-1]
+        b = blocks[-1]
         return Selection(
             "knee",
             [b.name],

@@ -46,7 +46,7 @@ class TapSpec:
 def pool(
     x: torch.Tensor, layout: Layout, token_pool: TokenPool = "cls", prefix_tokens: int = 1
 ) -> torch.Tensor:
-    """Pool a feature map to ``(B, D)``.
+    """Pool a feature map to ``(B, D)`` (float32 or wider).
 
     Conv maps are global-average-pooled; token maps ``(B, T, C)`` give the class token
     (``token_pool="cls"``, the first of the ``prefix_tokens``) or the mean of the patch
@@ -54,19 +54,22 @@ def pool(
     """
     if isinstance(x, (tuple, list)):  # some blocks return (features, extras)
         x = x[0]
+    # Under CUDA autocast blocks emit bf16/fp16; averaging (and handing on) in float32
+    # keeps the statistics from an 8-bit-mantissa rounding of every pooled feature.
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
     if layout == "NC" or x.ndim == 2:
         # a 1×1-conv classifier (timm DLA) receives (B, C, 1, 1): flatten like Backbone.features
-        return x.flatten(1)
+        return x.flatten(1).to(acc or x.dtype)
     if layout == "auto":
         layout = "NCHW" if x.ndim == 4 else "NLC"
     if layout == "NCHW":
-        return x.mean(dim=(2, 3))
+        return x.mean(dim=(2, 3), dtype=acc)
     if layout == "NHWC":
-        return x.mean(dim=(1, 2))
+        return x.mean(dim=(1, 2), dtype=acc)
     if layout == "NLC":
         if token_pool == "cls" and prefix_tokens > 0:
-            return x[:, 0]
-        return x[:, prefix_tokens:].mean(dim=1)
+            return x[:, 0].to(acc or x.dtype)
+        return x[:, prefix_tokens:].mean(dim=1, dtype=acc)
     raise ValueError(f"unknown layout {layout!r}")
 
 
@@ -123,6 +126,10 @@ class LayerTaps:
 
     def _make_hook(self, spec: TapSpec):
         def deliver(tensor: torch.Tensor) -> None:
+            # Only the first call per forward counts: a module that runs twice (a shared
+            # activation) must not hand over 2·B rows, nor a hook fire outside forward().
+            if spec.name not in self._pending:
+                return
             self.sink(spec.name, pool(tensor, spec.layout, self.token_pool, self.prefix_tokens))
             self._pending.discard(spec.name)
             if self.stop_early and not self._pending:

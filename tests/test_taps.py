@@ -93,6 +93,33 @@ def test_pool_nc_tuple_and_errors():
         pool(torch.randn(2, 3, 4, 5, 6), "NCDHW")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pool_averages_half_precision_maps_in_float32(dtype):
+    x = (torch.randn(4, 8, 7, 7) * 3 + 100).to(dtype)  # what a block emits under autocast
+    for layout, y in (("NCHW", x), ("NHWC", x.permute(0, 2, 3, 1))):
+        got = pool(y, layout)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, x.float().mean(dim=(2, 3)), rtol=1e-6, atol=1e-5)
+    tokens = x.flatten(2).transpose(1, 2)  # (B, T, C)
+    assert pool(tokens, "NLC", "mean", prefix_tokens=1).dtype == torch.float32
+    assert pool(tokens, "NLC", "cls").dtype == torch.float32
+    assert pool(x[:, :, :1, :1], "NC").dtype == torch.float32
+    assert pool(torch.randn(2, 3, dtype=torch.float64), "NC").dtype == torch.float64
+
+
+def test_a_module_that_runs_twice_delivers_once():
+    model = torchvision.models.resnet18().eval()  # BasicBlock calls its one relu twice
+    rows = []
+    specs = [TapSpec("relu", "layer1.0.relu"), TapSpec("layer2", "layer2.0")]
+    with LayerTaps(model, specs, lambda n, f: rows.append((n, f.shape[0]))) as taps:
+        taps.forward(torch.randn(3, 3, SIZE, SIZE))
+    assert rows == [("relu", 3), ("layer2", 3)]
+    # a hook firing outside forward() (the user calling the model) delivers nothing
+    with LayerTaps(model, specs, lambda n, f: rows.append(n)):
+        model(torch.randn(1, 3, SIZE, SIZE))
+    assert len(rows) == 2
+
+
 # ======================================================================= per-block widths
 @pytest.mark.parametrize("name", list(MODELS))
 def test_block_widths_match_module_out_channels(name):

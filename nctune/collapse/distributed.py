@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 
 from nctune.collapse.stats import CollapseStats
@@ -27,8 +28,20 @@ def all_reduce_stats(stats: CollapseStats, group: dist.ProcessGroup | None = Non
     """
     if not (dist.is_available() and dist.is_initialized()):
         raise CollapseError("all_reduce_stats needs an initialised torch.distributed group")
-    if stats.shift is None:
-        raise CollapseError("all_reduce_stats: this process has no samples; feed each rank data")
+    # Agree first on whether every rank has data: a rank raising alone would leave the
+    # others waiting in the next collective until the group's timeout.
+    if stats.device is not None:
+        flag_device = stats.device
+    elif dist.get_backend(group) == "nccl":
+        flag_device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        flag_device = torch.device("cpu")
+    has_data = torch.tensor([0 if stats.shift is None else 1], device=flag_device)
+    dist.all_reduce(has_data, op=dist.ReduceOp.MIN, group=group)
+    if not int(has_data.item()):
+        raise CollapseError(
+            "all_reduce_stats: a process has no samples; feed every rank at least one batch"
+        )
     src = dist.get_global_rank(group, 0) if group is not None else 0
     if stats.pass_index == 1:
         shift = stats.shift.clone()

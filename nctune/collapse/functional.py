@@ -225,6 +225,8 @@ def ncc_accuracy(
     """
     if features.shape[0] == 0:
         raise ValueError("ncc_accuracy needs at least one sample")
+    if labels.shape != features.shape[:1]:  # (N, 1) labels would broadcast to N×N
+        raise ValueError(f"labels must be ({features.shape[0]},), got shape {tuple(labels.shape)}")
     pred = ncc_predict(features, class_means, classes)
     return float((pred.cpu() == labels.detach().cpu()).double().mean())
 

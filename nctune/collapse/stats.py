@@ -164,11 +164,12 @@ class CollapseStats:
     @property
     def mode(self) -> str:
         """Resolved mode, ``"full"`` or ``"two_pass"`` (``"auto"`` until the first batch)."""
+        return "auto" if self.dim is None else self._mode_at(self.dim)
+
+    def _mode_at(self, dim: int) -> str:
         if self.requested_mode != "auto":
             return self.requested_mode
-        if self.dim is None:
-            return "auto"
-        return "two_pass" if self.dim > self.max_full_dim else "full"
+        return "two_pass" if dim > self.max_full_dim else "full"
 
     @property
     def num_samples(self) -> int:
@@ -213,6 +214,7 @@ class CollapseStats:
                 f"(num_classes={self.num_classes})"
             )
 
+    @torch.inference_mode(False)  # state tensors stay normal: updatable in and out of it
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> CollapseStats:
         """Add a batch. ``features`` ``(B, D)`` of any float dtype/device, ``labels`` ``(B,)``.
 
@@ -257,6 +259,7 @@ class CollapseStats:
         self._pass2_counts += torch.bincount(y, minlength=self.num_classes).to(torch.float64)
 
     # ------------------------------------------------------------ two passes
+    @torch.inference_mode(False)  # state tensors stay normal: updatable in and out of it
     def next_pass(self) -> None:
         """Finish pass 1 of two-pass mode: freeze the class means and the range of Σ_B.
 
@@ -277,6 +280,7 @@ class CollapseStats:
         self.pass_index = 2
 
     # ------------------------------------------------------------------ merge
+    @torch.inference_mode(False)  # state tensors stay normal: updatable in and out of it
     def merge(self, other: CollapseStats) -> CollapseStats:
         """Add another state's sums to this one (exact; shifts are reconciled).
 
@@ -289,8 +293,10 @@ class CollapseStats:
             return self
         if self.dim is not None and other.dim != self.dim:
             raise CollapseError(f"cannot merge D={other.dim} into D={self.dim}")
-        if other.mode != self.mode and self.mode != "auto":
-            raise CollapseError(f"cannot merge a {other.mode} state into a {self.mode} state")
+        if other.mode != self._mode_at(other.dim):  # also for a fresh "auto" state
+            raise CollapseError(
+                f"cannot merge a {other.mode} state into a {self._mode_at(other.dim)} state"
+            )
         if other.pass_index != self.pass_index and self._sums is not None:
             raise CollapseError("cannot merge states that are in different passes")
         if self._sums is None:
@@ -318,6 +324,7 @@ class CollapseStats:
         self._proj_sq, self._pass2_counts = c(other._proj_sq), c(other._pass2_counts)
         self._batches = other._batches
 
+    @torch.inference_mode(False)  # state tensors stay normal: updatable in and out of it
     def rebase(self, shift: torch.Tensor) -> None:
         """Re-express the first-pass sums around a new shift (used before an all-reduce)."""
         if self._sums is None or self.pass_index != 1:
@@ -345,6 +352,7 @@ class CollapseStats:
             "pass2_counts": self._pass2_counts,
         }
 
+    @torch.inference_mode(False)  # state tensors stay normal: updatable in and out of it
     def load_state_dict(self, state: dict) -> None:
         """Restore a state written by :meth:`state_dict`."""
         if state["num_classes"] != self.num_classes:

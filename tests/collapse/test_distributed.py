@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import time
 
 import pytest
 import torch
@@ -48,6 +50,35 @@ def test_all_reduce_equals_single_process(tmp_path, mode):
         assert nc1 == pytest.approx(single.nc1, rel=1e-9)
         assert tr == pytest.approx(single.trace_ratio, rel=1e-9)
         assert cd == pytest.approx(single.cdnv, rel=1e-9)
+
+
+def _empty_rank_worker(rank: int, init_file: str, out: dict) -> None:
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        stats = CollapseStats(2)
+        if rank == 0:  # rank 1 got no batch
+            stats.update(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+        try:
+            all_reduce_stats(stats)
+            out[rank] = "no error"
+        except CollapseError as err:
+            out[rank] = str(err)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_rank_without_data_fails_on_every_rank_not_by_timeout(tmp_path):
+    out = mp.Manager().dict()
+    start = time.monotonic()
+    mp.spawn(_empty_rank_worker, args=(str(tmp_path / "init"), out), nprocs=WORLD, join=True)
+    assert time.monotonic() - start < 50  # well before the 60 s collective timeout
+    assert all("a process has no samples" in out[rank] for rank in range(WORLD)), dict(out)
 
 
 def test_all_reduce_needs_a_process_group():

@@ -282,3 +282,24 @@ def test_state_dict_round_trip_continues_exactly(tmp_path):
     assert b.compute().nc1 == pytest.approx(full.nc1, rel=1e-12)
     with pytest.raises(CollapseError, match="K=4"):
         CollapseStats(5).load_state_dict(a.state_dict())
+
+
+def test_state_built_in_inference_mode_keeps_working_outside_it():
+    x, y = make_case(5, n=120, d=6, k=3)
+    with torch.inference_mode():  # an eval loop
+        a = CollapseStats(3).update(x[:60], y[:60])
+    a.update(x[60:90], y[60:90])  # outside: in-place updates of the state must still work
+    b = CollapseStats(3).update(x[90:], y[90:])
+    with torch.inference_mode():
+        a.merge(b)
+    ref = CollapseStats(3).update(x, y).compute()
+    assert a.compute().nc1 == pytest.approx(ref.nc1, rel=1e-12)
+
+
+def test_merge_into_a_fresh_auto_state_checks_the_mode_it_would_use():
+    x, y = make_case(6, n=40, d=3, k=2)
+    full = CollapseStats(2, mode="full").update(x, y)
+    with pytest.raises(CollapseError, match="cannot merge a full state into a two_pass"):
+        CollapseStats(2, max_full_dim=2).merge(full)  # D=3 > 2: this state would use two passes
+    merged = CollapseStats(2).merge(full)  # D=3 <= 4096: full, like the source
+    assert merged.mode == "full" and merged.compute().nc1 == pytest.approx(full.compute().nc1)
