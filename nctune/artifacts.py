@@ -18,18 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nctune._io import make_public, replacing
 from nctune.errors import ArtifactError
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _public(path: str | Path, directory: bool = False) -> None:
-    """mkstemp/mkdtemp create 0600/0700 entries; results get the usual umask-based mode."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def _clean(obj: Any) -> Any:
@@ -50,38 +40,11 @@ def to_json(obj: Any) -> str:
     return json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
 
 
-@contextlib.contextmanager
-def _replacing(path: Path) -> Iterator[str]:
-    """Yield a temporary sibling of ``path``; when the block succeeds it replaces ``path``.
-
-    Any failure removes the temporary file; an ``OSError`` (disk full, no permission)
-    becomes one :class:`ArtifactError` line naming ``path``.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as err:
-        raise ArtifactError(f"{path}: cannot write ({err.strerror or err})") from None
-    try:
-        yield tmp
-        _public(tmp)
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise ArtifactError(f"{path}: cannot write ({err.strerror or err})") from None
-        raise
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename)."""
     path = Path(path)
-    with _replacing(path) as tmp, open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     return path
 
 
@@ -143,7 +106,7 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        _public(tmp, directory=True)
+        make_public(tmp, directory=True)
     except OSError as err:
         raise ArtifactError(f"--out {out}: cannot create ({err.strerror or err})") from None
     try:
@@ -193,7 +156,7 @@ def save_model(model, path: str | Path, extra: dict[str, Any] | None = None) -> 
     meta = {"nctune_format": "1", "kind": "finetuned", "config": json.dumps(_clean(model.config))}
     for key, value in (extra or {}).items():
         meta[key] = json.dumps(_clean(value))
-    with _replacing(path) as tmp:
+    with replacing(path) as tmp:
         st_save_model(model, tmp, metadata=meta)
     return path
 
@@ -261,9 +224,6 @@ def load_finetuned(path: str | Path, device: str = "cpu"):
         }
     )
     model.classes = json.loads(meta["classes"]) if "classes" in meta else None
-    # what nctune.backbones' file: source reads when a run folder is used as a backbone
-    model.nctune_arch = config["backbone"].get("arch")
-    model.nctune_input_config = model.input_config
     return model.to(device).eval()
 
 

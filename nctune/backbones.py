@@ -68,6 +68,7 @@ class InputConfig:
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
     in_chans: int = 3
+    crop_mode: str = "center"  # timm's eval resize: "center" (shorter side) or "squash"
 
 
 @dataclass(frozen=True)
@@ -500,14 +501,10 @@ class Backbone:
         """Write the weights and how to rebuild them to a ``.safetensors`` file (atomically)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            save_file(self.state_dict_for_save(), str(tmp), metadata=self.metadata())
-            os.replace(tmp, path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise BackboneError(f"{path}: cannot write weights ({err.strerror or err})") from None
+        from nctune._io import replacing
+
+        with replacing(Path(path), BackboneError) as tmp:
+            save_file(self.state_dict_for_save(), tmp, metadata=self.metadata())
 
     # ------------------------------------------------------------------ loading
     def load_weights(
@@ -763,6 +760,7 @@ def _timm_input_config(model: nn.Module, kwargs: dict[str, Any]) -> InputConfig:
         interpolation=str(cfg.get("interpolation") or "bicubic"),
         crop_pct=float(cfg.get("crop_pct") or 1.0),
         in_chans=int(kwargs.get("in_chans") or (cfg.get("input_size") or (3,))[0]),
+        crop_mode=str(cfg.get("crop_mode") or "center"),
     )
 
 
@@ -1053,9 +1051,11 @@ def _create_file(
         raise BackboneError(
             "backbone.weights: not used with file: backbones (the file holds the weights)"
         )
+    kwargs = dict(kwargs)
+    num_classes = kwargs.pop("num_classes", None)  # applied after loading, like other sources
     if path.is_dir():
         if (path / "model.safetensors").is_file() and (path / "recipe.yaml").is_file():
-            return _load_run_folder(path)
+            return _finish(_load_run_folder(path), num_classes)
         raise BackboneError(
             f"{where}: a folder, but not an nctune run folder (needs model.safetensors and recipe.yaml)"
         )
@@ -1082,8 +1082,7 @@ def _create_file(
     built.spec = f"file:{path}"
     built.source = "file"
     built._build_spec = build_spec
-    built.model.eval()
-    return built
+    return _finish(built, num_classes)
 
 
 def rebuild_architecture(
@@ -1113,26 +1112,33 @@ def rebuild_architecture(
 
 
 def _load_run_folder(path: Path) -> Backbone:
-    """An nctune run folder, through ``nctune.artifacts`` (imported lazily: it sits above us)."""
-    try:
-        artifacts = importlib.import_module("nctune.artifacts")
-    except ModuleNotFoundError as err:
-        if err.name != "nctune.artifacts":
-            raise
-        raise BackboneError(
-            f"backbone.name: {path}: nctune run folders are not supported yet as backbones"
-        ) from None
-    loaded = artifacts.load_finetuned(path)
-    if isinstance(loaded, Backbone):
-        return loaded
-    # load_finetuned returns the bare module (DESIGN §4); wrap it with what it carries
-    return Backbone(
-        loaded,
-        spec=f"file:{path}",
-        source="file",
-        arch=str(getattr(loaded, "nctune_arch", type(loaded).__name__)),
-        input_config=getattr(loaded, "nctune_input_config", IMAGENET_INPUT),
-    )
+    """The backbone of an ``nctune finetune`` run folder, with its fine-tuned weights.
+
+    Rebuilt from the run's own architecture record, so a model fine-tuned from it saves and
+    reloads like one fine-tuned from the original source. A plain linear head on the
+    penultimate features becomes the classifier again; an SCL head also reads a block, so it
+    cannot be one: the backbone then gets a fresh classifier for the run's classes.
+    """
+    # nctune.artifacts sits above this module: imported lazily
+    tuned = importlib.import_module("nctune.artifacts").load_finetuned(path)
+    where = f"backbone.name: {path}"
+    built = rebuild_architecture(tuned.config["backbone"], where=where)
+    built.reset_classifier(tuned.num_classes)
+    classifier = built.model.get_submodule(built.classifier_name)
+    if (
+        tuned.skip_block is None
+        and isinstance(classifier, nn.Linear)
+        and classifier.weight.shape == tuned.head.weight.shape
+    ):
+        classifier.load_state_dict(tuned.head.state_dict())
+    # the run's backbone holds an Identity where the classifier was: only those keys differ
+    missing, unexpected = built.model.load_state_dict(tuned.backbone.state_dict(), strict=False)
+    stray = [k for k in missing if not k.startswith(f"{built.classifier_name}.")] + unexpected
+    if stray:
+        raise BackboneError(f"{where}: the run's weights do not fit its architecture ({stray[0]})")
+    built.spec, built.source = f"file:{path}", "file"
+    built.input_config = tuned.input_config
+    return built
 
 
 # ======================================================================= entry point

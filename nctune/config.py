@@ -263,7 +263,7 @@ class Recipe(Section):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    seed: int = Field(0, description="Seed for splits, sampling, initialisation and order.")
+    seed: int = Field(0, ge=0, description="Seed for splits, sampling, initialisation and order.")
     device: str = Field(
         "auto", description="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."
     )

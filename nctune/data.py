@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from nctune.config import DataConfig
-from nctune.errors import DataError
+from nctune.errors import ConfigError, DataError
 
 __all__ = [
     "DEBIAN_FASHION_MNIST",
@@ -131,6 +131,7 @@ class _Spec:
     std: tuple[float, float, float]
     interpolation: str
     crop_pct: float
+    crop_mode: str = "center"
 
     @classmethod
     def from_input_config(cls, input_config: Any, image_size: int | None) -> _Spec:
@@ -149,6 +150,7 @@ class _Spec:
             std=three(input_config.std, "std"),
             interpolation=str(getattr(input_config, "interpolation", "bilinear") or "bilinear"),
             crop_pct=min(crop_pct, 1.0),
+            crop_mode=str(getattr(input_config, "crop_mode", "center") or "center"),
         )
 
     @property
@@ -183,8 +185,8 @@ def eval_transform(
 ) -> Callable[[Any], torch.Tensor]:
     """The deterministic PIL → tensor transform nctune uses for image files.
 
-    Resize the shorter side to ``floor(T / crop_pct)``, centre-crop ``T×T`` (timm's eval
-    transform), convert to RGB and normalise with the backbone's mean and std.
+    Resize the shorter side to ``floor(T / crop_pct)`` (both sides when the config's
+    ``crop_mode`` is ``"squash"``), centre-crop ``T×T`` (timm's eval transform), convert to RGB and normalise with the backbone's mean and std.
 
     Args:
         input_config: object with ``image_size``, ``mean``, ``std``, ``interpolation``,
@@ -210,8 +212,11 @@ def _pil_transform(
         if flip:
             steps.append(T.RandomHorizontalFlip())
     else:
+        scale = math.floor(spec.size / spec.crop_pct)
+        # timm's eval transform: "squash" resizes to a square ignoring the aspect ratio;
+        # otherwise the shorter side is resized ("border" padding is treated as "center")
         steps = [
-            T.Resize(math.floor(spec.size / spec.crop_pct), interpolation=interp),
+            T.Resize((scale, scale) if spec.crop_mode == "squash" else scale, interpolation=interp),
             T.CenterCrop(spec.size),
         ]
     pipeline = T.Compose([*steps, T.PILToTensor()])
@@ -1175,6 +1180,13 @@ def build_data(cfg: DataConfig, input_config: Any, *, seed: int = 0) -> DataSpli
             split — one line naming the field or file.
     """
     src = _LOADERS[cfg.source](cfg)
+    in_chans = int(getattr(input_config, "in_chans", 3) or 3)
+    if in_chans != 3:
+        raise ConfigError(
+            f"backbone.model_kwargs.in_chans: nctune's data pipeline feeds 3-channel images "
+            f"(grayscale is repeated), not {in_chans}; drop in_chans, or call nctune.analyze "
+            "with your own DataLoader"
+        )
     spec = _Spec.from_input_config(input_config, cfg.image_size)
     k = len(src.classes)
     train_pool, val_pool, test_pool = src.train, src.val, src.test

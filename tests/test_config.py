@@ -133,6 +133,7 @@ def test_unknown_key_names_its_path(tmp_path):
         ("analysis.layers=layer3", "analysis.layers"),  # a string where a list belongs
         ("backbone.name=' '", "backbone.name"),
         ("data=3", "data"),
+        ("seed=-1", "seed"),
     ],
 )
 def test_wrong_type_or_value_names_the_field(override, field):

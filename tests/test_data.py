@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import nctune.data as data_mod
+from nctune.backbones import InputConfig as BackboneInputConfig
 from nctune.config import DataConfig
 from nctune.data import (
     DEBIAN_FASHION_MNIST,
@@ -29,7 +30,7 @@ from nctune.data import (
     make_loader,
     subsample,
 )
-from nctune.errors import DataError
+from nctune.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 VENDORED = ROOT / "nctune" / "_data" / "fashion_mnist_subset.npz"
@@ -188,6 +189,36 @@ def test_image_size_override_and_eval_transform(tmp_path):
     assert s.train[0][0].shape == (3, 24, 24) and s.image_size == 24
     t = eval_transform(InputConfig(image_size=20, crop_pct=0.875))
     assert t(Image.new("L", (50, 30), 9)).shape == (3, 20, 20)
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash"])
+def test_eval_transform_matches_timms_on_a_non_square_image(crop_mode):
+    from timm.data import create_transform
+
+    ic = BackboneInputConfig(
+        image_size=32,
+        mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.25, 0.3),
+        interpolation="bicubic",
+        crop_pct=0.9,
+        crop_mode=crop_mode,
+    )
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8))
+    want = create_transform(
+        (3, 32, 32),
+        is_training=False,
+        interpolation="bicubic",
+        mean=ic.mean,
+        std=ic.std,
+        crop_pct=0.9,
+        crop_mode=crop_mode,
+    )(img)
+    torch.testing.assert_close(eval_transform(ic)(img), want, rtol=0, atol=1e-5)
+
+
+def test_models_that_want_other_than_three_channels_are_refused():
+    with pytest.raises(ConfigError, match="in_chans"):
+        build_data(cfg(subset="vendored"), BackboneInputConfig(16, IC.mean, IC.std, in_chans=1))
 
 
 def test_no_augment_train_equals_eval_and_augment_is_random(tmp_path):

@@ -244,3 +244,41 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, sig, uninterrupted):
     assert done.returncode == 0, done.stderr.decode()
     assert _metrics(out) == uninterrupted
     assert not (out / "checkpoint.pt").exists()  # a finished run keeps model.safetensors only
+
+
+@pytest.mark.parametrize("first", ["linear", "scl"])
+def test_a_run_folder_is_a_backbone_to_fine_tune_again(tmp_path, first):
+    from nctune import create_backbone
+
+    run1, run2 = tmp_path / "run1", tmp_path / "run2"
+    layers = ["strategy.layers=[layer3.0]"] if first == "scl" else []
+    assert (
+        invoke("finetune", *sets(f"strategy.name={first}", *layers), "--out", str(run1)).exit_code
+        == 0
+    )
+    tuned = load_finetuned(run1)
+    backbone = create_backbone(f"file:{run1}")
+    assert backbone.spec == f"file:{run1}" and backbone.num_classes == tuned.num_classes
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = backbone.features(x)
+        torch.testing.assert_close(feats, tuned.backbone(x).flatten(1))  # the tuned weights
+        if first == "linear":  # a plain head comes back as the classifier
+            torch.testing.assert_close(backbone.model(x), tuned(x))
+
+    res = invoke(
+        "finetune",
+        *sets("strategy.name=linear", f"backbone.name=file:{run1}"),
+        "--out",
+        str(run2),
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    again = load_finetuned(run2)  # rebuilt from the original architecture record
+    recipe = load_recipe(run2 / "recipe.yaml")
+    splits = build_data(recipe.data, again.input_config, seed=recipe.seed)
+    loader = torch.utils.data.DataLoader(splits.test, batch_size=16)
+    assert evaluate(again, loader, torch.device("cpu"))[0] == pytest.approx(
+        doc["test_accuracy"], abs=1e-12
+    )
