@@ -229,7 +229,7 @@ def sweep_table(result) -> Table:
         t.add_column(f"{label} NC1 after", justify="right")
         t.add_column(f"{label} params", justify="right")
     t.add_column("picked by")
-    best = {m: result.best(m).block for m in modes}
+    best = {m: getattr(result.best(m), "block", None) for m in modes}
     blocks = list(dict.fromkeys(p.block for p in result.points))
     for block in blocks:
         row_pts = {p.mode: p for p in result.points if p.block == block}

@@ -53,10 +53,11 @@ class SweepResult:
     metric: str = "test_accuracy"
     regret: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
-    def best(self, mode: str) -> SweepPoint:
-        """The block whose run scored highest (ties: the shallower, cheaper one)."""
+    def best(self, mode: str) -> SweepPoint | None:
+        """The block whose run scored highest (ties: the shallower, cheaper one); None when
+        no run of ``mode`` has a score (no test or validation split)."""
         pts = [p for p in self.points if p.mode == mode and self._score(p) is not None]
-        return max(pts, key=lambda p: (self._score(p), -p.index))
+        return max(pts, key=lambda p: (self._score(p), -p.index)) if pts else None
 
     def _score(self, p: SweepPoint) -> float | None:
         return getattr(p, self.metric)
@@ -69,7 +70,9 @@ class SweepResult:
             "seconds": self.seconds,
             "picks": self.picks,
             "regret": self.regret,
-            "best": {m: self.best(m).block for m in {p.mode for p in self.points}},
+            "best": {
+                m: getattr(self.best(m), "block", None) for m in {p.mode for p in self.points}
+            },
             "points": [asdict(p) for p in self.points],
             "profile": self.profile,
         }
@@ -158,10 +161,11 @@ def layer_sweep(
     for rule, block in picks.items():
         result.regret[rule] = {}
         for mode in modes:
-            best = result._score(result.best(mode))
+            top = result.best(mode)
             got = next(
                 (result._score(p) for p in points if p.mode == mode and p.block == block), None
             )
-            result.regret[rule][mode] = None if got is None else 100.0 * (best - got)
+            gap = None if got is None or top is None else 100.0 * (result._score(top) - got)
+            result.regret[rule][mode] = gap
     result.seconds = time.perf_counter() - start
     return result

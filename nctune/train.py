@@ -15,6 +15,7 @@ One call, :func:`fit`, trains an :class:`~nctune.strategies.AppliedStrategy`:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import time
@@ -297,6 +298,27 @@ def _phases(
     return [("probe", probe, 1.0), ("full", epochs - probe, full_lr_scale)]
 
 
+def _restores_torch_flags(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """Undo ``fit``'s process-wide determinism switches when it returns (or raises): a
+    library call must not leave the user's own training code deterministic-and-slower."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> TrainResult:
+        saved = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark,
+        )
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+            torch.backends.cudnn.benchmark = saved[2]
+
+    return wrapper
+
+
+@_restores_torch_flags
 def fit(
     applied: AppliedStrategy,
     train_set: Dataset,
@@ -384,6 +406,8 @@ def fit(
             )
 
     def finish(interrupted: bool) -> TrainResult:
+        for c in caches:  # a disk cache must not outlive the run (idempotent)
+            c.close()
         best_acc = best["acc"] if val_set is not None else None
         return TrainResult(
             history,
@@ -398,6 +422,7 @@ def fit(
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
     epoch, stopped_early, interrupted = epoch0, False, False
     optimizer = None
+    caches: list[_Cached] = []
     cache_info = CacheInfo(
         False, reason="train.cache_prefix is off" if cfg.cache_prefix == "off" else ""
     )
@@ -445,6 +470,7 @@ def fit(
                 )
                 source = cached or source
                 val_source = cached_val or val_source
+                caches += [c for c in (cached, cached_val) if c is not None]
 
         for epoch in range(
             max(epoch0 if ckpt is not None else phase_start, phase_start), phase_end
@@ -545,9 +571,8 @@ def fit(
             if cfg.early_stopping and val_set is not None and best["bad"] >= cfg.early_stopping:
                 stopped_early = True
                 break
-        for src in (source, val_source):
-            if isinstance(src, _Cached):
-                src.close()
+        for c in caches:  # the next phase (lp-ft) trains the prefix too: no cache
+            c.close()
         if stopped_early:
             break
         phase_start = phase_end

@@ -635,6 +635,7 @@ def test_cached_hub_weights_load_offline(
 
 def test_reachable_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NCTUNE_OFFLINE", raising=False)
+    monkeypatch.delenv("NCTUNE_ONLINE", raising=False)
     for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(key, raising=False)
     with socket.socket() as server:
@@ -648,6 +649,8 @@ def test_reachable_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     start = time.perf_counter()
     assert not bb._reachable(f"http://127.0.0.1:{port}/x", timeout=0.5)  # closed now
     assert time.perf_counter() - start < 2
+    monkeypatch.setenv("NCTUNE_ONLINE", "1")  # the user vouches for the network
+    assert bb._reachable(f"http://127.0.0.1:{port}/x", timeout=0.5)
 
 
 @pytest.mark.parametrize(

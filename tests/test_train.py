@@ -277,3 +277,14 @@ def test_unreadable_checkpoint_is_an_artifact_error(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ArtifactError, match="unreadable checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_fit_leaves_torch_global_flags_as_it_found_them():
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # what a user's own training code may have set
+    try:
+        run(overrides=["train.epochs=1", "train.deterministic=true"])
+        assert torch.backends.cudnn.benchmark is True
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.backends.cudnn.benchmark = saved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 from pathlib import Path
@@ -138,6 +139,17 @@ def finetune(
     from nctune.train import CHECKPOINT
 
     created, old = False, None
+    # the command that continues this run: the same recipe and --set values, checked on resume
+    again = shlex.join(
+        [
+            "nctune",
+            "finetune",
+            *([str(recipe)] if recipe else []),
+            *[arg for s in set_ or [] for arg in ("--set", s)],
+            "--resume",
+            str(run_dir),
+        ]
+    )
     try:
         if resume is None:
             if run_dir.exists():  # --overwrite: set the old run aside until the new one exists
@@ -159,11 +171,11 @@ def finetune(
         if (run_dir / CHECKPOINT).exists():
             if isinstance(err, NctuneError):  # e.g. a corrupt test image found after training
                 raise type(err)(
-                    f"{err}; the run's checkpoint is kept: fix that and continue with --resume {run_dir}"
+                    f"{err}; the run's checkpoint is kept: fix that and continue with {again}"
                 ) from None
             if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C: abort, keep what is saved
                 err_console.print(
-                    f"aborted; the last checkpoint in {run_dir} is kept: continue with --resume {run_dir}",
+                    f"aborted; the last checkpoint in {run_dir} is kept: continue with {again}",
                     soft_wrap=True,
                     highlight=False,
                 )
@@ -178,9 +190,8 @@ def finetune(
         if old is not None:  # the new run has a checkpoint (or finished): the old one goes
             shutil.rmtree(old, ignore_errors=True)
     if result.interrupted:
-        where = f"{recipe} " if recipe else ""
         err_console.print(
-            f"interrupted; checkpoint saved in {run_dir}. Continue with: nctune finetune {where}--resume {run_dir}",
+            f"interrupted; checkpoint saved in {run_dir}. Continue with: {again}",
             soft_wrap=True,
             highlight=False,
         )

@@ -111,7 +111,9 @@ class CollapseStats:
     **Two-pass mode** (``mode="two_pass"``, or ``"auto"`` with ``D > max_full_dim``) keeps
     O(KD) memory: pass 1 gathers n_k, s_k, q_k; after :meth:`next_pass` the same data is
     fed again and only the K-dimensional projections u_jᵀ(h − μ_y) are accumulated.
-    Both modes give the same numbers.
+    Both modes give the same numbers (to float64 rounding; trace ratio and CDNV use the
+    shifted one-pass variance in both). Pass 2 must see exactly the samples of pass 1 —
+    only the class counts are checked — so feed it without random augmentation.
 
     Defined behaviour:
         * declared classes with no samples are left out of every metric (K counts the

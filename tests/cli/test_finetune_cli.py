@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -236,7 +237,11 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, sig, uninterrupted):
     _, err = proc.communicate(timeout=120)
     if sig == signal.SIGINT:
         assert proc.returncode == 128 + signal.SIGINT, err.decode()
-        assert b"--resume" in err and b"Traceback" not in err
+        assert b"Traceback" not in err
+        # the printed command is the one that resumes: same --set values, the run folder
+        line = next(x for x in err.decode().splitlines() if "Continue with: " in x)
+        suggested = shlex.split(line.split("Continue with: ", 1)[1])
+        assert suggested == ["nctune", "finetune", *args, "--resume", str(out)]
     else:
         assert proc.returncode == -signal.SIGKILL
     assert not (out / "report.json").exists()
