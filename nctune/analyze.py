@@ -352,14 +352,16 @@ def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analys
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
     backbone = create_backbone(recipe.backbone)
-    splits = build_data(recipe.data, backbone.input_config, seed=recipe.seed)
+    # the backbone's features as they are: random augmentation would blur what is measured
+    data_cfg = recipe.data.model_copy(update={"augment": False})
+    splits = build_data(data_cfg, backbone.input_config, seed=recipe.seed)
     # stratified, so a cap keeps every class (a uniform draw can miss a small one)
     train = subsample(splits.train, recipe.analysis.max_samples, seed=recipe.seed)
-    loader = make_loader(train, recipe.data, train=False, seed=recipe.seed, device=device)
+    loader = make_loader(train, data_cfg, train=False, seed=recipe.seed, device=device)
     # NCC accuracy (and the max_ncc rule) use the validation split only: choosing a block
     # on the test split would leak it into every accuracy reported later.
     val_loader = (
-        make_loader(splits.val, recipe.data, train=False, seed=recipe.seed, device=device)
+        make_loader(splits.val, data_cfg, train=False, seed=recipe.seed, device=device)
         if splits.val is not None
         else None
     )

@@ -132,7 +132,9 @@ class AnalysisConfig(Section):
         description="Widths above this use the bounded-memory two-pass collapse statistics.",
     )
     max_samples: int | None = Field(
-        None, ge=2, description="Analyse at most this many training samples (seeded subset)."
+        None,
+        ge=2,
+        description="Profile at most this many training samples (seeded, stratified), in analyze and in finetune's block selection.",
     )
 
 

@@ -116,11 +116,14 @@ def _profile(
     backbone, splits: DataSplits, recipe: Recipe, device, progress, phase: str
 ) -> CollapseProfile:
     from nctune.analyze import analyze
+    from nctune.data import subsample
 
     bs = recipe.data.batch_size
+    # the same (seeded, stratified) samples nctune analyze profiles, so both pick one block
+    train = subsample(splits.train, recipe.analysis.max_samples, seed=recipe.seed)
     return analyze(
         backbone,
-        _loader(splits.train, bs),
+        _loader(train, bs),
         recipe.analysis.layers,
         val_loader=_loader(splits.val, bs) if splits.val is not None else None,
         num_classes=splits.num_classes,

@@ -395,3 +395,18 @@ def test_analyze_recipe_never_scores_ncc_on_the_test_split():
     assert result.data.val is None and result.data.test is not None
     assert all(layer.ncc_accuracy is None for layer in result.profile.layers)
     assert result.recommendation.rule == "knee"
+
+
+def test_analyze_and_finetune_profile_the_same_samples():
+    from nctune.finetune import _profile, prepare
+
+    recipe = load_recipe(
+        ROOT / "recipes" / "quickstart.yaml",
+        [*TINY_QUICKSTART, "data.augment=true", "analysis.max_samples=30"],
+    )
+    analysed = analyze_recipe(recipe).profile
+    backbone, _, plain, device = prepare(recipe)
+    profiled = _profile(backbone, plain, recipe, device, None, "profile")
+    assert analysed.num_samples == profiled.num_samples == 30
+    for a, b in zip(analysed.layers, profiled.layers, strict=True):
+        assert a.name == b.name and a.nc1 == pytest.approx(b.nc1, rel=1e-9)
