@@ -28,17 +28,39 @@ UMASK = _read_umask()
 
 
 def make_public(path: str | Path, directory: bool = False) -> None:
-    """Give a mkstemp/mkdtemp entry (0600/0700) the usual umask-based mode."""
+    """Give a mkstemp/mkdtemp entry (0600/0700) the usual umask-based mode.
+
+    The mode becomes ``0o666 & ~umask`` for a file, ``0o777 & ~umask`` for a folder.
+
+    Args:
+        path: the file or folder to chmod.
+        directory: ``path`` is a folder.
+
+    Raises:
+        OSError: the chmod fails (callers turn it into their own error type).
+    """
     os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
 
 
 @contextlib.contextmanager
 def replacing(path: Path, error: type[NctuneError] = ArtifactError) -> Iterator[str]:
-    """Yield a temporary sibling of ``path`` to write; when the block succeeds it is
-    fsynced and replaces ``path``.
+    """Yield a temporary sibling of ``path`` to write; on success it replaces ``path``.
 
-    Any failure removes the temporary file; an ``OSError`` (disk full, no permission)
-    becomes one ``error`` line naming ``path``.
+    Creates ``path``'s parent folders if needed. When the block succeeds the temporary
+    file is fsynced, given the umask-based mode and renamed over ``path``. Any failure
+    removes the temporary file; an ``OSError`` (disk full, no permission) becomes one
+    ``error`` line naming ``path``, and any other exception propagates unchanged.
+
+    Args:
+        path: the file to write.
+        error: the :class:`~nctune.errors.NctuneError` subclass raised for an ``OSError``.
+
+    Yields:
+        The temporary file's path (a ``str``), for the caller to write.
+
+    Raises:
+        ArtifactError: (or ``error``) the folder or file cannot be created, written or
+            renamed.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

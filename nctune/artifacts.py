@@ -36,12 +36,31 @@ def _clean(obj: Any) -> Any:
 
 
 def to_json(obj: Any) -> str:
-    """Strict JSON text (no NaN), indented, for result files and ``--json`` output."""
+    """Strict JSON text (no NaN), indented, for result files and ``--json`` output.
+
+    Args:
+        obj: JSON-like data; non-finite floats become ``null``, paths and dict keys strings,
+            tuples lists.
+
+    Returns:
+        The JSON text, indented by two spaces, ending in a newline.
+    """
     return json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename).
+
+    Args:
+        path: the file to write; missing parent folders are created.
+        data: the bytes to write.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: the file cannot be written (one line naming it).
+    """
     path = Path(path)
     with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
@@ -49,12 +68,34 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write UTF-8 ``text`` atomically."""
+    """Write UTF-8 ``text`` atomically (see :func:`atomic_write_bytes`).
+
+    Args:
+        path: the file to write.
+        text: the text, encoded as UTF-8.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: the file cannot be written.
+    """
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as strict JSON atomically."""
+    """Write ``obj`` as strict JSON (:func:`to_json`) atomically.
+
+    Args:
+        path: the file to write.
+        obj: JSON-like data.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: the file cannot be written.
+    """
     return atomic_write_text(path, to_json(obj))
 
 
@@ -63,6 +104,17 @@ def check_writable(out: str | Path) -> Path:
 
     Probes the nearest existing ancestor with a real temporary file, which also catches
     read-only file systems and root-owned paths where permission bits say nothing.
+    Nothing is created.
+
+    Args:
+        out: the ``--out`` folder (it need not exist yet).
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: ``out`` exists and is not a folder, its nearest existing ancestor is
+            a file, or that ancestor is not writable.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -86,7 +138,18 @@ def check_replaceable(out: Path, result_file: str) -> Path:
     """Refuse an ``--out`` folder that holds anything but an earlier result of the command.
 
     Re-running a command replaces its own earlier results (recognised by ``result_file``);
-    a folder the user filled with other files is never deleted.
+    a folder the user filled with other files is never deleted. A missing or empty
+    folder passes.
+
+    Args:
+        out: the ``--out`` folder.
+        result_file: the file name the command writes into ``out`` (e.g. ``report.json``).
+
+    Returns:
+        ``out``, unchanged.
+
+    Raises:
+        ArtifactError: ``out`` is a non-empty folder without ``result_file``.
     """
     if out.is_dir() and any(out.iterdir()) and not (out / result_file).is_file():
         raise ArtifactError(
@@ -100,7 +163,18 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``out``; on success it replaces ``out``.
 
     On any exception the temporary folder is removed and ``out`` is left as it was,
-    so a failed command writes nothing. An existing ``out`` is replaced as a whole.
+    so a failed command writes nothing. An existing ``out`` is replaced as a whole
+    (moved aside, the new folder renamed in, then the old one deleted).
+
+    Args:
+        out: the result folder; checked first with :func:`check_writable`.
+
+    Yields:
+        The temporary folder to fill.
+
+    Raises:
+        ArtifactError: ``out`` is not writable, the temporary folder cannot be created, or
+            the final swap fails (the old ``out`` is put back).
     """
     out = check_writable(out)
     try:
@@ -149,6 +223,19 @@ def save_model(model, path: str | Path, extra: dict[str, Any] | None = None) -> 
 
     The metadata holds the model's ``config`` (backbone architecture, head, skip block,
     input config) as JSON, so :func:`load_finetuned` needs no pickle and no network.
+    The file is written atomically.
+
+    Args:
+        model: the :class:`~nctune.strategies.TunedModel` (LoRA already merged, e.g. from
+            :meth:`~nctune.strategies.AppliedStrategy.export`).
+        path: the ``.safetensors`` file to write.
+        extra: more metadata, each value stored as JSON under its key (e.g. ``classes``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: the file cannot be written.
     """
     from safetensors.torch import save_model as st_save_model
 
@@ -173,7 +260,14 @@ def load_finetuned(path: str | Path, device: str = "cpu"):
 
     Returns:
         The :class:`~nctune.strategies.TunedModel` in eval mode, with ``classes`` (label
-        names) and ``input_config`` (image size and normalisation) attached.
+        names, or None when the file records none) and ``input_config`` (image size and
+        normalisation) attached.
+
+    Raises:
+        ArtifactError: no model file at ``path``, a file that is not an nctune fine-tuned
+            model (unreadable, or its metadata lacks a field), or weights that do not fit
+            the recorded architecture.
+        BackboneError: the recorded architecture cannot be rebuilt.
     """
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
@@ -232,6 +326,19 @@ def save_run(run_dir: str | Path, result, recipe_yaml: str | None = None) -> Pat
 
     Each file is atomic; ``recipe.yaml`` (already written when the run started) is
     rewritten only when ``recipe_yaml`` is given.
+
+    Args:
+        run_dir: the run folder (created if missing).
+        result: the finished run (a :class:`~nctune.finetune.RunResult`): its
+            ``model``, ``classes`` and ``to_dict()`` are saved, and it is plotted.
+        recipe_yaml: the resolved recipe to write as ``recipe.yaml``, or None to keep
+            the existing one.
+
+    Returns:
+        ``run_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: a file cannot be written.
     """
     from nctune.report import plot_training
 

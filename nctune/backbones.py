@@ -60,7 +60,16 @@ PROBE_TIMEOUT_S = 1.0
 
 @dataclass(frozen=True)
 class InputConfig:
-    """How images must reach the model (from its pretrained config)."""
+    """How images must reach the model (from its pretrained config).
+
+    Attributes:
+        image_size: input side ``T`` in pixels (square ``T×T`` inputs).
+        mean, std: per-channel normalisation, applied as ``(x / 255 − mean) / std``.
+        interpolation: resize filter name (timm/torchvision style, e.g. ``'bicubic'``).
+        crop_pct: eval centre-crop fraction: resize to ``floor(T / crop_pct)``, crop ``T``.
+        in_chans: input channels the model expects.
+        crop_mode: timm's eval resize, ``'center'`` (shorter side) or ``'squash'``.
+    """
 
     image_size: int
     mean: tuple[float, float, float]
@@ -75,8 +84,13 @@ class InputConfig:
 class BlockInfo:
     """One tappable module: depth index, module path, output width and layout.
 
-    ``layout`` is ``'NCHW'`` (conv maps), ``'NHWC'`` (e.g. Swin), ``'NLC'`` (token maps) or
-    ``'NC'`` (already pooled); ``dim`` is the channel width pooling yields.
+    Attributes:
+        index: position in the list it was measured for (0 = first, shallow → deep for
+            :meth:`Backbone.blocks`).
+        name: module path inside the model, e.g. ``'layer3.1'``.
+        dim: the channel width pooling yields.
+        layout: ``'NCHW'`` (conv maps), ``'NHWC'`` (e.g. Swin), ``'NLC'`` (token maps) or
+            ``'NC'`` (already pooled).
     """
 
     index: int
@@ -164,6 +178,12 @@ def list_blocks(model: nn.Module) -> list[str]:
     (torchvision EfficientNet/MobileNet). Parallel branches (an Inception module) and the
     classifier are never blocks. Models without such containers fall back to the stage
     modules named by timm's ``feature_info``.
+
+    Args:
+        model: any ``nn.Module`` (timm, torchvision or plain).
+
+    Returns:
+        Module paths of the blocks, shallow → deep.
 
     Raises:
         BackboneError: no blocks can be found; the message tells the user to name layers.
@@ -260,6 +280,21 @@ class Backbone:
         classifier_name: module path of the final ``nn.Linear`` (or timm's 1×1 conv head).
         num_features: its ``in_features`` (the penultimate width).
         num_classes: its ``out_features``.
+
+    Args:
+        model: the network; it must have a final classifier nctune can find.
+        spec: see ``spec`` above.
+        source: see ``source`` above.
+        arch: see ``arch`` above.
+        input_config: see ``input_config`` above.
+        num_prefix_tokens: default: read from the model (``num_prefix_tokens``, or 1 for a
+            torchvision ViT's ``class_token``, else 0).
+        build_spec: the spec :meth:`save` records to rebuild the architecture
+            (default: ``spec``).
+        model_kwargs: factory arguments :meth:`save` records.
+
+    Raises:
+        BackboneError: the model has no final ``nn.Linear`` (or 1×1 conv) classifier.
     """
 
     def __init__(
@@ -324,10 +359,18 @@ class Backbone:
         return head.out_channels if isinstance(head, nn.Conv2d) else head.out_features
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh ``nn.Linear(num_features, num_classes)``.
+        """Replace the classifier with a fresh one for ``num_classes`` outputs.
 
-        timm models use their own ``reset_classifier`` (which keeps ``model.num_classes`` and
-        distilled heads consistent, and keeps a 1×1 conv head a conv).
+        The new head is an ``nn.Linear(num_features, num_classes)``, or a 1×1
+        ``nn.Conv2d`` when the old one was a conv, on the old head's device and dtype.
+        timm models use their own ``reset_classifier`` first (which keeps
+        ``model.num_classes`` and distilled heads consistent).
+
+        Args:
+            num_classes: the new output count.
+
+        Raises:
+            BackboneError: ``num_classes`` is below 1.
         """
         if num_classes < 1:
             raise BackboneError(f"num_classes must be at least 1 (got {num_classes})")
@@ -352,6 +395,15 @@ class Backbone:
 
         Runs the whole model in its current mode and grad context; a forward pre-hook on
         the classifier captures what it receives.
+
+        Args:
+            x: an image batch ``(B, C, T, T)`` on the model's device.
+
+        Returns:
+            The classifier's last input, flattened to ``(B, num_features)``.
+
+        Raises:
+            BackboneError: the classifier did not run in the forward pass.
         """
         captured: list[torch.Tensor] = []
 
@@ -371,11 +423,24 @@ class Backbone:
     # ------------------------------------------------------------------ blocks and layers
     @cached_property
     def block_names(self) -> list[str]:
-        """Ordered tappable blocks (module paths), shallow → deep; see :func:`list_blocks`."""
+        """Ordered tappable blocks (module paths), shallow → deep; see :func:`list_blocks`.
+
+        Computed once and cached.
+
+        Raises:
+            BackboneError: no blocks can be found.
+        """
         return list_blocks(self.model)
 
     def blocks(self) -> list[BlockInfo]:
-        """The blocks with their widths and layouts (one dummy forward, then cached)."""
+        """The blocks with their widths and layouts (one dummy forward, then cached).
+
+        Returns:
+            A :class:`BlockInfo` per block of :attr:`block_names`, shallow → deep.
+
+        Raises:
+            BackboneError: the blocks cannot be found or measured (see :meth:`layer_info`).
+        """
         if self._blocks is None:
             self._blocks = self.layer_info(self.block_names)
         return list(self._blocks)
@@ -383,8 +448,18 @@ class Backbone:
     def layer_info(self, names: list[str]) -> list[BlockInfo]:
         """Width and layout of any modules, from one batch-1 dummy forward with hooks.
 
+        The dummy input is a zero image ``(1, in_chans, T, T)`` from :attr:`input_config`,
+        run in eval mode without gradients; the model's train/eval mode is restored.
+
+        Args:
+            names: module paths inside :attr:`model`.
+
+        Returns:
+            A :class:`BlockInfo` per name, in the given order (``index`` = position).
+
         Raises:
-            BackboneError: a name is not a module, or a module does not run in the forward.
+            BackboneError: a name is not a module, a module does not run in the forward, or
+                its output is not 2-, 3- or 4-dimensional.
         """
         modules = dict(self.model.named_modules())
         shapes: dict[str, tuple[int, ...]] = {}
@@ -436,8 +511,17 @@ class Backbone:
         every module path only when no block matches, so ``'layer4.*'`` means the blocks of
         ``layer4`` while ``'*.conv2'`` reaches inside them.
 
+        Args:
+            patterns: exact module paths and/or globs (``*``, ``?``, ``[``), or None.
+            field: the recipe field error messages name.
+
+        Returns:
+            The matched module paths, without duplicates, in the model's module order.
+
         Raises:
-            BackboneError: an entry matches no module; the message names it and lists blocks.
+            BackboneError: an entry matches no module (the message names it, suggests a
+                close path and lists blocks), or ``patterns`` is None and the model's blocks
+                cannot be found.
         """
         if patterns is None:
             return list(self.block_names)
@@ -468,7 +552,12 @@ class Backbone:
 
     # ------------------------------------------------------------------ saving
     def state_dict_for_save(self) -> dict[str, torch.Tensor]:
-        """The model's tensors, on CPU, contiguous and unshared (safetensors rejects aliases)."""
+        """The model's tensors, on CPU, contiguous and unshared (safetensors rejects aliases).
+
+        Returns:
+            ``model.state_dict()`` with each tensor detached, moved to CPU and made
+            contiguous; a tensor sharing storage with an earlier one is cloned.
+        """
         out: dict[str, torch.Tensor] = {}
         seen: set[int] = set()
         for key, value in self.model.state_dict().items():
@@ -481,7 +570,15 @@ class Backbone:
         return out
 
     def metadata(self) -> dict[str, str]:
-        """The safetensors metadata :meth:`save` writes (enough for ``file:`` to rebuild)."""
+        """The safetensors metadata :meth:`save` writes (enough for ``file:`` to rebuild).
+
+        Returns:
+            String values for ``nctune_format``, ``spec`` (the build spec), ``arch``,
+            ``num_classes`` and ``model_kwargs`` (JSON).
+
+        Raises:
+            BackboneError: ``model_kwargs`` holds values JSON cannot record.
+        """
         try:
             kwargs = json.dumps(self._model_kwargs, sort_keys=True)
         except TypeError:
@@ -498,7 +595,17 @@ class Backbone:
         }
 
     def save(self, path: str | Path) -> None:
-        """Write the weights and how to rebuild them to a ``.safetensors`` file (atomically)."""
+        """Write the weights and how to rebuild them to a ``.safetensors`` file (atomically).
+
+        The file loads back with ``create_backbone('file:<path>')``.
+
+        Args:
+            path: the file to write; missing parent folders are created.
+
+        Raises:
+            BackboneError: ``model_kwargs`` cannot be recorded, or the file cannot be
+                written.
+        """
         from safetensors.torch import save_file
 
         from nctune._io import replacing
@@ -515,7 +622,12 @@ class Backbone:
         Args:
             state_dict: tensors keyed like ``model.state_dict()``.
             where: ``'field: file'`` prefix for error messages.
-            adopt_num_classes: resize the classifier to the file's class count first.
+            adopt_num_classes: first resize the classifier to the file's class count, when
+                the file's classifier has ``num_features`` inputs and another output count.
+
+        Raises:
+            BackboneError: missing keys, unexpected keys or shape mismatches (one line with
+                the counts and the first examples).
         """
         key = f"{self.classifier_name}.weight"
         file_w = state_dict.get(key)
@@ -613,6 +725,17 @@ def load_state_dict_file(
     path: str | Path, *, field: str = "backbone.weights"
 ) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` weights file into a state dict.
+
+    Pickled files load with ``weights_only=True`` (no code runs). Common wrappers
+    (``state_dict``, ``model``, ``module``, …) are unwrapped, non-tensor entries dropped,
+    and a ``module.`` / ``_orig_mod.`` prefix shared by every key is stripped.
+
+    Args:
+        path: the weights file (``~`` is expanded).
+        field: the recipe field error messages name.
+
+    Returns:
+        Tensors keyed like ``model.state_dict()``, on CPU.
 
     Raises:
         BackboneError: missing, unreadable or tensor-less file (one line naming it).
@@ -715,7 +838,12 @@ def _register_source(name: str) -> Callable[[SourceFn], SourceFn]:
 
 
 def list_sources() -> list[str]:
-    """The known ``source:`` prefixes."""
+    """The known ``source:`` prefixes.
+
+    Returns:
+        The registered source names, sorted (``file``, ``packaged``, ``timm``,
+        ``torchvision``).
+    """
     return sorted(_SOURCES)
 
 
@@ -1096,6 +1224,13 @@ def rebuild_architecture(
         meta: ``spec``, ``num_classes`` and ``model_kwargs`` as written by :meth:`Backbone.save`.
         where: file name for error messages.
         **kwargs: extra model factory arguments (override the recorded ones).
+
+    Returns:
+        A :class:`Backbone` with random weights and ``num_classes`` outputs, in eval mode.
+
+    Raises:
+        BackboneError: the metadata lacks ``spec`` or ``num_classes`` or holds an invalid
+            value, its spec is a ``file:`` one, or the architecture cannot be built.
     """
     try:
         build_kwargs = {**json.loads(meta.get("model_kwargs") or "{}"), **kwargs}

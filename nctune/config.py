@@ -271,7 +271,11 @@ class Recipe(Section):
     )
 
     def to_yaml(self) -> str:
-        """The resolved recipe as YAML (paths as strings), loadable by :func:`load_recipe`."""
+        """The resolved recipe as YAML (paths as strings), loadable by :func:`load_recipe`.
+
+        Returns:
+            Every field, defaults included, in declaration order.
+        """
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
@@ -301,7 +305,20 @@ def _format_error(
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'data.batch_size=32'`` → ``(['data', 'batch_size'], 32)``; values parse as YAML."""
+    """Split one ``--set`` override: ``'data.batch_size=32'`` → ``(['data', 'batch_size'], 32)``.
+
+    The value parses as YAML (``true``, ``1e-3``, ``null``, ``[a, b]``); text
+    that is not valid YAML stays a string, and an empty value is ``''``.
+
+    Args:
+        text: ``key.path=value``.
+
+    Returns:
+        The dotted key split into its parts, and the parsed value.
+
+    Raises:
+        ConfigError: no ``=``, an empty key, or an empty part in the key path.
+    """
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")):
@@ -314,7 +331,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted ``key.path=value`` in a nested dict (unknown keys fail at validation)."""
+    """Set each dotted ``key.path=value`` in a nested dict (unknown keys fail at validation).
+
+    Overrides apply in order, so a later one wins; missing sections are created.
+
+    Args:
+        data: the recipe as a plain nested dict; modified in place.
+        overrides: ``key.path=value`` strings (see :func:`parse_override`).
+
+    Returns:
+        ``data``, with the overrides applied.
+
+    Raises:
+        ConfigError: a malformed override, or one whose path runs through a value that is
+            not a section.
+    """
     for text in overrides:
         path, value = parse_override(text)
         node = data
@@ -335,7 +366,18 @@ def recipe_from_dict(
 ) -> Recipe:
     """Validate a plain dict into a :class:`Recipe` (errors become one-line ConfigError).
 
-    ``overridden``: dotted keys set by ``--set``, so their errors name ``--set``, not the file.
+    Args:
+        data: the recipe as a plain nested dict.
+        source: what error messages name as the origin (usually the recipe file).
+        overridden: dotted keys set by ``--set``, so their errors name ``--set``, not the
+            file.
+
+    Returns:
+        The validated :class:`Recipe`.
+
+    Raises:
+        ConfigError: an unknown key or invalid value; one line ``source: field.path:
+            message``, with a count of any further errors.
     """
     try:
         return Recipe.model_validate(data)
@@ -350,9 +392,13 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         path: recipe file; ``None`` starts from the defaults (Lite0 on Fashion-MNIST).
         overrides: dotted overrides, applied in order after the file.
 
+    Returns:
+        The validated :class:`Recipe`.
+
     Raises:
-        ConfigError: unreadable file, malformed YAML, unknown key or invalid value — the
-            message is one line naming the file and the field.
+        ConfigError: unreadable file, malformed YAML, a top level that is not a mapping, a
+            malformed override, unknown key or invalid value — the message is one line
+            naming the file (or ``--set``) and the field.
     """
     data: dict[str, Any] = {}
     source = "recipe"

@@ -185,8 +185,10 @@ def eval_transform(
 ) -> Callable[[Any], torch.Tensor]:
     """The deterministic PIL → tensor transform nctune uses for image files.
 
-    Resize the shorter side to ``floor(T / crop_pct)`` (both sides when the config's
-    ``crop_mode`` is ``"squash"``), centre-crop ``T×T`` (timm's eval transform), convert to RGB and normalise with the backbone's mean and std.
+    Convert to RGB, resize the shorter side to ``floor(T / crop_pct)`` (both sides when
+    the config's ``crop_mode`` is ``"squash"``), centre-crop ``T×T`` (timm's eval
+    transform) and normalise: ``(x / 255 − mean) / std`` with the backbone's mean and std.
+    A ``crop_pct`` above 1 counts as 1.
 
     Args:
         input_config: object with ``image_size``, ``mean``, ``std``, ``interpolation``,
@@ -195,6 +197,9 @@ def eval_transform(
 
     Returns:
         A callable mapping a PIL image to a float32 tensor of shape (3, T, T).
+
+    Raises:
+        ValueError: ``mean`` or ``std`` has neither 1 nor 3 values.
     """
     return _pil_transform(_Spec.from_input_config(input_config, image_size), augment=False)
 
@@ -259,15 +264,37 @@ class ImageDataset(Dataset):
         return len(self.targets)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
-        """A dataset of the same kind holding only ``indices`` (in that order)."""
+        """A dataset of the same kind holding only ``indices`` (in that order).
+
+        Args:
+            indices: sample positions in this dataset.
+
+        Returns:
+            The new dataset, with the same transform and augmentation.
+
+        Raises:
+            NotImplementedError: in this base class; every subclass implements it.
+        """
         raise NotImplementedError
 
     def verify(self, max_images: int | None = None) -> None:
-        """Decode up to ``max_images`` images; raise DataError naming the first bad file."""
+        """Decode up to ``max_images`` images (None: all) to find unreadable ones early.
+
+        The base implementation does nothing: in-memory images cannot fail to decode.
+
+        Args:
+            max_images: how many samples to decode, from the first.
+
+        Raises:
+            DataError: an image cannot be read; the message names the first bad one.
+        """
 
 
 class TensorImageDataset(ImageDataset):
     """Images held in memory as a uint8 tensor; the eval resize is precomputed.
+
+    Without augmentation, the whole split is resized to ``T×T`` once (kept as uint8) when
+    that takes at most 1 GiB; a larger split is resized per sample instead.
 
     Args:
         images: uint8 (N, C, h, w) with C ∈ {1, 3}, the original pixels.
@@ -328,6 +355,14 @@ class TensorImageDataset(ImageDataset):
         return self._normalize(pixels), int(self.targets[index])
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> TensorImageDataset:
+        """The samples at ``indices`` (in that order), sharing the precomputed resize.
+
+        Args:
+            indices: sample positions in this dataset.
+
+        Returns:
+            A :class:`TensorImageDataset` with the same transform and augmentation.
+        """
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         sub = TensorImageDataset.__new__(TensorImageDataset)
         sub.__dict__.update(self.__dict__)
@@ -385,6 +420,14 @@ class FileImageDataset(ImageDataset):
         return self._transform(_open_rgb(self.paths[index])), int(self.targets[index])
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FileImageDataset:
+        """The files at ``indices`` (in that order).
+
+        Args:
+            indices: sample positions in this dataset.
+
+        Returns:
+            A :class:`FileImageDataset` with the same transform and augmentation.
+        """
         idx = np.asarray(indices, dtype=np.int64)
         return FileImageDataset(
             [self.paths[i] for i in idx],
@@ -395,6 +438,14 @@ class FileImageDataset(ImageDataset):
         )
 
     def verify(self, max_images: int | None = None) -> None:
+        """Open and fully decode the first ``max_images`` files (None: all).
+
+        Args:
+            max_images: how many files to decode.
+
+        Raises:
+            DataError: a file is missing or cannot be decoded (the message names it).
+        """
         for path in self.paths[:max_images]:
             _open_rgb(path)
 
@@ -482,11 +533,16 @@ class DataSplits:
 
     @property
     def num_classes(self) -> int:
-        """K, the number of classes."""
+        """K, the number of classes (``len(classes)``)."""
         return len(self.classes)
 
     def describe(self) -> str:
-        """One line: sizes per split, classes, image size and source."""
+        """One line: sizes per split, classes, image size and source.
+
+        Returns:
+            E.g. ``'digits (scikit-learn): train 1,617 / val 180 / test - images, 10
+            classes, 224x224 px'`` (``-`` for a missing split).
+        """
         parts = []
         for name in self._SPLITS:
             ds = getattr(self, name)
@@ -497,10 +553,17 @@ class DataSplits:
         )
 
     def verify(self, max_images: int | None = None) -> None:
-        """Decode up to ``max_images`` images of each file-based split.
+        """Decode up to ``max_images`` images of each split that decodes per sample.
 
-        Files are otherwise read lazily, so a corrupt one would only surface mid-epoch;
-        calling this first turns it into an up-front DataError naming the file.
+        Files (and torchvision sets not held in memory) are otherwise read lazily, so a
+        corrupt one would only surface mid-epoch; calling this first turns it into an
+        up-front DataError naming the file. In-memory splits are skipped.
+
+        Args:
+            max_images: how many images to decode per split, from the first (None: all).
+
+        Raises:
+            DataError: an image cannot be read; the message names the first bad one.
         """
         for name in self._SPLITS:
             ds = getattr(self, name)
@@ -614,7 +677,9 @@ def subsample(dataset: Dataset, max_samples: int | None, *, seed: int = 0) -> Da
         seed: seed of the per-class choice.
 
     Returns:
-        A dataset of the same kind.
+        For an nctune dataset, one of the same kind whose per-class counts are
+        proportional to the original ones (largest remainder); for any other dataset, a
+        :class:`~torch.utils.data.Subset` of its first ``max_samples`` samples.
     """
     if max_samples is None or len(dataset) <= max_samples:  # type: ignore[arg-type]
         return dataset
@@ -1178,6 +1243,8 @@ def build_data(cfg: DataConfig, input_config: Any, *, seed: int = 0) -> DataSpli
         DataError: a missing path, unreadable or malformed file, unknown label or dataset
             name, fewer than two classes, a class without training images, or an empty
             split — one line naming the field or file.
+        ConfigError: the input config asks for other than 3 input channels
+            (``in_chans``).
     """
     src = _LOADERS[cfg.source](cfg)
     in_chans = int(getattr(input_config, "in_chans", 3) or 3)

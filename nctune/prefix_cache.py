@@ -3,11 +3,13 @@
 When nothing before the first tuned block trains and the data sees no random
 augmentation, that block's input is a fixed function of the image. We compute it once
 (the *cut* input), keep it in memory or on disk, and later epochs run only the suffix:
-the modules that finish before the cut are stubbed out (they return a cheap
-zero placeholder of the right shape) and a pre-hook hands the cut module its cached
-input. Nothing is assumed about the model's ``forward`` code beyond "the cut module's
-single input carries everything the suffix needs"; that is checked on a real batch
-(cached logits must equal uncached ones) before the cache is used.
+the modules that finish before the cut are stubbed out (they return the output they
+gave for one traced sample, expanded to the batch: a cheap placeholder of the right
+shape and dtype), the model gets an all-zero image batch, and a pre-hook hands the cut
+module its cached input. Nothing is assumed about the model's ``forward`` code beyond
+"the cut module's single input carries everything the suffix needs"; that is checked on
+a real batch (cached logits must match uncached ones within ``rtol=1e-4``) before the
+cache is used.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ def remove_stale_caches(run_dir: str | Path | None) -> None:
 
     Call once before building a run's caches, never between them: a later build must not
     delete the folder an earlier one is serving from.
+
+    Args:
+        run_dir: the run folder; every ``nctune-prefix-*`` entry in it is removed. None
+            does nothing.
     """
     if run_dir is not None:
         for stale in Path(run_dir).glob(f"{CACHE_DIR_PREFIX}*"):
@@ -43,7 +49,16 @@ def remove_stale_caches(run_dir: str | Path | None) -> None:
 
 @dataclass
 class CacheInfo:
-    """What the report says about the cache: used or not, where, how big, and why."""
+    """What the report says about the cache: used or not, where, how big, and why.
+
+    Attributes:
+        used: the cache served training.
+        cut: module path whose input is cached (``'head'``: the head's input), or None.
+        where: ``'memory'`` or ``'disk'`` when used, else None.
+        megabytes: the cache's size in MiB (the size it would need, when refused as too
+            big).
+        reason: why the cache is (not) used.
+    """
 
     used: bool
     cut: str | None = None
@@ -52,6 +67,11 @@ class CacheInfo:
     reason: str = ""
 
     def to_dict(self) -> dict:
+        """The report's ``cache`` entry.
+
+        Returns:
+            The fields as a dict, ``megabytes`` rounded to one decimal.
+        """
         return {
             "used": self.used,
             "cut": self.cut,
@@ -62,9 +82,20 @@ class CacheInfo:
 
 
 def find_cut(model: nn.Module, block_names: list[str]) -> str | None:
-    """The module whose input becomes the cache: the head when the whole backbone is frozen,
-    else the first block (shallow → deep) holding a trainable parameter. ``None`` when a
-    trainable parameter lies outside every block (e.g. the stem), so nothing is frozen first.
+    """The module whose input becomes the cache.
+
+    The head when the whole backbone is frozen, else the first block (shallow → deep)
+    holding a trainable parameter. Trainable parameters outside the blocks (stem, class
+    token, final norm) are not checked here: :meth:`PrefixCache.build` refuses the cut
+    when one runs before it.
+
+    Args:
+        model: the :class:`~nctune.strategies.TunedModel` (its ``backbone`` is read).
+        block_names: the backbone's blocks, shallow → deep.
+
+    Returns:
+        ``'head'``, ``'backbone.<block>'``, or None when every backbone parameter trains
+        or no block holds a trainable parameter (nothing frozen to cache).
     """
     backbone = model.backbone
     flags = [p.requires_grad for p in backbone.parameters()]
@@ -127,7 +158,16 @@ class PrefixCache:
     """Cut inputs for a whole dataset, plus the stubs that let the model start at the cut.
 
     Build with :meth:`build`; read cached batches with :meth:`batch`; run the model on a
-    cached batch with :meth:`forward` inside ``with cache.attached(model):``.
+    cached batch with :meth:`forward` inside ``with cache.attached(model):``; free a disk
+    cache with :meth:`close`.
+
+    Attributes:
+        cut: module path whose input is cached (``'head'``: the head's input).
+        inputs: the cut inputs of every sample, a tensor (memory) or ``np.memmap`` (disk).
+        labels: the samples' labels.
+        image_shape: shape of one input image, ``(C, H, W)``.
+        stub_outputs: prefix module path → its output for one sample (a placeholder).
+        info: the :class:`CacheInfo` for the report.
     """
 
     def __init__(
@@ -198,8 +238,27 @@ class PrefixCache:
     ) -> tuple[PrefixCache | None, CacheInfo]:
         """Compute the cut inputs of every sample of ``loader`` (unshuffled, un-augmented).
 
-        ``model`` is the :class:`~nctune.strategies.TunedModel` (unwrapped from PEFT).
-        Returns ``(None, info)`` with the reason when caching is impossible or unsafe.
+        Before caching, the first batch checks that the prefix is deterministic (equal in
+        two training-mode passes and in eval mode) and, for a block cut, that only
+        frozen, single-call modules run before the cut. After caching, the cached path
+        must reproduce the model's logits on that batch (``rtol=1e-4``, ``atol=1e-5``).
+        The model's train/eval mode is restored.
+
+        Args:
+            model: the :class:`~nctune.strategies.TunedModel` (unwrapped from PEFT).
+            cut: from :func:`find_cut`.
+            loader: ``(images, labels)`` batches, unshuffled; ``loader.dataset`` gives N.
+            device: where the model runs.
+            max_memory_mb: the largest cache kept in memory (MiB).
+            max_disk_mb: the largest cache written to disk (MiB; bfloat16 inputs are
+                stored as float32, twice the size).
+            prefer: ``'auto'`` (memory if it fits, else disk), ``'memory'`` or ``'disk'``.
+            disk_dir: the folder for a disk cache (None: the system temporary folder).
+            amp: autocast as in training, so cached inputs match the trained ones.
+
+        Returns:
+            ``(cache, info)``, or ``(None, info)`` with the reason when caching is
+            impossible, unsafe or too big.
         """
         it = iter(loader)
         try:
@@ -324,7 +383,14 @@ class PrefixCache:
 
     # ---------------------------------------------------------------- running
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached cut inputs and labels of ``indices``."""
+        """Cached cut inputs and labels of ``indices``.
+
+        Args:
+            indices: int64 sample indices (CPU).
+
+        Returns:
+            ``(inputs, labels)`` on CPU; inputs in the dtype they were computed in.
+        """
         if isinstance(self.inputs, torch.Tensor):
             x = self.inputs[indices]
         else:
@@ -333,7 +399,16 @@ class PrefixCache:
 
     @contextlib.contextmanager
     def attached(self, model: nn.Module) -> Iterator[None]:
-        """Stub the prefix and feed the cut from the cache while the block runs."""
+        """Stub the prefix and feed the cut from the cache while the block runs.
+
+        A no-op for a head cut. Stubs and the pre-hook are removed on exit.
+
+        Args:
+            model: the :class:`~nctune.strategies.TunedModel` the cache was built for.
+
+        Yields:
+            Nothing; call :meth:`forward` inside the block.
+        """
         if self.cut == HEAD:
             yield
             return
@@ -364,7 +439,14 @@ class PrefixCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, head input)`` for a cached batch ``x`` (already on the device).
 
-        ``model`` is what trains (a PEFT wrapper or the TunedModel), ``tuned`` the TunedModel.
+        Args:
+            model: what trains (a PEFT wrapper or the TunedModel).
+            tuned: the TunedModel.
+            x: cut inputs from :meth:`batch`, already on the device.
+
+        Returns:
+            ``(logits, features the head sees)``. For a block cut, only inside
+            :meth:`attached`.
         """
         if self.cut == HEAD:
             return tuned.head(tuned.head_drop(x)), x

@@ -56,7 +56,26 @@ class TunedModel(nn.Module):
     Attributes:
         backbone: the timm/torchvision model, its classifier set to ``nn.Identity``.
         head: ``nn.Linear(in_features, num_classes)``.
+        head_drop: ``nn.Dropout(head_dropout)`` before the head.
         skip_block: module path (inside ``backbone``) feeding the skip connection, or None.
+        in_features: the head's input width: the penultimate width, plus the skip
+            block's pooled width for SCL.
+        num_classes: K, the head's output count.
+        config: JSON-ready description :func:`nctune.artifacts.load_finetuned` rebuilds from.
+        input_config: the backbone's :class:`~nctune.backbones.InputConfig`.
+
+    Args:
+        backbone: the pretrained backbone; its model is reused (not copied) and loses its
+            classifier.
+        num_classes: K.
+        skip_block: a block of ``backbone`` whose pooled output also feeds the head (SCL).
+        token_pool: ``'cls'`` or ``'mean'``: how the skip block's token maps are pooled.
+        head_dropout: dropout probability before the head.
+
+    Raises:
+        ConfigError: ``skip_block`` is not one of the backbone's blocks.
+        BackboneError: the backbone's blocks cannot be measured, or its metadata cannot
+            be recorded.
     """
 
     def __init__(
@@ -107,7 +126,15 @@ class TunedModel(nn.Module):
         self._skip_feats = pool(output, self._skip_layout, self._token_pool, self._prefix_tokens)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """What the head sees, ``(B, in_features)``."""
+        """What the head sees, ``(B, in_features)``.
+
+        Args:
+            x: an image batch.
+
+        Returns:
+            The penultimate features, or for SCL ``[pool(skip block output),
+            penultimate]`` concatenated along the feature axis.
+        """
         feats = self.backbone(x).flatten(1)  # 1x1-conv heads leave (B, C, 1, 1)
         if self.skip_block is not None:
             skip, self._skip_feats = self._skip_feats, None
@@ -120,7 +147,14 @@ class TunedModel(nn.Module):
         A frozen BatchNorm in train mode would still normalise with batch statistics and
         update its running averages: the "frozen" features would drift with the batch
         composition (harmful with small downstream batches) and a cached prefix would no
-        longer be a fixed function of the image.
+        longer be a fixed function of the image. A BatchNorm without affine parameters
+        stays in eval mode when no backbone parameter trains.
+
+        Args:
+            mode: True for training mode, False for eval mode (as ``nn.Module.train``).
+
+        Returns:
+            ``self``.
         """
         super().train(mode)
         if mode:
@@ -135,6 +169,16 @@ class TunedModel(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
+        """Logits for an image batch: ``head(dropout(features(x)))``.
+
+        Args:
+            x: an image batch ``(B, C, T, T)``.
+            return_features: also return what the head sees.
+
+        Returns:
+            ``logits`` ``(B, num_classes)``, or ``(logits, features)`` with
+            ``return_features`` (features ``(B, in_features)``).
+        """
         feats = self.features(x)
         logits = self.head(self.head_drop(feats))
         return (logits, feats) if return_features else logits
@@ -146,11 +190,13 @@ class AppliedStrategy:
 
     Attributes:
         model: the model to train (a :class:`TunedModel`, or a PEFT model wrapping one).
-        strategy: the strategy name as resolved (``auto`` reports ``scl``'s layers).
-        tuned_layers: backbone module paths whose weights train (besides the head).
+        strategy: the strategy name as resolved (``auto`` is reported as ``scl``).
+        tuned_layers: backbone module paths that train besides the head (for ``lora``,
+            the ones adapted); ``["*"]`` means all of them, ``[]`` none.
         selection: the NC-guided selection, when a rule picked the layers.
         trainable_params: parameters with ``requires_grad`` (the largest phase for lp-ft).
         total_params: all parameters of ``model``.
+        phase: ``'main'``, or for lp-ft ``'probe'`` then ``'full'``.
     """
 
     model: nn.Module
@@ -163,7 +209,11 @@ class AppliedStrategy:
     _lora: bool = field(default=False, repr=False)
 
     def parameters(self):
-        """The trainable parameters (hand these to the optimizer)."""
+        """The trainable parameters (hand these to the optimizer).
+
+        Returns:
+            The parameters of ``model`` with ``requires_grad``, in module order.
+        """
         return [p for p in self.model.parameters() if p.requires_grad]
 
     @property
@@ -173,21 +223,37 @@ class AppliedStrategy:
         return m.get_base_model() if self._lora else m
 
     def start_full_phase(self) -> None:
-        """lp-ft: after the probe, unfreeze every parameter."""
+        """lp-ft: after the probe, unfreeze every parameter.
+
+        Sets ``phase`` to ``'full'`` and recounts ``trainable_params``.
+        """
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.phase = "full"
         self.trainable_params = count_params(self.model, trainable=True)
 
     def export(self) -> TunedModel:
-        """A plain :class:`TunedModel` for saving/inference (LoRA merged into the weights)."""
+        """A plain :class:`TunedModel` for saving/inference (LoRA merged into the weights).
+
+        Returns:
+            ``model`` itself, or for LoRA the base model with the adapters merged in
+            (PEFT's ``merge_and_unload``, which modifies the wrapped model).
+        """
         if self._lora:
             return self.model.merge_and_unload()
         return self.model
 
 
 def count_params(model: nn.Module, trainable: bool = False) -> int:
-    """Number of (trainable) parameters."""
+    """Number of (trainable) parameters.
+
+    Args:
+        model: any module.
+        trainable: count only parameters with ``requires_grad``.
+
+    Returns:
+        The number of scalar parameters.
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 
@@ -214,6 +280,21 @@ def lora_targets(
     Default: every ``nn.Linear`` and ungrouped ``nn.Conv2d`` inside ``layers`` (or the
     whole backbone). Depthwise/grouped convolutions are skipped by default because PEFT
     needs the rank to be divisible by the groups; naming one explicitly is an error.
+
+    Args:
+        backbone: the backbone ``nn.Module``.
+        layers: block paths that bound the default search (None: the whole backbone).
+        explicit: module paths or ``fnmatch`` globs (``strategy.lora_targets``); a glob
+            keeps only the adaptable layers it reaches, an exact path must be one.
+
+    Returns:
+        Module paths inside ``backbone``, without duplicates: in pattern order for
+        ``explicit``, else in module order.
+
+    Raises:
+        ConfigError: a pattern matches no (adaptable) module, names a module that is not
+            ``nn.Linear``/``nn.Conv2d`` or is a grouped convolution, or nothing is left
+            to adapt.
     """
     named = dict(backbone.named_modules())
     if explicit:
@@ -292,6 +373,12 @@ def apply_strategy(
 
     Returns:
         An :class:`AppliedStrategy` whose ``model`` is ready to train.
+
+    Raises:
+        ConfigError: an unknown strategy, no ``layers`` and no ``profile`` for
+            ``layers``/``scl``/``auto``, other than one block for ``scl``/``auto``, an
+            unknown rule or bad rule parameters, or LoRA targets PEFT cannot wrap.
+        BackboneError: a ``layers`` entry matches no module of the backbone.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(

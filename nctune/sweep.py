@@ -26,7 +26,18 @@ MODES = {"layer": "layers", "scl": "scl"}  # sweep mode → strategy name
 
 @dataclass
 class SweepPoint:
-    """One fine-tuning run of the sweep."""
+    """One fine-tuning run of the sweep.
+
+    Attributes:
+        block: the tuned block's module path.
+        index: the block's position in the sweep (0 = shallowest).
+        mode: ``'layer'`` (Layer-FT) or ``'scl'`` (SCL-FT).
+        test_accuracy, val_accuracy: the run's accuracies (None without that split).
+        trainable_params, total_params: the run's parameter counts.
+        nc1_before: NC1 of the block's features before tuning (from the profile).
+        nc1_after: NC1 of the head's input after tuning.
+        wall_seconds: the run's training time.
+    """
 
     block: str
     index: int
@@ -42,7 +53,19 @@ class SweepPoint:
 
 @dataclass
 class SweepResult:
-    """The sweep table, the profile's rule picks and how good each pick was."""
+    """The sweep table, the profile's rule picks and how good each pick was.
+
+    Attributes:
+        points: one :class:`SweepPoint` per (block, mode) run.
+        picks: selection rule → the block it picks from the profile.
+        profile: the pretrained backbone's per-block collapse profile, as dicts.
+        backbone: the backbone spec.
+        dataset: the data source.
+        seconds: wall time of the whole sweep.
+        metric: the score runs are ranked by: ``'test_accuracy'``, or
+            ``'val_accuracy'`` when there is no test split.
+        regret: rule → mode → the pick's gap to the best block, in accuracy points.
+    """
 
     points: list[SweepPoint]
     picks: dict[str, str]  # rule → block
@@ -54,8 +77,15 @@ class SweepResult:
     regret: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def best(self, mode: str) -> SweepPoint | None:
-        """The block whose run scored highest (ties: the shallower, cheaper one); None when
-        no run of ``mode`` has a score (no test or validation split)."""
+        """The run of ``mode`` that scored highest on :attr:`metric`.
+
+        Args:
+            mode: ``'layer'`` or ``'scl'``.
+
+        Returns:
+            The best :class:`SweepPoint` (ties: the shallower, cheaper block), or None
+            when no run of ``mode`` has a score (no test or validation split).
+        """
         pts = [p for p in self.points if p.mode == mode and self._score(p) is not None]
         return max(pts, key=lambda p: (self._score(p), -p.index)) if pts else None
 
@@ -63,6 +93,12 @@ class SweepResult:
         return getattr(p, self.metric)
 
     def to_dict(self) -> dict[str, Any]:
+        """The sweep as a JSON-ready dict (the sweep's result file).
+
+        Returns:
+            The fields, plus ``best``: mode → the best block's path (None when no run of
+            that mode has a score); ``points`` as dicts.
+        """
         return {
             "backbone": self.backbone,
             "dataset": self.dataset,
@@ -100,8 +136,16 @@ def layer_sweep(
         progress: ``progress(phase, done, total)`` callback.
 
     Returns:
-        The table of runs, each rule's pick, and each pick's regret: the accuracy gap
-        (in points) to the best block of the sweep, per mode.
+        The table of runs, each rule's pick, and each pick's regret per mode:
+        ``100 · (best score − score of the picked block)`` in accuracy points, None when
+        the pick was not swept in that mode or has no score. Rules that cannot pick
+        (e.g. ``max_ncc`` without a validation split) are left out.
+
+    Raises:
+        ConfigError: an unknown mode, or an invalid recipe for a run.
+        BackboneError: a ``blocks`` entry matches no module, or the backbone cannot be
+            loaded.
+        DataError: the recipe's data cannot be loaded.
     """
     from nctune.finetune import _profile, finetune, prepare
     from nctune.selection import list_rules, recipe_rule, select_layers

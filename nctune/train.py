@@ -47,7 +47,19 @@ ProgressFn = Callable[..., None]
 
 @dataclass
 class EpochStats:
-    """One epoch of training."""
+    """One epoch of training.
+
+    Attributes:
+        epoch: the epoch number, counted from 1 over all phases.
+        phase: ``'main'``, or lp-ft's ``'probe'`` / ``'full'``.
+        loss: mean training cross-entropy (label smoothing included) over the epoch.
+        accuracy: training top-1 accuracy, from the training forward passes.
+        val_accuracy: validation top-1 accuracy after the epoch (None without a val set).
+        nc1: NC1 of the head's input over the epoch's training passes (None when not
+            tracked or undefined).
+        lr: the learning rate of the epoch's last step.
+        seconds: wall time of the epoch, validation included.
+    """
 
     epoch: int
     phase: str
@@ -61,7 +73,19 @@ class EpochStats:
 
 @dataclass
 class TrainResult:
-    """What :func:`fit` returns."""
+    """What :func:`fit` returns.
+
+    Attributes:
+        history: one :class:`EpochStats` per finished epoch (resumed runs included).
+        best_epoch: the kept epoch (from 1): the best validation accuracy (the earliest
+            on ties), or the last epoch without a val set; -1 when no epoch finished.
+        best_val_accuracy: that epoch's validation accuracy (None without a val set).
+        stopped_early: early stopping ended the run.
+        interrupted: a stop request ended the run; the model then holds the weights of
+            the moment it stopped, not the best epoch's.
+        seconds: wall time of this call.
+        cache: whether the frozen-prefix cache was used, and why not.
+    """
 
     history: list[EpochStats]
     best_epoch: int
@@ -72,7 +96,11 @@ class TrainResult:
     cache: CacheInfo = field(default_factory=lambda: CacheInfo(False, reason="not attempted"))
 
     def history_dicts(self) -> list[dict[str, Any]]:
-        """The history as plain dicts (``report.json``'s ``history``)."""
+        """The history as plain dicts (``report.json``'s ``history``).
+
+        Returns:
+            One dict of :class:`EpochStats` fields per epoch.
+        """
         return [asdict(h) for h in self.history]
 
 
@@ -81,17 +109,31 @@ class EpochSampler(Sampler[int]):
 
     Deriving the order from the epoch number (not from a generator's running state)
     is what lets a run resumed mid-epoch see exactly the batches it would have seen.
+
+    Args:
+        n: dataset size.
+        seed: the run's seed.
+        epoch: the epoch (from 0) whose permutation to draw.
+        start: how many indices of the permutation to skip (already-trained samples).
     """
 
     def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0) -> None:
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
 
     def generator(self) -> torch.Generator:
-        """A generator seeded from ``(seed, epoch)`` alone."""
+        """A generator seeded from ``(seed, epoch)`` alone.
+
+        Returns:
+            A CPU generator seeded with ``seed · 100003 + epoch``.
+        """
         return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
 
     def order(self) -> torch.Tensor:
-        """This epoch's permutation of ``range(n)`` (before the offset)."""
+        """This epoch's permutation of ``range(n)`` (before the offset).
+
+        Returns:
+            An int64 tensor of the ``n`` indices.
+        """
         return torch.randperm(self.n, generator=self.generator())
 
     def __iter__(self) -> Iterator[int]:
@@ -102,10 +144,29 @@ class EpochSampler(Sampler[int]):
 
 
 def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig, base_lr: float) -> float:
-    """Learning rate at optimizer step ``step``.
+    """Learning rate at optimizer step ``step``: linear warm-up, then cosine decay.
 
-    Linear warm-up from 0 avoids large early updates to a freshly initialised head
-    wrecking pretrained features; cosine decay to ``min_lr_ratio·lr`` then anneals.
+    With η = ``base_lr``, s = ``step``, W = ``warmup``, N = ``total`` and the floor
+    η_min = ``cfg.min_lr_ratio`` · η:
+
+    - warm-up (s < W):  η(s) = η · (s + 1) / W
+    - ``cfg.schedule == "constant"``, or N ≤ W:  η(s) = η
+    - cosine:  p = min(1, (s − W) / max(1, N − W)),
+      η(s) = η_min + ½ · (η − η_min) · (1 + cos(π · p))
+
+    The warm-up rises linearly to η, reaching it at s = W − 1, so large early updates
+    to a freshly initialised head do not wreck the pretrained features; the cosine
+    then anneals from η (at s = W) to η_min (at s ≥ N).
+
+    Args:
+        step: the optimizer step within the phase, from 0.
+        total: N, the phase's number of steps.
+        warmup: W, warm-up steps (0: none).
+        cfg: the ``train`` section (``schedule``, ``min_lr_ratio``).
+        base_lr: η, the peak learning rate.
+
+    Returns:
+        The learning rate for this step.
     """
     if warmup and step < warmup:
         return base_lr * (step + 1) / warmup
@@ -119,7 +180,20 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig, base_lr: float) 
 def make_optimizer(
     params: list[nn.Parameter], cfg: TrainConfig, lr: float
 ) -> torch.optim.Optimizer:
-    """AdamW/SGD with weight decay on weight matrices/kernels only (not biases, norms, tokens)."""
+    """AdamW or SGD, with weight decay only on parameters of two or more dimensions.
+
+    Parameters with ``ndim ≥ 2`` (weight matrices, conv kernels, and also class/position
+    tokens and embeddings) get ``cfg.weight_decay``; 1-D ones (biases, norm scales and
+    shifts) get none. SGD uses ``cfg.momentum``, Nesterov when the momentum is positive.
+
+    Args:
+        params: the trainable parameters.
+        cfg: the ``train`` section (``optimizer``, ``weight_decay``, ``momentum``).
+        lr: the initial learning rate (:func:`fit` sets it every step from :func:`lr_at`).
+
+    Returns:
+        The optimizer, with the decayed group first and the undecayed one second.
+    """
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [
@@ -227,7 +301,8 @@ def evaluate(
         amp: autocast on CUDA (as in training; a cached source must match its cache).
 
     Returns:
-        ``(accuracy, statistics or None)``.
+        ``(accuracy, statistics or None)``; the accuracy is NaN when ``data`` is empty.
+        The model's train/eval mode is restored.
     """
     source = data if hasattr(data, "attached") else _Images(data, 0, device)
     was = model.training
@@ -269,7 +344,17 @@ def _save(path: Path, obj: dict[str, Any]) -> None:
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The checkpoint in ``run_dir``, or None when there is none."""
+    """The checkpoint in ``run_dir``, or None when there is none.
+
+    Args:
+        run_dir: the run folder holding ``checkpoint.pt``.
+
+    Returns:
+        The checkpoint dict (loaded with ``weights_only=True``, on CPU), or None.
+
+    Raises:
+        ArtifactError: the file cannot be read, or has another checkpoint format.
+    """
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         return None
@@ -341,6 +426,9 @@ def fit(
 ) -> TrainResult:
     """Train ``applied.model`` on ``train_set``; keep the weights of the best validation epoch.
 
+    Seeds torch with ``seed`` first. Determinism switches (``cfg.deterministic``) are
+    restored to their previous values when the call returns or raises.
+
     Args:
         applied: the strategy's model (from :func:`~nctune.strategies.apply_strategy`).
         train_set, val_set: datasets of ``(image, label)``; ``val_set`` may be None, in which
@@ -354,14 +442,20 @@ def fit(
         device: where to train.
         augment: whether ``train_set`` applies random augmentation (disables the cache).
         run_dir: where checkpoints go (None: no checkpoints).
-        resume: continue from ``run_dir``'s checkpoint.
+        resume: continue from ``run_dir``'s checkpoint (a fresh start when there is none).
         probe_epochs, full_lr_scale: lp-ft phases.
-        should_stop: polled after every step; when it returns True the loop saves a
-            mid-epoch checkpoint and returns with ``interrupted=True``.
+        should_stop: polled after every step and after every epoch; when it returns True
+            the loop saves a checkpoint when ``run_dir`` is set (mid-epoch when steps
+            remain, else the epoch's own) and returns with ``interrupted=True``, without
+            restoring the best epoch's weights.
         progress: ``progress(phase, done, total, info=...)`` callback.
 
     Returns:
         The per-epoch history and how the run ended.
+
+    Raises:
+        ArtifactError: the checkpoint to resume from is unreadable or of another format,
+            or a checkpoint cannot be written.
     """
     start_time = time.perf_counter()
     device = torch.device(device)
@@ -584,7 +678,14 @@ def fit(
 
 
 def safe_nc1(stats: CollapseStats | None) -> float | None:
-    """NC1 of ``stats``, or None when it is undefined (no samples, one class present)."""
+    """NC1 of ``stats``, or None when it is undefined (no samples, one class present).
+
+    Args:
+        stats: accumulated collapse statistics, or None (not tracked).
+
+    Returns:
+        The NC1 value, or None; the statistics' warnings are silenced.
+    """
     if stats is None or stats.num_samples == 0:
         return None
     try:

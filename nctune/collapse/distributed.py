@@ -25,6 +25,13 @@ def all_reduce_stats(stats: CollapseStats, group: dist.ProcessGroup | None = Non
     Args:
         stats: the local state; modified in place and returned.
         group: process group (default: the world).
+
+    Returns:
+        ``stats``, now holding the summed state.
+
+    Raises:
+        CollapseError: ``torch.distributed`` is not initialised, or some process has no
+            samples (raised on every process, so none is left waiting).
     """
     if not (dist.is_available() and dist.is_initialized()):
         raise CollapseError("all_reduce_stats needs an initialised torch.distributed group")

@@ -26,7 +26,14 @@ PINV_RTOL = 1e-10
 
 
 def accumulation_device(device: torch.device) -> torch.device:
-    """Device for float64 sums: the features' own, except MPS (no float64) → CPU."""
+    """Device for float64 sums: the features' own, except MPS (no float64) → CPU.
+
+    Args:
+        device: device the features live on.
+
+    Returns:
+        ``device`` itself, or ``cpu`` when ``device`` is MPS.
+    """
     return torch.device("cpu") if device.type == "mps" else device
 
 
@@ -162,6 +169,9 @@ def nc2_from_means(class_means: torch.Tensor, global_mean: torch.Tensor) -> tupl
     Args:
         class_means: ``(K, D)`` class means, ``K ≥ 2``.
         global_mean: ``(D,)`` mean of all samples.
+
+    Returns:
+        ``(equinorm, equiangle)`` as floats; equiangle is NaN when some c_k = 0.
     """
     c = class_means.to(torch.float64) - global_mean.to(torch.float64)
     k = c.shape[0]
@@ -189,6 +199,9 @@ def nc3(
 
     Returns:
         A value in [0, 2]; 0 when W ∝ Mᶜᵀ.
+
+    Raises:
+        ValueError: ``classifier_weight`` and ``class_means`` differ in shape.
     """
     w = classifier_weight.detach().to(torch.float64)
     mct = class_means.to(torch.float64) - global_mean.to(torch.float64)
@@ -200,7 +213,18 @@ def nc3(
 def ncc_predict(
     features: torch.Tensor, class_means: torch.Tensor, classes: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Nearest-class-centre labels: argmin_k ‖h − μ_k‖ (``classes[k]`` when given)."""
+    """Nearest-class-centre labels: ŷ(h) = argmin_k ‖h − μ_k‖ (``classes[k]`` when given).
+
+    Ties go to the lowest row of ``class_means``.
+
+    Args:
+        features: ``(N, D)`` features, any float dtype and device.
+        class_means: ``(K, D)`` class means μ_k.
+        classes: ``(K,)`` label of each row of ``class_means`` (default ``0..K−1``).
+
+    Returns:
+        ``(N,)`` int64 predicted labels on ``class_means``' device.
+    """
     x = features.detach().to(device=class_means.device, dtype=torch.float64)
     means = class_means.to(torch.float64)
     # ‖h−μ‖² = ‖h‖² − 2h·μ + ‖μ‖²; ‖h‖² is common to all k, so it can be dropped.
@@ -222,6 +246,12 @@ def ncc_accuracy(
         labels: ``(N,)`` their labels.
         class_means: ``(K, D)`` training class means.
         classes: label of each row of ``class_means`` (default ``0..K−1``).
+
+    Returns:
+        Accuracy in [0, 1]: (1/N) Σ_i [argmin_k ‖h_i − μ_k‖ = y_i].
+
+    Raises:
+        ValueError: no samples, or ``labels`` not of shape ``(N,)``.
     """
     if features.shape[0] == 0:
         raise ValueError("ncc_accuracy needs at least one sample")
@@ -241,8 +271,24 @@ def _full(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None)
 def nc1(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> float:
     """NC1 = (1/K) tr(Σ_W Σ_B⁺) of a full feature matrix (Papyan et al. 2020).
 
-    Computed as Σ_j (u_jᵀ Σ_W u_j) / σ_j² over the thin SVD Mᶜ = U diag(σ) Vᵀ of the
-    centred class means, so no D×D pseudo-inverse is formed.
+    Here Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ and
+    Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ. It is computed as Σ_j (u_jᵀ Σ_W u_j) / σ_j²
+    over the thin SVD Mᶜ = U diag(σ) Vᵀ of the centred class means, so no D×D pseudo-inverse
+    is formed; directions with σ_j² ≤ ``PINV_RTOL``·σ_max² are dropped.
+
+    Args:
+        features: ``(N, D)`` features, any float dtype and device.
+        labels: ``(N,)`` integer labels in ``[0, K)``.
+        num_classes: declared classes; default ``labels.max() + 1``. Classes without
+            samples are left out, with a :class:`~nctune.collapse.CollapseWarning`
+            (K in the formulas counts the classes present).
+
+    Returns:
+        NC1 ≥ 0; lower means more collapsed.
+
+    Raises:
+        CollapseError: fewer than two classes present, non-finite features, or labels
+            outside ``[0, K)`` (see :class:`~nctune.collapse.CollapseStats`).
     """
     return _full(features, labels, num_classes).nc1
 
@@ -250,18 +296,71 @@ def nc1(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = 
 def trace_ratio(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
 ) -> float:
-    """tr Σ_W / tr Σ_B of a full feature matrix (Tirer et al. 2023)."""
+    """Trace ratio = tr Σ_W / tr Σ_B of a full feature matrix (Tirer et al. 2023).
+
+    tr Σ_W = (1/N) Σ_i ‖h_i − μ_{y_i}‖²,  tr Σ_B = (1/K) Σ_k ‖μ_k − μ_G‖².
+
+    Args:
+        features: ``(N, D)`` features, any float dtype and device.
+        labels: ``(N,)`` integer labels in ``[0, K)``.
+        num_classes: declared classes; default ``labels.max() + 1``. Classes without
+            samples are left out, with a :class:`~nctune.collapse.CollapseWarning`
+            (K in the formulas counts the classes present).
+
+    Returns:
+        The ratio, ≥ 0.
+
+    Raises:
+        CollapseError: fewer than two classes present, non-finite features, or labels
+            outside ``[0, K)`` (see :class:`~nctune.collapse.CollapseStats`).
+    """
     return _full(features, labels, num_classes).trace_ratio
 
 
 def cdnv(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> float:
-    """Class-distance normalised variance, mean over class pairs (Galanti et al. 2022)."""
+    """Class-distance normalised variance, mean over class pairs (Galanti et al. 2022).
+
+        CDNV = mean_{i<j} (σ_i² + σ_j²) / (2‖μ_i − μ_j‖²),   σ_k² = mean_{y=k} ‖h − μ_k‖²
+
+    Args:
+        features: ``(N, D)`` features, any float dtype and device.
+        labels: ``(N,)`` integer labels in ``[0, K)``.
+        num_classes: declared classes; default ``labels.max() + 1``. Classes without
+            samples are left out, with a :class:`~nctune.collapse.CollapseWarning`
+            (K in the formulas counts the classes present).
+
+    Returns:
+        CDNV ≥ 0; not finite when two class means coincide.
+
+    Raises:
+        CollapseError: fewer than two classes present, non-finite features, or labels
+            outside ``[0, K)`` (see :class:`~nctune.collapse.CollapseStats`).
+    """
     return _full(features, labels, num_classes).cdnv
 
 
 def nc2(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
 ) -> tuple[float, float]:
-    """(equinorm, equiangle) of a full feature matrix; see :func:`nc2_from_means`."""
+    """NC2 (equinorm, equiangle) of a full feature matrix; see :func:`nc2_from_means`.
+
+    With c_k = μ_k − μ_G:
+        equinorm  = std_k ‖c_k‖ / mean_k ‖c_k‖
+        equiangle = mean_{i<j} |cos(c_i, c_j) + 1/(K−1)|
+
+    Args:
+        features: ``(N, D)`` features, any float dtype and device.
+        labels: ``(N,)`` integer labels in ``[0, K)``.
+        num_classes: declared classes; default ``labels.max() + 1``. Classes without
+            samples are left out, with a :class:`~nctune.collapse.CollapseWarning`
+            (K in the formulas counts the classes present).
+
+    Returns:
+        ``(equinorm, equiangle)``; both 0 for a simplex equiangular tight frame.
+
+    Raises:
+        CollapseError: fewer than two classes present, non-finite features, or labels
+            outside ``[0, K)`` (see :class:`~nctune.collapse.CollapseStats`).
+    """
     m = _full(features, labels, num_classes)
     return m.nc2_equinorm, m.nc2_equiangle

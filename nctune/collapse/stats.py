@@ -73,16 +73,49 @@ class CollapseMetrics:
     mode: str = "full"
 
     def nc3(self, classifier_weight: torch.Tensor) -> float:
-        """NC3 against a ``(K_declared, D)`` classifier weight (rows of present classes used)."""
+        """NC3 against a ``(K_declared, D)`` classifier weight (rows of present classes used).
+
+            NC3 = ‖ W/‖W‖_F − Mᶜᵀ/‖Mᶜ‖_F ‖_F,   Mᶜ = [μ_k − μ_G]  (D×K)
+
+        where W keeps the rows ``classifier_weight[self.classes]``.
+
+        Args:
+            classifier_weight: ``(K_declared, D)`` last-layer weight, one row per declared
+                class in label order.
+
+        Returns:
+            A value in [0, 2]; 0 when W ∝ Mᶜᵀ.
+
+        Raises:
+            ValueError: the selected weight's shape differs from ``class_means``.
+        """
         w = classifier_weight.detach().to(self.class_means.device)
         return nc3(w[self.classes], self.class_means, self.global_mean)
 
     def ncc_accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> float:
-        """Nearest-class-centre accuracy of held-out ``features`` against these means."""
+        """Nearest-class-centre accuracy of held-out ``features`` against these means.
+
+            NCC accuracy = (1/N) Σ_i [argmin_k ‖h_i − μ_k‖ = y_i]
+
+        Args:
+            features: ``(N, D)`` held-out features.
+            labels: ``(N,)`` their labels (declared label space).
+
+        Returns:
+            Accuracy in [0, 1].
+
+        Raises:
+            ValueError: no samples, or ``labels`` not of shape ``(N,)``.
+        """
         return ncc_accuracy(features, labels, self.class_means, self.classes)
 
     def to_dict(self) -> dict[str, float | int | str]:
-        """The scalar fields, JSON-ready."""
+        """The scalar fields, JSON-ready.
+
+        Returns:
+            ``{name: value}`` for every field except the tensors ``classes``,
+            ``class_counts``, ``class_means`` and ``global_mean``.
+        """
         keys = (
             "nc1 trace_ratio cdnv nc2_equinorm nc2_equiangle num_samples num_classes dim "
             "within_trace between_trace mode"
@@ -135,6 +168,17 @@ class CollapseStats:
         num_classes: K, the number of declared classes; labels lie in ``[0, K)``.
         mode: ``"auto"``, ``"full"`` or ``"two_pass"``.
         max_full_dim: in ``"auto"`` mode, widths above this use two passes.
+
+    Attributes:
+        num_classes: K declared.
+        requested_mode: ``mode`` as given.
+        max_full_dim: as given.
+        dim: D, set by the first batch (``None`` before).
+        shift: ``(D,)`` float64 shift c (``None`` before the first batch).
+        pass_index: 1, or 2 after :meth:`next_pass`.
+
+    Raises:
+        CollapseError: ``num_classes < 2`` or an unknown ``mode``.
     """
 
     def __init__(
@@ -218,10 +262,20 @@ class CollapseStats:
 
     @torch.inference_mode(False)  # state tensors stay normal: updatable in and out of it
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> CollapseStats:
-        """Add a batch. ``features`` ``(B, D)`` of any float dtype/device, ``labels`` ``(B,)``.
+        """Add a batch to the sums (or, in pass 2, to the projected residuals).
 
-        Returns ``self`` so calls can be chained. Raises :class:`CollapseError` (with the
-        state untouched) on invalid input.
+        An empty batch is ignored.
+
+        Args:
+            features: ``(B, D)`` features of any float dtype/device.
+            labels: ``(B,)`` integer labels in ``[0, K)``.
+
+        Returns:
+            ``self``, so calls can be chained.
+
+        Raises:
+            CollapseError: on invalid input (shapes, label dtype or range, a width other
+                than the first batch's, NaN/Inf); the state is left untouched.
         """
         features = features.detach()
         labels = labels.detach()
@@ -266,6 +320,11 @@ class CollapseStats:
         """Finish pass 1 of two-pass mode: freeze the class means and the range of Σ_B.
 
         Feed exactly the same samples again with :meth:`update`, then :meth:`compute`.
+        In a distributed run, call :func:`~nctune.collapse.all_reduce_stats` first.
+
+        Raises:
+            CollapseError: not in two-pass mode, already in pass 2, no samples, or fewer
+                than two classes present.
         """
         if self.mode != "two_pass":
             raise CollapseError("next_pass() is only used in two_pass mode")
@@ -287,7 +346,18 @@ class CollapseStats:
         """Add another state's sums to this one (exact; shifts are reconciled).
 
         Both states must be in the same pass; second-pass states must share the frozen
-        means of a merged first pass.
+        means of a merged first pass. An empty ``other`` changes nothing; into an empty
+        ``self`` its state is copied.
+
+        Args:
+            other: the state to add; not modified.
+
+        Returns:
+            ``self``, so calls can be chained.
+
+        Raises:
+            CollapseError: different K, D, resolved mode or pass, or second-pass states
+                with different frozen means.
         """
         if other.num_classes != self.num_classes:
             raise CollapseError(f"cannot merge K={other.num_classes} into K={self.num_classes}")
@@ -328,7 +398,17 @@ class CollapseStats:
 
     @torch.inference_mode(False)  # state tensors stay normal: updatable in and out of it
     def rebase(self, shift: torch.Tensor) -> None:
-        """Re-express the first-pass sums around a new shift (used before an all-reduce)."""
+        """Re-express the first-pass sums around a new shift (used before an all-reduce).
+
+        Exact: with δ = c − c', s'_k = s_k + n_k δ, q'_k = q_k + 2 δ·s_k + n_k ‖δ‖²,
+        S' = S + (Σ_k s_k) δᵀ + δ (Σ_k s_k)ᵀ + N δ δᵀ; the metrics do not change.
+
+        Args:
+            shift: ``(D,)`` new shift c'; copied, as float64 on :attr:`device`.
+
+        Raises:
+            CollapseError: no first-pass data, or already in pass 2.
+        """
         if self._sums is None or self.pass_index != 1:
             raise CollapseError("rebase() needs first-pass data")
         shift = shift.to(device=self.device, dtype=torch.float64)
@@ -337,7 +417,11 @@ class CollapseStats:
 
     # ------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
-        """The whole state as tensors and ints (for checkpoints; ``torch.save``-able)."""
+        """The whole state as tensors and ints (for checkpoints; ``torch.save``-able).
+
+        Returns:
+            A dict of configuration, sums and two-pass state; tensors are not copied.
+        """
         s = self._sums
         return {
             "num_classes": self.num_classes,
@@ -356,7 +440,14 @@ class CollapseStats:
 
     @torch.inference_mode(False)  # state tensors stay normal: updatable in and out of it
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state written by :meth:`state_dict`."""
+        """Restore a state written by :meth:`state_dict`.
+
+        Args:
+            state: a dict from :meth:`state_dict`; its tensors are used as they are.
+
+        Raises:
+            CollapseError: ``state`` was written for a different ``num_classes``.
+        """
         if state["num_classes"] != self.num_classes:
             raise CollapseError(
                 f"state has K={state['num_classes']}, this object K={self.num_classes}"
@@ -390,7 +481,18 @@ class CollapseStats:
         return _geometry(self._sums)
 
     def compute(self) -> CollapseMetrics:
-        """Metrics of everything accumulated so far (see the class docstring for the maths)."""
+        """Metrics of everything accumulated so far (see the class docstring for the maths).
+
+        Classes without samples are left out, with a :class:`CollapseWarning`.
+
+        Returns:
+            The :class:`CollapseMetrics` of the classes present.
+
+        Raises:
+            CollapseError: no samples, fewer than two classes present, or in two-pass mode
+                when :meth:`next_pass` and the second pass are missing or the second pass
+                saw different class counts.
+        """
         if self.needs_another_pass:
             raise CollapseError(
                 "two_pass mode: call next_pass() and feed the same data again before compute()"
