@@ -177,28 +177,59 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig, base_lr: float) 
     return floor + 0.5 * (base_lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(
-    params: list[nn.Parameter], cfg: TrainConfig, lr: float
-) -> torch.optim.Optimizer:
-    """AdamW or SGD, with weight decay only on parameters of two or more dimensions.
+def no_weight_decay_ids(model: nn.Module) -> set[int]:
+    """``id()`` of the parameters a model asks to keep out of weight decay.
 
-    Parameters with ``ndim ≥ 2`` (weight matrices, conv kernels, and also class/position
-    tokens and embeddings) get ``cfg.weight_decay``; 1-D ones (biases, norm scales and
-    shifts) get none. SGD uses ``cfg.momentum``, Nesterov when the momentum is positive.
+    timm models name them in ``no_weight_decay()`` (class/register tokens, position
+    embeddings): shrinking those toward zero only hurts. Every submodule is asked, so the
+    names resolve inside an nctune or PEFT wrapper too.
+
+    Args:
+        model: any module, possibly wrapping timm models.
+
+    Returns:
+        The ids of those parameters.
+    """
+    ids: set[int] = set()
+    for module in model.modules():
+        names = getattr(module, "no_weight_decay", None)
+        if not callable(names):
+            continue
+        try:
+            skip = set(names())
+        except TypeError:  # an attribute or method of another meaning
+            continue
+        ids.update(id(p) for n, p in module.named_parameters() if n in skip)
+    return ids
+
+
+def make_optimizer(
+    params: list[nn.Parameter],
+    cfg: TrainConfig,
+    lr: float,
+    no_decay: set[int] | frozenset[int] = frozenset(),
+) -> torch.optim.Optimizer:
+    """AdamW or SGD, with weight decay on weight matrices and kernels only.
+
+    Parameters with ``ndim ≥ 2`` (weight matrices, conv kernels) get ``cfg.weight_decay``;
+    1-D ones (biases, norm scales and shifts) and those in ``no_decay`` (tokens and position
+    embeddings, see :func:`no_weight_decay_ids`) get none. SGD uses ``cfg.momentum``,
+    Nesterov when the momentum is positive.
 
     Args:
         params: the trainable parameters.
         cfg: the ``train`` section (``optimizer``, ``weight_decay``, ``momentum``).
         lr: the initial learning rate (:func:`fit` sets it every step from :func:`lr_at`).
+        no_decay: ``id()`` of further parameters to keep out of weight decay.
 
     Returns:
         The optimizer, with the decayed group first and the undecayed one second.
     """
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+    decayed = [p for p in params if p.ndim >= 2 and id(p) not in no_decay]
+    kept = [p for p in params if p.ndim < 2 or id(p) in no_decay]
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decayed, "weight_decay": cfg.weight_decay},
+        {"params": kept, "weight_decay": 0.0},
     ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
@@ -530,7 +561,7 @@ def fit(
             applied.start_full_phase()
         base_lr = cfg.lr * lr_scale
         params = applied.parameters()
-        optimizer = make_optimizer(params, cfg, base_lr)
+        optimizer = make_optimizer(params, cfg, base_lr, no_weight_decay_ids(model))
         total_steps = phase_epochs * steps_per_epoch
         # Each phase warms up: lp-ft's full phase starts from a trained head but from
         # untouched backbone statistics, and a cold start at full rate would undo the probe.

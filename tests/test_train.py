@@ -288,3 +288,21 @@ def test_fit_leaves_torch_global_flags_as_it_found_them():
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.backends.cudnn.benchmark = saved
+
+
+def test_tokens_and_position_embeddings_get_no_weight_decay():
+    from nctune.train import make_optimizer, no_weight_decay_ids
+
+    recipe = load_recipe(
+        None, [*TINY, "backbone.name=timm:test_vit", "backbone.model_kwargs={img_size: 32}"]
+    )
+    backbone, splits, _, _ = prepare(recipe)
+    applied = apply_strategy(backbone, "full", splits.num_classes)
+    model = applied.model
+    opt = make_optimizer(applied.parameters(), recipe.train, 1e-3, no_weight_decay_ids(model))
+    decayed, kept = ({id(p) for p in g["params"]} for g in opt.param_groups)
+    vit = model.backbone
+    assert {id(vit.cls_token), id(vit.pos_embed)} <= kept
+    assert id(vit.patch_embed.proj.weight) in decayed and id(model.head.weight) in decayed
+    assert all(id(p) in kept for p in model.parameters() if p.ndim < 2)
+    assert len(decayed) + len(kept) == len(applied.parameters())
