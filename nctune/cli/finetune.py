@@ -169,7 +169,7 @@ def finetune(
             )
     except BaseException as err:
         if (run_dir / CHECKPOINT).exists():
-            if isinstance(err, NctuneError):  # e.g. a corrupt test image found after training
+            if isinstance(err, NctuneError) and created:  # e.g. a corrupt test image, late
                 raise type(err)(
                     f"{err}; the run's checkpoint is kept: fix that and continue with {again}"
                 ) from None

@@ -153,6 +153,9 @@ def test_resume_refuses_a_different_recipe_and_a_finished_run(tmp_path):
     (out / "checkpoint.pt").write_bytes(b"x")
     res = invoke("finetune", *sets("strategy.name=linear", "train.lr=0.5"), "--resume", str(out))
     assert res.exit_code == 2 and "train.lr" in res.stderr
+    res = invoke("finetune", *sets("strategy.name=linear"), "--resume", str(out))
+    assert res.exit_code == 2 and "unreadable checkpoint" in res.stderr
+    assert "continue with" not in res.stderr  # no advice to resume from that very file
     for damaged in ("backbone: [unclosed", "- a list\n- not a recipe\n"):
         (out / "recipe.yaml").write_text(damaged)
         res = invoke("finetune", *sets("strategy.name=linear"), "--resume", str(out))
