@@ -59,17 +59,25 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
+def finetune_json(out: Path, *extra: str) -> dict:
+    """Run ``nctune finetune`` on the tiny recipe into ``out``; its ``--json`` document."""
+    res = invoke("finetune", *sets(*extra), "--out", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def reloaded_test_accuracy(run_dir: Path) -> float:
+    """Production inference: load_finetuned (no pickle) on the run's own test split."""
+    model = load_finetuned(run_dir)
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    splits = build_data(recipe.data, model.input_config, seed=recipe.seed)
+    loader = torch.utils.data.DataLoader(splits.test, batch_size=16)
+    return evaluate(model, loader, torch.device("cpu"))[0]
+
+
 def test_finetune_writes_the_contract_and_load_finetuned_reproduces_it(tmp_path):
     out = tmp_path / "run"
-    res = invoke(
-        "finetune",
-        *sets("strategy.name=scl", "strategy.layers=[layer3.0]"),
-        "--out",
-        str(out),
-        "--json",
-    )
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
+    doc = finetune_json(out, "strategy.name=scl", "strategy.layers=[layer3.0]")
     assert set(doc) >= REPORT_KEYS
     assert doc == json.loads((out / "report.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == [
@@ -84,15 +92,10 @@ def test_finetune_writes_the_contract_and_load_finetuned_reproduces_it(tmp_path)
     assert doc["nc1_before"] > 0 and doc["nc1_after"] > 0
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Production inference: rebuilt from safetensors + recipe, no pickle, same accuracy.
+    # Production inference: rebuilt from safetensors metadata, no pickle, same accuracy.
     model = load_finetuned(out)
     assert not model.training and model.classes == doc["classes"]
-    recipe = load_recipe(out / "recipe.yaml")
-    splits = build_data(recipe.data, model.input_config, seed=recipe.seed)
-    loader = torch.utils.data.DataLoader(splits.test, batch_size=16)
-    assert evaluate(model, loader, torch.device("cpu"))[0] == pytest.approx(
-        doc["test_accuracy"], abs=1e-12
-    )
+    assert reloaded_test_accuracy(out) == pytest.approx(doc["test_accuracy"], abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -274,19 +277,6 @@ def test_a_run_folder_is_a_backbone_to_fine_tune_again(tmp_path, first):
         if first == "linear":  # a plain head comes back as the classifier
             torch.testing.assert_close(backbone.model(x), tuned(x))
 
-    res = invoke(
-        "finetune",
-        *sets("strategy.name=linear", f"backbone.name=file:{run1}"),
-        "--out",
-        str(run2),
-        "--json",
-    )
-    assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
-    again = load_finetuned(run2)  # rebuilt from the original architecture record
-    recipe = load_recipe(run2 / "recipe.yaml")
-    splits = build_data(recipe.data, again.input_config, seed=recipe.seed)
-    loader = torch.utils.data.DataLoader(splits.test, batch_size=16)
-    assert evaluate(again, loader, torch.device("cpu"))[0] == pytest.approx(
-        doc["test_accuracy"], abs=1e-12
-    )
+    doc = finetune_json(run2, "strategy.name=linear", f"backbone.name=file:{run1}")
+    # rebuilt from the original architecture record, not from a pointer to run1
+    assert reloaded_test_accuracy(run2) == pytest.approx(doc["test_accuracy"], abs=1e-12)
