@@ -263,10 +263,7 @@ def test_a_run_folder_is_a_backbone_to_fine_tune_again(tmp_path, first):
 
     run1, run2 = tmp_path / "run1", tmp_path / "run2"
     layers = ["strategy.layers=[layer3.0]"] if first == "scl" else []
-    assert (
-        invoke("finetune", *sets(f"strategy.name={first}", *layers), "--out", str(run1)).exit_code
-        == 0
-    )
+    finetune_json(run1, f"strategy.name={first}", *layers)
     tuned = load_finetuned(run1)
     backbone = create_backbone(f"file:{run1}")
     assert backbone.spec == f"file:{run1}" and backbone.num_classes == tuned.num_classes
