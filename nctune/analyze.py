@@ -342,34 +342,44 @@ class Analysis:
         return out
 
 
-def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analysis:
-    """Recipe → backbone, data, profile and a layer recommendation (what the CLI runs)."""
-    from nctune.backbones import create_backbone
-    from nctune.data import build_data, make_loader, subsample
-    from nctune.selection import recipe_rule, select_layers
-    from nctune.taps import resolve_device
+def profile_recipe(
+    backbone: Any,
+    splits: DataSplits,
+    recipe: Recipe,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+) -> CollapseProfile:
+    """The collapse profile every nctune command measures for a recipe.
 
-    torch.manual_seed(recipe.seed)
-    device = resolve_device(recipe.device)
-    backbone = create_backbone(recipe.backbone)
-    # the backbone's features as they are: random augmentation would blur what is measured
-    data_cfg = recipe.data.model_copy(update={"augment": False})
-    splits = build_data(data_cfg, backbone.input_config, seed=recipe.seed)
-    # stratified, so a cap keeps every class (a uniform draw can miss a small one)
+    ``nctune analyze``, ``finetune``'s block selection and ``sweep`` all call this, so one
+    recipe always yields one profile and one recommended block.
+
+    Args:
+        backbone: the recipe's :class:`~nctune.backbones.Backbone`.
+        splits: its data built **without** augmentation (random augmentation would blur
+            what is measured).
+        recipe: supplies ``analysis.*`` (layers, token pooling, the two-pass width, the
+            sample cap), the batch size, workers and the seed.
+        device: where the backbone runs.
+        progress: ``progress(phase, done, total)`` callback.
+
+    Returns:
+        The profile: the training split, capped at ``analysis.max_samples`` by a seeded,
+        stratified draw (a uniform one can miss a small class), and NCC accuracy on the
+        validation split only — choosing a block on the test split would leak it into
+        every accuracy reported later.
+    """
+    from nctune.data import make_loader, subsample
+
+    def loader(dataset):
+        return make_loader(dataset, recipe.data, train=False, seed=recipe.seed, device=device)
+
     train = subsample(splits.train, recipe.analysis.max_samples, seed=recipe.seed)
-    loader = make_loader(train, data_cfg, train=False, seed=recipe.seed, device=device)
-    # NCC accuracy (and the max_ncc rule) use the validation split only: choosing a block
-    # on the test split would leak it into every accuracy reported later.
-    val_loader = (
-        make_loader(splits.val, data_cfg, train=False, seed=recipe.seed, device=device)
-        if splits.val is not None
-        else None
-    )
     profile = analyze(
         backbone,
-        loader,
+        loader(train),
         recipe.analysis.layers,
-        val_loader=val_loader,
+        val_loader=loader(splits.val) if splits.val is not None else None,
         num_classes=splits.num_classes,
         token_pool=recipe.analysis.token_pool,
         max_full_dim=recipe.analysis.max_full_dim,
@@ -377,5 +387,29 @@ def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analys
         progress=progress,
     )
     profile.dataset = splits.source
+    return profile
+
+
+def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analysis:
+    """Recipe → backbone, data, profile and a layer recommendation (what the CLI runs).
+
+    Args:
+        recipe: a validated recipe.
+        progress: ``progress(phase, done, total)`` callback.
+
+    Returns:
+        The :class:`Analysis` (profile, recommendation, backbone, data, recipe).
+    """
+    from nctune.backbones import create_backbone
+    from nctune.data import build_data
+    from nctune.selection import recipe_rule, select_layers
+    from nctune.taps import resolve_device
+
+    torch.manual_seed(recipe.seed)
+    device = resolve_device(recipe.device)
+    backbone = create_backbone(recipe.backbone)
+    data_cfg = recipe.data.model_copy(update={"augment": False})
+    splits = build_data(data_cfg, backbone.input_config, seed=recipe.seed)
+    profile = profile_recipe(backbone, splits, recipe, device, progress)
     rule, params = recipe_rule(recipe.strategy)
     return Analysis(profile, select_layers(profile, rule, **params), backbone, splits, recipe)

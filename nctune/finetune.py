@@ -113,25 +113,13 @@ def _head_nc1(
 
 
 def _profile(
-    backbone, splits: DataSplits, recipe: Recipe, device, progress, phase: str
+    backbone, plain: DataSplits, recipe: Recipe, device, progress, phase: str
 ) -> CollapseProfile:
-    from nctune.analyze import analyze
-    from nctune.data import subsample
+    """:func:`~nctune.analyze.profile_recipe`, its progress labelled with ``phase``."""
+    from nctune.analyze import profile_recipe
 
-    bs = recipe.data.batch_size
-    # the same (seeded, stratified) samples nctune analyze profiles, so both pick one block
-    train = subsample(splits.train, recipe.analysis.max_samples, seed=recipe.seed)
-    return analyze(
-        backbone,
-        _loader(train, bs),
-        recipe.analysis.layers,
-        val_loader=_loader(splits.val, bs) if splits.val is not None else None,
-        num_classes=splits.num_classes,
-        token_pool=recipe.analysis.token_pool,
-        max_full_dim=recipe.analysis.max_full_dim,
-        device=device,
-        progress=(lambda p, d, t: progress(f"{phase}: {p}", d, t)) if progress else None,
-    )
+    labelled = (lambda p, d, t: progress(f"{phase}: {p}", d, t)) if progress else None
+    return profile_recipe(backbone, plain, recipe, device, labelled)
 
 
 def prepare(recipe: Recipe) -> tuple[Backbone, DataSplits, DataSplits, torch.device]:
