@@ -1,0 +1,94 @@
+"""One registry style for every pluggable part (data sources, backbone sources,
+strategies, selection rules), in the manner of timm's ``register_model``.
+
+A module registers its entry with a decorator at import time::
+
+    SOURCES = Registry("data source", field="data.source")
+
+    @SOURCES.register("digits")
+    def load_digits(cfg): ...
+
+and the package that owns the registry imports every such module in its ``__init__``,
+so importing the package fills the registry. Lookups of unknown names raise
+:class:`~nctune.errors.ConfigError` naming the recipe field and the closest names.
+Ground floor: imports only :mod:`nctune.errors`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from nctune.errors import ConfigError
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names → entries, filled by :meth:`register` decorators at import time.
+
+    Args:
+        kind: what the entries are, for messages ("data source").
+        field: the recipe field whose value is looked up here ("data.source"), named in
+            the error for an unknown name.
+    """
+
+    def __init__(self, kind: str, field: str) -> None:
+        self.kind = kind
+        self.field = field
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that files its target under ``name`` and returns it unchanged.
+
+        Raises:
+            ValueError: ``name`` is already taken (a programming error, not user input).
+        """
+
+        def add(entry: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def get(self, name: str) -> T:
+        """The entry filed under ``name``.
+
+        Raises:
+            ConfigError: no such name; the message names the field, the closest match and
+                every registered name.
+        """
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ConfigError(self.unknown(name)) from None
+
+    def unknown(self, name: str) -> str:
+        """The one-line message for an unknown ``name`` (used by validators too)."""
+        close = difflib.get_close_matches(str(name), self.names(), n=1)
+        hint = f" — did you mean {close[0]!r}?" if close else ""
+        return (
+            f"{self.field}: unknown {self.kind} {name!r}{hint} "
+            f"(registered: {', '.join(self.names())})"
+        )
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self._entries)})"
