@@ -68,14 +68,18 @@ class Registry(Generic[T]):
         except KeyError:
             raise ConfigError(self.unknown(name)) from None
 
-    def unknown(self, name: str) -> str:
-        """The one-line message for an unknown ``name`` (used by validators too)."""
+    def unknown(self, name: str, *, prefix: bool = True) -> str:
+        """The one-line message for an unknown ``name``.
+
+        Args:
+            name: the name that is not registered.
+            prefix: start with the recipe field (``data.source: ``); recipe validators pass
+                False, as the recipe error format adds the field path itself.
+        """
         close = difflib.get_close_matches(str(name), self.names(), n=1)
         hint = f" — did you mean {close[0]!r}?" if close else ""
-        return (
-            f"{self.field}: unknown {self.kind} {name!r}{hint} "
-            f"(registered: {', '.join(self.names())})"
-        )
+        text = f"unknown {self.kind} {name!r}{hint} (registered: {', '.join(self.names())})"
+        return f"{self.field}: {text}" if prefix else text
 
     def names(self) -> list[str]:
         """Registered names, in registration order."""
