@@ -23,8 +23,8 @@ _EXPORTS: dict[str, str] = {
     "create_backbone": "nctune.backbones",
     "list_blocks": "nctune.backbones",
     "build_data": "nctune.data",
-    "CollapseProfile": "nctune.analyze",
-    "LayerCollapse": "nctune.analyze",
+    "CollapseProfile": "nctune.profile",
+    "LayerCollapse": "nctune.profile",
     "analyze": "nctune.analyze",
     "select_layers": "nctune.selection",
     "apply_strategy": "nctune.strategies",
@@ -51,7 +51,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from nctune.analyze import CollapseProfile, LayerCollapse, analyze
+    from nctune.analyze import analyze
     from nctune.artifacts import load_finetuned
     from nctune.backbones import Backbone, create_backbone, list_blocks
     from nctune.collapse import CollapseMetrics, CollapseStats, all_reduce_stats
@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nctune.data import build_data
     from nctune.errors import NctuneError
     from nctune.finetune import RunResult, finetune
+    from nctune.profile import CollapseProfile, LayerCollapse
     from nctune.selection import select_layers
     from nctune.strategies import apply_strategy
     from nctune.sweep import layer_sweep

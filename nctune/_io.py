@@ -1,17 +1,22 @@
-"""Atomic file replacement, shared by every module that writes files.
+"""Files that are never half-written, shared by every module that writes files.
 
 A file is written to a temporary sibling, flushed to disk (``fsync``) and renamed over
 its target (``os.replace``, atomic on POSIX and Windows): a crash leaves the old file or
-the new one, never a torn one.
+the new one, never a torn one. Whole result folders are staged (:func:`staged_dir`) and
+swapped in at the end, so a command that fails on bad input leaves nothing in ``--out``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from nctune.errors import ArtifactError, NctuneError
 
@@ -80,3 +85,184 @@ def replacing(path: Path, error: type[NctuneError] = ArtifactError) -> Iterator[
         if isinstance(err, OSError):
             raise error(f"{path}: cannot write ({err.strerror or err})") from None
         raise
+
+
+def jsonable(obj: Any) -> Any:
+    """JSON has no NaN/Inf: non-finite floats become null; paths become strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    """Strict JSON text (no NaN), indented, for result files and ``--json`` output.
+
+    Args:
+        obj: JSON-like data; non-finite floats become ``null``, paths and dict keys strings,
+            tuples lists.
+
+    Returns:
+        The JSON text, indented by two spaces, ending in a newline.
+    """
+    return json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename).
+
+    Args:
+        path: the file to write; missing parent folders are created.
+        data: the bytes to write.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: the file cannot be written (one line naming it).
+    """
+    path = Path(path)
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 ``text`` atomically (see :func:`atomic_write_bytes`).
+
+    Args:
+        path: the file to write.
+        text: the text, encoded as UTF-8.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: the file cannot be written.
+    """
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as strict JSON (:func:`to_json`) atomically.
+
+    Args:
+        path: the file to write.
+        obj: JSON-like data.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: the file cannot be written.
+    """
+    return atomic_write_text(path, to_json(obj))
+
+
+def check_writable(out: str | Path) -> Path:
+    """Fail early, with one line, when ``out`` cannot be created or written.
+
+    Probes the nearest existing ancestor with a real temporary file, which also catches
+    read-only file systems and root-owned paths where permission bits say nothing.
+    Nothing is created.
+
+    Args:
+        out: the ``--out`` folder (it need not exist yet).
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ArtifactError: ``out`` exists and is not a folder, its nearest existing ancestor is
+            a file, or that ancestor is not writable.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"--out {out}: exists and is not a folder; pick another path")
+    parent = out if out.exists() else out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ArtifactError(f"--out {out}: {parent} is a file, not a folder; pick another path")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise ArtifactError(
+            f"--out {out}: {parent} is not writable ({err.strerror or err}); pick a writable folder"
+        ) from None
+    return out
+
+
+def check_replaceable(out: Path, result_file: str) -> Path:
+    """Refuse an ``--out`` folder that holds anything but an earlier result of the command.
+
+    Re-running a command replaces its own earlier results (recognised by ``result_file``);
+    a folder the user filled with other files is never deleted. A missing or empty
+    folder passes.
+
+    Args:
+        out: the ``--out`` folder.
+        result_file: the file name the command writes into ``out`` (e.g. ``report.json``).
+
+    Returns:
+        ``out``, unchanged.
+
+    Raises:
+        ArtifactError: ``out`` is a non-empty folder without ``result_file``.
+    """
+    if out.is_dir() and any(out.iterdir()) and not (out / result_file).is_file():
+        raise ArtifactError(
+            f"--out {out}: holds other files (no {result_file} of an earlier run); pick another folder or empty it"
+        )
+    return out
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``out``; on success it replaces ``out``.
+
+    On any exception the temporary folder is removed and ``out`` is left as it was,
+    so a failed command writes nothing. An existing ``out`` is replaced as a whole
+    (moved aside, the new folder renamed in, then the old one deleted).
+
+    Args:
+        out: the result folder; checked first with :func:`check_writable`.
+
+    Yields:
+        The temporary folder to fill.
+
+    Raises:
+        ArtifactError: ``out`` is not writable, the temporary folder cannot be created, or
+            the final swap fails (the old ``out`` is put back).
+    """
+    out = check_writable(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        make_public(tmp, directory=True)
+    except OSError as err:
+        raise ArtifactError(f"--out {out}: cannot create ({err.strerror or err})") from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    try:
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out.exists():
+            os.replace(old, out)
+        raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -15,22 +15,29 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from nctune.backbones import Backbone, create_backbone, list_blocks
 from nctune.collapse import (
     DEFAULT_MAX_FULL_DIM,
-    CollapseMetrics,
     CollapseStats,
     ncc_predict,
 )
+from nctune.data import DataSplits, build_data, make_loader, subsample
 from nctune.errors import BackboneError, ConfigError
-from nctune.taps import LayerTaps, TapSpec, TokenPool, autocast, eval_mode, to_device
+from nctune.profile import PRE_LOGITS, CollapseProfile, LayerCollapse
+from nctune.selection import Selection, select_layers
+from nctune.taps import (
+    LayerTaps,
+    TapSpec,
+    TokenPool,
+    autocast,
+    eval_mode,
+    resolve_device,
+    to_device,
+)
 
 if TYPE_CHECKING:
-    from nctune.backbones import Backbone
     from nctune.config import Recipe
-    from nctune.data import DataSplits
 
-#: Name of the pseudo-layer holding the classifier's input (penultimate features).
-PRE_LOGITS = "pre_logits"
 
 #: ``progress(phase, batches_done, batches_total_or_None)``: the CLI draws a bar from it.
 ProgressFn = Callable[[str, int, int | None], None]
@@ -76,100 +83,10 @@ class _Buffer:
         self.nbytes = 0
 
 
-@dataclass(frozen=True)
-class LayerCollapse:
-    """Collapse of one tapped layer.
-
-    Attributes:
-        index: depth order, 0 = shallowest.
-        name: module path (PEFT ``target_modules`` form), or ``"pre_logits"``.
-        dim: pooled feature width.
-        metrics: every collapse metric on the training split.
-        ncc_accuracy: nearest-class-centre accuracy on the validation split (None without one).
-        tunable: False for the pre-logits pseudo-layer, which is not a block one can tune.
-    """
-
-    index: int
-    name: str
-    dim: int
-    metrics: CollapseMetrics = field(repr=False)
-    ncc_accuracy: float | None
-    tunable: bool = True
-
-    @property
-    def nc1(self) -> float:
-        return self.metrics.nc1
-
-    def to_dict(self) -> dict[str, Any]:
-        m = self.metrics
-        return {
-            "index": self.index,
-            "name": self.name,
-            "dim": self.dim,
-            "nc1": m.nc1,
-            "trace_ratio": m.trace_ratio,
-            "cdnv": m.cdnv,
-            "ncc_accuracy": self.ncc_accuracy,
-            "nc2_equinorm": m.nc2_equinorm,
-            "nc2_equiangle": m.nc2_equiangle,
-            "tunable": self.tunable,
-        }
-
-
-@dataclass
-class CollapseProfile:
-    """Layer-wise neural collapse of a model on one dataset.
-
-    Attributes:
-        layers: one entry per tapped layer, shallow → deep.
-        num_samples: training samples measured.
-        num_classes: classes present in them.
-        seconds: wall time of the measurement passes.
-        backbone: the backbone spec, when known.
-        dataset: a description of the data, when known.
-    """
-
-    layers: list[LayerCollapse]
-    num_samples: int
-    num_classes: int
-    seconds: float
-    backbone: str | None = None
-    dataset: str | None = None
-
-    def __getitem__(self, name: str) -> LayerCollapse:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
-
-    @property
-    def blocks(self) -> list[LayerCollapse]:
-        """The tunable layers (everything but ``pre_logits``)."""
-        return [layer for layer in self.layers if layer.tunable]
-
-    @property
-    def penultimate(self) -> LayerCollapse:
-        """The deepest layer: pre-logits when tapped, else the last block."""
-        return self.layers[-1]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``analysis.json`` body (without the recommendation, which the caller adds)."""
-        return {
-            "backbone": self.backbone,
-            "dataset": self.dataset,
-            "num_samples": self.num_samples,
-            "num_classes": self.num_classes,
-            "seconds": self.seconds,
-            "layers": [layer.to_dict() for layer in self.layers],
-        }
-
-
 def _tap_specs(
     model: Backbone | nn.Module, layers: list[str] | None, pre_logits: bool
 ) -> tuple[nn.Module, list[TapSpec], int]:
     """(module to run, taps, prefix tokens) for a Backbone or a plain module."""
-    from nctune.backbones import Backbone, list_blocks
-
     if isinstance(model, Backbone):
         names = model.resolve_layers(layers)
         layouts = {b.name: b.layout for b in model.blocks()}
@@ -187,8 +104,6 @@ def _tap_specs(
 def _resolve_plain(model: nn.Module, patterns: list[str]) -> list[str]:
     """Module paths or globs → paths in depth order (``Backbone.resolve_layers`` for a plain
     module: a glob matches the blocks first, every module path when no block matches)."""
-    from nctune.backbones import list_blocks
-
     order = {n: i for i, (n, _) in enumerate(model.named_modules()) if n}
     chosen: set[str] = set()
     for pattern in (str(p).strip() for p in patterns):
@@ -330,7 +245,7 @@ class Analysis:
     """What ``nctune analyze`` produces: the profile plus the context it was measured in."""
 
     profile: CollapseProfile
-    recommendation: Any  # nctune.selection.Selection
+    recommendation: Selection
     backbone: Backbone = field(repr=False)
     data: DataSplits = field(repr=False)
     recipe: Recipe = field(repr=False)
@@ -369,7 +284,6 @@ def profile_recipe(
         validation split only — choosing a block on the test split would leak it into
         every accuracy reported later.
     """
-    from nctune.data import make_loader, subsample
 
     def loader(dataset):
         return make_loader(dataset, recipe.data, train=False, seed=recipe.seed, device=device)
@@ -400,16 +314,11 @@ def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analys
     Returns:
         The :class:`Analysis` (profile, recommendation, backbone, data, recipe).
     """
-    from nctune.backbones import create_backbone
-    from nctune.data import build_data
-    from nctune.selection import recipe_rule, select_layers
-    from nctune.taps import resolve_device
-
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
     backbone = create_backbone(recipe.backbone)
     data_cfg = recipe.data.model_copy(update={"augment": False})
     splits = build_data(data_cfg, backbone.input_config, seed=recipe.seed)
     profile = profile_recipe(backbone, splits, recipe, device, progress)
-    rule, params = recipe_rule(recipe.strategy)
+    rule, params = recipe.strategy.selection_rule()
     return Analysis(profile, select_layers(profile, rule, **params), backbone, splits, recipe)

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nctune.errors import ConfigError
+from nctune.selection import DEFAULT_RULE, RULES
+from nctune.strategies import STRATEGY_REGISTRY
 
 Device = Literal["auto", "cpu", "cuda", "mps"] | str
 
@@ -141,7 +143,7 @@ class AnalysisConfig(Section):
 class StrategyConfig(Section):
     """What `nctune finetune` trains (see nctune.strategies)."""
 
-    name: Literal["linear", "full", "layers", "scl", "lora", "lp-ft", "auto"] = Field(
+    name: str = Field(
         "auto",
         description=(
             "linear (head only), full (everything), layers (named blocks + head), scl (one block + "
@@ -187,14 +189,37 @@ class StrategyConfig(Section):
         description="lp-ft: learning-rate factor for the full fine-tuning phase.",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        if v not in STRATEGY_REGISTRY:
+            raise ValueError(STRATEGY_REGISTRY.unknown(v, prefix=False))
+        return v
+
     @field_validator("rule")
     @classmethod
     def _known_rule(cls, v: str | None) -> str | None:
-        from nctune.selection import list_rules  # light: selection imports only errors
-
-        if v is not None and v not in list_rules():
-            raise ValueError(f"unknown rule {v!r} (choose from {', '.join(list_rules())})")
+        if v is not None and v not in RULES:
+            raise ValueError(RULES.unknown(v, prefix=False))
         return v
+
+    def selection_rule(self, rule: str | None = None) -> tuple[str, dict[str, Any]]:
+        """This section → (rule name, that rule's parameters) for :func:`~nctune.selection.select_layers`.
+
+        One place decides what ``strategy.rule`` and ``strategy.threshold`` mean, so
+        ``nctune analyze``'s recommendation, ``finetune``'s choice and ``sweep``'s picks
+        agree.
+
+        Args:
+            rule: apply this rule instead of ``strategy.rule`` (parameters still from the
+                recipe).
+
+        Returns:
+            The rule name (``rule``, else ``strategy.rule``, else
+            :data:`~nctune.selection.DEFAULT_RULE`) and its keyword parameters.
+        """
+        name = rule or self.rule or DEFAULT_RULE
+        return name, ({"threshold": self.threshold} if name == "knee" else {})
 
 
 class TrainConfig(Section):

@@ -17,11 +17,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from nctune.analyze import profile_recipe
+from nctune.backbones import Backbone, create_backbone
+from nctune.data import DataSplits, build_data
+from nctune.profile import CollapseProfile
+from nctune.strategies import apply_strategy, lora_targets
+from nctune.taps import resolve_device
+from nctune.train import evaluate, fit, safe_nc1
+
 if TYPE_CHECKING:
-    from nctune.analyze import CollapseProfile
-    from nctune.backbones import Backbone
     from nctune.config import Recipe
-    from nctune.data import DataSplits
 
 
 @dataclass
@@ -106,8 +111,6 @@ def _head_nc1(
     model: nn.Module, dataset, batch_size: int, device: torch.device, num_classes: int, amp: bool
 ) -> tuple[float | None, float]:
     """(NC1 of the head's input, accuracy) on ``dataset`` in eval mode."""
-    from nctune.train import evaluate, safe_nc1
-
     acc, stats = evaluate(model, _loader(dataset, batch_size), device, num_classes, amp)
     return safe_nc1(stats), acc
 
@@ -116,8 +119,6 @@ def _profile(
     backbone, plain: DataSplits, recipe: Recipe, device, progress, phase: str
 ) -> CollapseProfile:
     """:func:`~nctune.analyze.profile_recipe`, its progress labelled with ``phase``."""
-    from nctune.analyze import profile_recipe
-
     labelled = (lambda p, d, t: progress(f"{phase}: {p}", d, t)) if progress else None
     return profile_recipe(backbone, plain, recipe, device, labelled)
 
@@ -127,10 +128,6 @@ def prepare(recipe: Recipe) -> tuple[Backbone, DataSplits, DataSplits, torch.dev
 
     Everything that can fail on bad input fails here, before a run folder exists.
     """
-    from nctune.backbones import create_backbone
-    from nctune.data import build_data
-    from nctune.taps import resolve_device
-
     device = resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
     backbone = create_backbone(recipe.backbone)
@@ -146,8 +143,6 @@ def prepare(recipe: Recipe) -> tuple[Backbone, DataSplits, DataSplits, torch.dev
     if recipe.strategy.layers:
         backbone.resolve_layers(recipe.strategy.layers, field="strategy.layers")
     if recipe.strategy.name == "lora" and recipe.strategy.lora_targets:
-        from nctune.strategies import lora_targets
-
         lora_targets(backbone.model, None, recipe.strategy.lora_targets)
     return backbone, splits, plain, device
 
@@ -180,10 +175,6 @@ def finetune(
     Returns:
         A :class:`RunResult`; ``result.model`` is the fine-tuned model in eval mode.
     """
-    from nctune.selection import recipe_rule
-    from nctune.strategies import apply_strategy
-    from nctune.train import fit
-
     start = time.perf_counter()
     backbone, splits, plain, device = prepared or prepare(recipe)
     s, t, bs, k = recipe.strategy, recipe.train, recipe.data.batch_size, splits.num_classes
@@ -193,7 +184,7 @@ def finetune(
     if needs_profile or t.profile_after:
         before = _profile(backbone, plain, recipe, device, progress, "profile")
     profile_seconds = time.perf_counter() - t_profile
-    rule, rule_params = recipe_rule(s)
+    rule, rule_params = s.selection_rule()
     torch.manual_seed(recipe.seed)  # the head's initialisation depends on the seed alone
     applied = apply_strategy(
         backbone,
@@ -262,8 +253,6 @@ def finetune(
     run.model = model
     run.nc1_after, run.train_accuracy = _head_nc1(model, plain.train, bs, device, k, t.amp)
     if splits.test is not None:
-        from nctune.train import evaluate
-
         run.test_accuracy = evaluate(model, _loader(splits.test, bs), device, amp=t.amp)[0]
     if before is not None and t.profile_after:
         after = _profile(backbone, plain, recipe, device, progress, "profile after")

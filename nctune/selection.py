@@ -1,4 +1,4 @@
-"""Layer selection: rules that turn a :class:`~nctune.analyze.CollapseProfile` into blocks.
+"""Layer selection: rules that turn a :class:`~nctune.profile.CollapseProfile` into blocks.
 
 Every rule sees the tunable blocks shallow → deep and returns module paths in the form
 PEFT's ``target_modules`` accepts. Rules are registered by name (timm-style registry),
@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from nctune._registry import Registry
 from nctune.errors import ConfigError
 
 if TYPE_CHECKING:
-    from nctune.analyze import CollapseProfile, LayerCollapse
-    from nctune.config import StrategyConfig
+    from nctune.profile import CollapseProfile, LayerCollapse
 
 #: The rule used when a recipe names none, chosen from the evidence in docs/evidence.md: on
 #: the offline default its pick lands 0.42 points (SCL-FT) below the best single block of
@@ -58,22 +58,15 @@ class Selection:
 
 
 Rule = Callable[..., Selection]
-_RULES: dict[str, Rule] = {}
-
-
-def register_rule(name: str) -> Callable[[Rule], Rule]:
-    """Decorator: make ``fn(blocks, **params) -> Selection`` available as ``name``."""
-
-    def deco(fn: Rule) -> Rule:
-        _RULES[name] = fn
-        return fn
-
-    return deco
+#: Selection rules by name: ``fn(blocks, **params) -> Selection``.
+RULES: Registry[Rule] = Registry("rule", field="strategy.rule")
+#: Decorator: make ``fn(blocks, **params) -> Selection`` available as ``name``.
+register_rule = RULES.register
 
 
 def list_rules() -> list[str]:
-    """Registered rule names."""
-    return sorted(_RULES)
+    """Registered rule names, sorted."""
+    return sorted(RULES)
 
 
 @register_rule("last")
@@ -132,20 +125,6 @@ def resolve_rule(rule: str | None = None) -> str:
     return rule or DEFAULT_RULE
 
 
-def recipe_rule(strategy: StrategyConfig, rule: str | None = None) -> tuple[str, dict[str, Any]]:
-    """A recipe's ``strategy`` section → (rule name, that rule's parameters).
-
-    One place decides what ``strategy.rule`` and ``strategy.threshold`` mean, so
-    ``nctune analyze``'s recommendation, ``finetune``'s choice and ``sweep``'s picks agree.
-
-    Args:
-        strategy: the recipe's strategy section.
-        rule: apply this rule instead of ``strategy.rule`` (parameters still from the recipe).
-    """
-    rule = resolve_rule(rule or strategy.rule)
-    return rule, ({"threshold": strategy.threshold} if rule == "knee" else {})
-
-
 def select_layers(profile: CollapseProfile, rule: str | None = None, **params: Any) -> Selection:
     """Apply a registered selection rule to a profile.
 
@@ -158,11 +137,7 @@ def select_layers(profile: CollapseProfile, rule: str | None = None, **params: A
         The selected block(s) and the reason.
     """
     name = resolve_rule(rule)
-    fn = _RULES.get(name)
-    if fn is None:
-        raise ConfigError(
-            f"strategy.rule: unknown rule {name!r} (choose from {', '.join(list_rules())})"
-        )
+    fn = RULES.get(name)
     blocks = profile.blocks
     if not blocks:
         raise ConfigError("strategy.rule: the profile has no tunable blocks to choose from")

@@ -28,21 +28,59 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from nctune._registry import Registry
 from nctune.errors import ConfigError
+from nctune.selection import select_layers
 from nctune.taps import pool
 
 if TYPE_CHECKING:
-    from nctune.analyze import CollapseProfile
     from nctune.backbones import Backbone
+    from nctune.profile import CollapseProfile
     from nctune.selection import Selection
 
-STRATEGIES = ("linear", "full", "layers", "scl", "lora", "lp-ft", "auto")
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: which blocks it needs and what it leaves trainable.
+
+    Attributes:
+        name: the ``strategy.name`` it answers to.
+        freeze: ``freeze(model, layers, options) -> (model, tuned)``: sets
+            ``requires_grad`` on the fresh :class:`TunedModel` (or wraps it, as LoRA does)
+            and returns the model to train and the tuned layer names for the report.
+        selects_layers: needs blocks, given by ``layers`` or chosen by a rule from a profile.
+        skip: tunes exactly one block and feeds it to the head (SCL).
+        reports_as: the name written to reports (``auto`` runs ``scl``).
+    """
+
+    name: str
+    freeze: Callable[[TunedModel, list[str] | None, dict[str, Any]], tuple[nn.Module, list[str]]]
+    selects_layers: bool = False
+    skip: bool = False
+    reports_as: str | None = None
+
+
+#: Strategies by name, in the order docs and tables list them.
+STRATEGY_REGISTRY: Registry[Strategy] = Registry("strategy", field="strategy.name")
+
+
+def register_strategy(
+    name: str, *, selects_layers: bool = False, skip: bool = False, reports_as: str | None = None
+) -> Callable[[Callable], Callable]:
+    """Decorator: register ``freeze(model, layers, options)`` as strategy ``name``."""
+
+    def deco(fn: Callable) -> Callable:
+        STRATEGY_REGISTRY.register(name)(Strategy(name, fn, selects_layers, skip, reports_as))
+        return fn
+
+    return deco
 
 
 class TunedModel(nn.Module):
@@ -358,7 +396,7 @@ def apply_strategy(
 
     Args:
         backbone: the pretrained backbone (its model is reused, not copied).
-        strategy: one of :data:`STRATEGIES`.
+        strategy: a registered name (:data:`STRATEGIES`).
         num_classes: K of the downstream task (size of the fresh head).
         layers: blocks to tune (module paths or globs). ``scl`` takes exactly one. When
             omitted for ``layers``/``scl``/``auto``, ``rule`` picks them from ``profile``.
@@ -380,72 +418,117 @@ def apply_strategy(
             unknown rule or bad rule parameters, or LoRA targets PEFT cannot wrap.
         BackboneError: a ``layers`` entry matches no module of the backbone.
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError(
-            f"strategy.name: unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})"
-        )
+    spec = STRATEGY_REGISTRY.get(strategy)
     selection = None
     names = backbone.resolve_layers(layers, field="strategy.layers") if layers else None
-    if strategy in ("layers", "scl", "auto") and names is None:
+    if spec.selects_layers and names is None:
         if profile is None:
             raise ConfigError(
                 f"strategy.layers: strategy {strategy!r} needs layers, or a collapse profile to select them from"
             )
-        from nctune.selection import select_layers
-
         selection = select_layers(profile, rule, **(rule_params or {}))
         names = selection.layers
-    if strategy in ("scl", "auto") and len(names) != 1:
+    if spec.skip and len(names) != 1:
         raise ConfigError(
             f"strategy.layers: scl tunes exactly one block, got {len(names)}: {', '.join(names)}"
         )
 
-    skip = names[0] if strategy in ("scl", "auto") else None
     model = TunedModel(
-        backbone, num_classes, skip_block=skip, token_pool=token_pool, head_dropout=head_dropout
+        backbone,
+        num_classes,
+        skip_block=names[0] if spec.skip else None,
+        token_pool=token_pool,
+        head_dropout=head_dropout,
     )
-    lora = False
-    if strategy in ("linear", "lp-ft"):
-        _freeze_all_but(model, [])
-        tuned: list[str] = [] if strategy == "linear" else ["*"]
-    elif strategy == "full":
-        tuned = ["*"]
-    elif strategy in ("layers", "scl", "auto"):
-        _freeze_all_but(model, names)
-        tuned = list(names)
-    else:  # lora
-        from peft import LoraConfig, get_peft_model
-
-        targets = [
-            f"backbone.{n}" for n in lora_targets(model.backbone, names, lora_target_patterns)
-        ]
-        for p in model.parameters():
-            p.requires_grad_(False)
-        # The head trains as a plain module, not through PEFT's modules_to_save: that
-        # matches by name suffix, so "head" would also wrap (and unfreeze) the backbone's
-        # own "head" (timm ConvNeXt's norm + pooling, ViT's emptied classifier slot).
-        config = LoraConfig(
-            r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets
-        )
-        try:
-            model = get_peft_model(model, config)
-        except ValueError as err:
-            raise ConfigError(
-                f"strategy.lora_targets: PEFT refused the targets: {' '.join(str(err).split())}"
-            ) from None
-        model.get_base_model().head.requires_grad_(True)
-        lora = True
-        tuned = names or ["*"]
+    options = {
+        "lora_rank": lora_rank,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "lora_target_patterns": lora_target_patterns,
+    }
+    trained, tuned = spec.freeze(model, names, options)
     applied = AppliedStrategy(
-        model=model,
-        strategy="scl" if strategy == "auto" else strategy,
+        model=trained,
+        strategy=spec.reports_as or strategy,
         tuned_layers=tuned,
         selection=selection,
-        trainable_params=count_params(model, trainable=True),
-        total_params=count_params(model),
+        trainable_params=count_params(trained, trainable=True),
+        total_params=count_params(trained),
         phase="probe" if strategy == "lp-ft" else "main",
-        _lora=lora,
+        _lora=trained is not model,
     )
     if strategy == "lp-ft":  # report the larger, full phase
         applied.trainable_params = applied.total_params
     return applied
+
+
+@register_strategy("linear")
+def _linear(
+    model: TunedModel, layers: list[str] | None, options: dict
+) -> tuple[nn.Module, list[str]]:
+    _freeze_all_but(model, [])
+    return model, []
+
+
+@register_strategy("full")
+def _full(
+    model: TunedModel, layers: list[str] | None, options: dict
+) -> tuple[nn.Module, list[str]]:
+    return model, ["*"]
+
+
+@register_strategy("layers", selects_layers=True)
+def _layers(
+    model: TunedModel, layers: list[str] | None, options: dict
+) -> tuple[nn.Module, list[str]]:
+    _freeze_all_but(model, layers)
+    return model, list(layers)
+
+
+register_strategy("scl", selects_layers=True, skip=True)(_layers)
+
+
+@register_strategy("lora")
+def _lora_adapters(
+    model: TunedModel, layers: list[str] | None, options: dict
+) -> tuple[nn.Module, list[str]]:
+    # peft imports transformers and accelerate (seconds): only LoRA runs pay for it
+    from peft import LoraConfig, get_peft_model
+
+    targets = [
+        f"backbone.{n}"
+        for n in lora_targets(model.backbone, layers, options["lora_target_patterns"])
+    ]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    # The head trains as a plain module, not through PEFT's modules_to_save: that
+    # matches by name suffix, so "head" would also wrap (and unfreeze) the backbone's
+    # own "head" (timm ConvNeXt's norm + pooling, ViT's emptied classifier slot).
+    config = LoraConfig(
+        r=options["lora_rank"],
+        lora_alpha=options["lora_alpha"],
+        lora_dropout=options["lora_dropout"],
+        target_modules=targets,
+    )
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as err:
+        raise ConfigError(
+            f"strategy.lora_targets: PEFT refused the targets: {' '.join(str(err).split())}"
+        ) from None
+    peft_model.get_base_model().head.requires_grad_(True)
+    return peft_model, layers or ["*"]
+
+
+@register_strategy("lp-ft")
+def _lp_ft(
+    model: TunedModel, layers: list[str] | None, options: dict
+) -> tuple[nn.Module, list[str]]:
+    _freeze_all_but(model, [])  # the probe phase; start_full_phase unfreezes the rest
+    return model, ["*"]
+
+
+register_strategy("auto", selects_layers=True, skip=True, reports_as="scl")(_layers)
+
+#: Registered strategy names, in registration order.
+STRATEGIES = tuple(STRATEGY_REGISTRY.names())

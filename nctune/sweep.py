@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nctune.errors import ConfigError
+from nctune.finetune import _profile, finetune, prepare
+from nctune.selection import list_rules, select_layers
 
 if TYPE_CHECKING:
     from nctune.config import Recipe
@@ -147,9 +149,6 @@ def layer_sweep(
             loaded.
         DataError: the recipe's data cannot be loaded.
     """
-    from nctune.finetune import _profile, finetune, prepare
-    from nctune.selection import list_rules, recipe_rule, select_layers
-
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ConfigError(f"--modes: unknown mode {bad[0]!r} (choose from {', '.join(MODES)})")
@@ -160,7 +159,7 @@ def layer_sweep(
     picks = {}
     for rule in rules or list_rules():
         try:
-            name, params = recipe_rule(recipe.strategy, rule)
+            name, params = recipe.strategy.selection_rule(rule)
             picks[rule] = select_layers(profile, name, **params).layers[0]
         except ConfigError:  # e.g. max_ncc without a validation split
             continue

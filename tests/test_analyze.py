@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
+from nctune._io import to_json
 from nctune.analyze import PRE_LOGITS, CollapseProfile, analyze, analyze_recipe
-from nctune.artifacts import to_json
 from nctune.backbones import Backbone, InputConfig, list_blocks
 from nctune.collapse import CollapseStats, ncc_accuracy
 from nctune.config import load_recipe

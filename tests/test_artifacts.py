@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from nctune.artifacts import atomic_write_json, atomic_write_text, staged_dir, to_json
+from nctune._io import atomic_write_json, atomic_write_text, staged_dir, to_json
 from nctune.errors import ArtifactError
 
 

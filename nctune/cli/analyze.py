@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from nctune.artifacts import atomic_write_json, atomic_write_text, staged_dir, to_json
+from nctune._io import atomic_write_json, atomic_write_text, staged_dir, to_json
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
@@ -25,8 +25,8 @@ def analyze(
 
     Writes DIR/analysis.json, DIR/collapse.png and the resolved DIR/recipe.yaml.
     """
+    from nctune._io import check_replaceable, check_writable
     from nctune.analyze import analyze_recipe
-    from nctune.artifacts import check_replaceable, check_writable
     from nctune.config import load_recipe
     from nctune.report import plot_profile, profile_table
 

@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from nctune.artifacts import RECIPE_FILE, atomic_write_text, check_writable, save_run, to_json
+from nctune._io import atomic_write_text, check_writable, to_json
+from nctune.artifacts import RECIPE_FILE, save_run
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
@@ -54,7 +55,7 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
 def _check_resume(run_dir: Path, cfg) -> None:
     import yaml
 
-    from nctune.train import CHECKPOINT
+    from nctune.checkpoint import CHECKPOINT
 
     saved = run_dir / RECIPE_FILE
     if not saved.is_file():
@@ -136,7 +137,7 @@ def finetune(
                 f"--out {run_dir}: already holds a run; continue it with --resume {run_dir}, replace it with --overwrite, or pick another folder"
             )
     prepared = prepare(cfg)  # every bad-input check that needs the backbone/data, before writing
-    from nctune.train import CHECKPOINT
+    from nctune.checkpoint import CHECKPOINT
 
     created, old = False, None
     # the command that continues this run: the same recipe and --set values, checked on resume

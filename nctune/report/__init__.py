@@ -7,11 +7,15 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from nctune.artifacts import atomic_write_bytes
+from nctune._io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from nctune.analyze import CollapseProfile
+    from matplotlib.figure import Figure
+
+    from nctune.finetune import RunResult
+    from nctune.profile import CollapseProfile
     from nctune.selection import Selection
+    from nctune.sweep import SweepResult
 
 
 def _fmt(x: float | None, spec: str = ".4g") -> str:
@@ -54,7 +58,7 @@ def profile_table(profile: CollapseProfile, recommendation: Selection | None = N
     return table
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     import io
 
     buf = io.BytesIO()
@@ -103,7 +107,7 @@ def plot_profile(
         plt.close(fig)
 
 
-def finetune_tables(result) -> list[Table]:
+def finetune_tables(result: RunResult) -> list[Table]:
     """The collapse-versus-accuracy report of a fine-tuning run: per-block NC1 before/after,
     then the summary (accuracy, trainable parameters, time)."""
     tables = []
@@ -174,7 +178,7 @@ def finetune_tables(result) -> list[Table]:
     return tables
 
 
-def plot_training(result, path: str | Path) -> Path:
+def plot_training(result: RunResult, path: str | Path) -> Path:
     """Accuracy (train, val) and the head input's NC1 per epoch, as a PNG (atomic)."""
     import matplotlib
 
@@ -212,7 +216,7 @@ def plot_training(result, path: str | Path) -> Path:
         plt.close(fig)
 
 
-def sweep_table(result) -> Table:
+def sweep_table(result: SweepResult) -> Table:
     """One row per swept block: accuracy and NC1 after for each mode, and which rules picked it."""
     modes = sorted({p.mode for p in result.points}, key=["layer", "scl"].index)
     t = Table(
@@ -249,7 +253,7 @@ def sweep_table(result) -> Table:
     return t
 
 
-def plot_sweep(result, path: str | Path) -> Path:
+def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     """Accuracy and NC1 after tuning against the tuned block; the rules' picks marked."""
     import matplotlib
 
