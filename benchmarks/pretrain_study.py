@@ -98,8 +98,8 @@ from nctune.backbones import InputConfig
 from nctune.collapse import CollapseStats
 from nctune.config import DataConfig, TrainConfig
 from nctune.data import build_data
+from nctune.optim import lr_at, make_optimizer
 from nctune.taps import autocast, resolve_device, to_device
-from nctune.train import lr_at, make_optimizer
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 DOWNSTREAM_CLASSES = (5, 6, 7, 8, 9)

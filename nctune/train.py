@@ -14,13 +14,11 @@ One call, :func:`fit`, trains an :class:`~nctune.strategies.AppliedStrategy`:
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,18 +26,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from nctune.artifacts import atomic_write_bytes
+from nctune.batches import CachedBatches, ImageBatches, try_cache
+from nctune.checkpoint import (
+    CHECKPOINT,
+    checkpoint_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from nctune.collapse import CollapseStats
 from nctune.config import TrainConfig
-from nctune.errors import ArtifactError, CollapseError
-from nctune.prefix_cache import CacheInfo, PrefixCache, find_cut, remove_stale_caches
+from nctune.errors import CollapseError
+from nctune.optim import lr_at, make_optimizer, no_weight_decay_ids
+from nctune.prefix_cache import CacheInfo
 from nctune.strategies import AppliedStrategy
-from nctune.taps import amp_dtype, autocast, to_device
-
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+from nctune.taps import amp_dtype, autocast
 
 #: ``progress(phase, done, total, info)`` — the CLI draws it; the library never prints.
 ProgressFn = Callable[..., None]
@@ -104,215 +107,6 @@ class TrainResult:
         return [asdict(h) for h in self.history]
 
 
-class EpochSampler(Sampler[int]):
-    """A fresh permutation per epoch from ``(seed, epoch)`` alone, optionally from an offset.
-
-    Deriving the order from the epoch number (not from a generator's running state)
-    is what lets a run resumed mid-epoch see exactly the batches it would have seen.
-
-    Args:
-        n: dataset size.
-        seed: the run's seed.
-        epoch: the epoch (from 0) whose permutation to draw.
-        start: how many indices of the permutation to skip (already-trained samples).
-    """
-
-    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0) -> None:
-        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
-
-    def generator(self) -> torch.Generator:
-        """A generator seeded from ``(seed, epoch)`` alone.
-
-        Returns:
-            A CPU generator seeded with ``seed · 100003 + epoch``.
-        """
-        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-
-    def order(self) -> torch.Tensor:
-        """This epoch's permutation of ``range(n)`` (before the offset).
-
-        Returns:
-            An int64 tensor of the ``n`` indices.
-        """
-        return torch.randperm(self.n, generator=self.generator())
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.start :].tolist())
-
-    def __len__(self) -> int:
-        return self.n - self.start
-
-
-def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig, base_lr: float) -> float:
-    """Learning rate at optimizer step ``step``: linear warm-up, then cosine decay.
-
-    With η = ``base_lr``, s = ``step``, W = ``warmup``, N = ``total`` and the floor
-    η_min = ``cfg.min_lr_ratio`` · η:
-
-    - warm-up (s < W):  η(s) = η · (s + 1) / W
-    - ``cfg.schedule == "constant"``, or N ≤ W:  η(s) = η
-    - cosine:  p = min(1, (s − W) / max(1, N − W)),
-      η(s) = η_min + ½ · (η − η_min) · (1 + cos(π · p))
-
-    The warm-up rises linearly to η, reaching it at s = W − 1, so large early updates
-    to a freshly initialised head do not wreck the pretrained features; the cosine
-    then anneals from η (at s = W) to η_min (at s ≥ N).
-
-    Args:
-        step: the optimizer step within the phase, from 0.
-        total: N, the phase's number of steps.
-        warmup: W, warm-up steps (0: none).
-        cfg: the ``train`` section (``schedule``, ``min_lr_ratio``).
-        base_lr: η, the peak learning rate.
-
-    Returns:
-        The learning rate for this step.
-    """
-    if warmup and step < warmup:
-        return base_lr * (step + 1) / warmup
-    if cfg.schedule == "constant" or total <= warmup:
-        return base_lr
-    progress = (step - warmup) / max(1, total - warmup)
-    floor = cfg.min_lr_ratio * base_lr
-    return floor + 0.5 * (base_lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def no_weight_decay_ids(model: nn.Module) -> set[int]:
-    """``id()`` of the parameters a model asks to keep out of weight decay.
-
-    timm models name them in ``no_weight_decay()`` (class/register tokens, position
-    embeddings): shrinking those toward zero only hurts. Every submodule is asked, so the
-    names resolve inside an nctune or PEFT wrapper too.
-
-    Args:
-        model: any module, possibly wrapping timm models.
-
-    Returns:
-        The ids of those parameters.
-    """
-    ids: set[int] = set()
-    for module in model.modules():
-        names = getattr(module, "no_weight_decay", None)
-        if not callable(names):
-            continue
-        try:
-            skip = set(names())
-        except TypeError:  # an attribute or method of another meaning
-            continue
-        ids.update(id(p) for n, p in module.named_parameters() if n in skip)
-    return ids
-
-
-def make_optimizer(
-    params: list[nn.Parameter],
-    cfg: TrainConfig,
-    lr: float,
-    no_decay: set[int] | frozenset[int] = frozenset(),
-) -> torch.optim.Optimizer:
-    """AdamW or SGD, with weight decay on weight matrices and kernels only.
-
-    Parameters with ``ndim ≥ 2`` (weight matrices, conv kernels) get ``cfg.weight_decay``;
-    1-D ones (biases, norm scales and shifts) and those in ``no_decay`` (tokens and position
-    embeddings, see :func:`no_weight_decay_ids`) get none. SGD uses ``cfg.momentum``,
-    Nesterov when the momentum is positive.
-
-    Args:
-        params: the trainable parameters.
-        cfg: the ``train`` section (``optimizer``, ``weight_decay``, ``momentum``).
-        lr: the initial learning rate (:func:`fit` sets it every step from :func:`lr_at`).
-        no_decay: ``id()`` of further parameters to keep out of weight decay.
-
-    Returns:
-        The optimizer, with the decayed group first and the undecayed one second.
-    """
-    decayed = [p for p in params if p.ndim >= 2 and id(p) not in no_decay]
-    kept = [p for p in params if p.ndim < 2 or id(p) in no_decay]
-    groups = [
-        {"params": decayed, "weight_decay": cfg.weight_decay},
-        {"params": kept, "weight_decay": 0.0},
-    ]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=lr)
-
-
-class _Images:
-    """Image batches through the whole model (no cache); ``epoch=None`` means in order."""
-
-    def __init__(
-        self, data, batch_size: int, device: torch.device, seed: int = 0, num_workers: int = 0
-    ) -> None:
-        self.data, self.batch_size, self.device = data, batch_size, device
-        self.seed, self.num_workers = seed, num_workers
-
-    def batches(
-        self, epoch: int | None = None, start_batch: int = 0
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if not isinstance(self.data, Dataset):  # a user's DataLoader or any iterable of batches
-            yield from self.data
-            return
-        sampler = (
-            None
-            if epoch is None
-            else EpochSampler(len(self.data), self.seed, epoch, start_batch * self.batch_size)
-        )
-        # The loader gets its own generator: creating its iterator would otherwise draw a
-        # worker seed from the global RNG, shifting every later dropout mask of a resumed
-        # run by one draw; seeded from (seed, epoch), worker seeds repeat on resume too.
-        yield from DataLoader(
-            self.data,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=sampler.generator() if sampler is not None else None,
-        )
-
-    def attached(self):
-        return contextlib.nullcontext()
-
-    def forward(self, model: nn.Module, x: torch.Tensor):
-        return model(to_device(x, self.device), return_features=True)
-
-
-class _Cached:
-    """The same batches as :class:`_Images`, served from the prefix cache (suffix only)."""
-
-    def __init__(
-        self,
-        cache: PrefixCache,
-        tuned: nn.Module,
-        batch_size: int,
-        device: torch.device,
-        seed: int = 0,
-    ) -> None:
-        self.cache, self.tuned, self.batch_size, self.device, self.seed = (
-            cache,
-            tuned,
-            batch_size,
-            device,
-            seed,
-        )
-
-    def batches(
-        self, epoch: int | None = None, start_batch: int = 0
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.cache)
-        order = torch.arange(n) if epoch is None else EpochSampler(n, self.seed, epoch).order()
-        for i in range(start_batch * self.batch_size, n, self.batch_size):
-            yield self.cache.batch(order[i : i + self.batch_size])
-
-    def attached(self):
-        return self.cache.attached(self.tuned)
-
-    def forward(self, model: nn.Module, x: torch.Tensor):
-        return self.cache.forward(model, self.tuned, x.to(self.device, non_blocking=True))
-
-    def close(self) -> None:
-        self.cache.close()
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -335,7 +129,7 @@ def evaluate(
         ``(accuracy, statistics or None)``; the accuracy is NaN when ``data`` is empty.
         The model's train/eval mode is restored.
     """
-    source = data if hasattr(data, "attached") else _Images(data, 0, device)
+    source = data if hasattr(data, "attached") else ImageBatches(data, 0, device)
     was = model.training
     model.eval()
     stats = CollapseStats(num_classes) if num_classes else None
@@ -353,53 +147,6 @@ def evaluate(
     finally:
         model.train(was)
     return (correct / seen if seen else float("nan")), stats
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _save(path: Path, obj: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The checkpoint in ``run_dir``, or None when there is none.
-
-    Args:
-        run_dir: the run folder holding ``checkpoint.pt``.
-
-    Returns:
-        The checkpoint dict (loaded with ``weights_only=True``, on CPU), or None.
-
-    Raises:
-        ArtifactError: the file cannot be read, or has another checkpoint format.
-    """
-    path = Path(run_dir) / CHECKPOINT
-    if not path.exists():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ArtifactError(
-            f"{path}: unreadable checkpoint ({err.__class__.__name__}); start a new run"
-        ) from None
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ArtifactError(
-            f"{path}: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}"
-        )
-    return ckpt
 
 
 def _phases(
@@ -523,9 +270,9 @@ def fit(
 
     def save(epoch: int, step: int, partial: dict | None) -> None:
         if run_dir is not None:
-            _save(
+            save_checkpoint(
                 run_dir / CHECKPOINT,
-                _ckpt(
+                checkpoint_state(
                     epoch, step, applied, model, optimizer, scaler, history, best, device, partial
                 ),
             )
@@ -547,7 +294,7 @@ def fit(
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
     epoch, stopped_early, interrupted = epoch0, False, False
     optimizer = None
-    caches: list[_Cached] = []
+    caches: list[CachedBatches] = []
     cache_info = CacheInfo(
         False, reason="train.cache_prefix is off" if cfg.cache_prefix == "off" else ""
     )
@@ -572,15 +319,15 @@ def fit(
 
         # The frozen prefix is the same every epoch when nothing random touches the
         # input, so compute it once: later epochs then cost only the trainable suffix.
-        source = _Images(train_set, batch_size, device, seed, num_workers)
-        val_source = _Images(val_set, batch_size, device) if val_set is not None else None
+        source = ImageBatches(train_set, batch_size, device, seed, num_workers)
+        val_source = ImageBatches(val_set, batch_size, device) if val_set is not None else None
         if cfg.cache_prefix != "off":
             if augment:
                 cache_info = CacheInfo(
                     False, reason="data.augment is on: the prefix differs every epoch"
                 )
             else:
-                cached, cached_val, cache_info = _try_cache(
+                cached, cached_val, cache_info = try_cache(
                     tuned,
                     block_names,
                     train_set,
@@ -613,7 +360,7 @@ def fit(
                 if stats is not None and ckpt["partial"]["stats"] is not None:
                     stats.load_state_dict(ckpt["partial"]["stats"])
             if ckpt is not None and epoch == epoch0:
-                _set_rng_state(ckpt["rng"], device)
+                set_rng_state(ckpt["rng"], device)
             model.train()
             if progress:
                 progress(f"epoch {epoch + 1}/{cfg.epochs}", start_batch, steps_per_epoch)
@@ -725,62 +472,3 @@ def safe_nc1(stats: CollapseStats | None) -> float | None:
             return stats.compute().nc1
     except CollapseError:
         return None
-
-
-def _try_cache(
-    tuned, block_names, train_set, val_set, cfg, batch_size, seed, device, run_dir, progress, amp
-):
-    """(cached train source, cached val source, info); the sources are None when refused."""
-    cut = find_cut(tuned, block_names)
-    if cut is None:
-        return (
-            None,
-            None,
-            CacheInfo(
-                False, reason="a parameter before the first block trains (nothing frozen to cache)"
-            ),
-        )
-    kw = dict(
-        device=device,
-        max_memory_mb=cfg.cache_max_mb,
-        max_disk_mb=cfg.cache_disk_max_mb,
-        prefer=cfg.cache_prefix,
-        disk_dir=run_dir,
-        amp=amp,
-    )
-    if progress:
-        progress("caching frozen prefix", 0, None)
-    remove_stale_caches(run_dir)
-    cache, info = PrefixCache.build(
-        tuned, cut, DataLoader(train_set, batch_size=batch_size, shuffle=False), **kw
-    )
-    if cache is None:
-        return None, None, info
-    val = None
-    if val_set is not None:
-        vcache, _ = PrefixCache.build(
-            tuned, cut, DataLoader(val_set, batch_size=batch_size, shuffle=False), **kw
-        )
-        val = _Cached(vcache, tuned, batch_size, device) if vcache is not None else None
-    return _Cached(cache, tuned, batch_size, device, seed), val, info
-
-
-def _ckpt(
-    epoch, step, applied, model, optimizer, scaler, history, best, device, partial
-) -> dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "step": step,
-        "phase": applied.phase,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": _rng_state(device),
-        "history": [asdict(h) for h in history],
-        "best_acc": best["acc"],
-        "best_epoch": best["epoch"],
-        "best_state": best["state"],
-        "bad_epochs": best["bad"],
-        "partial": partial,
-    }

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import errno
-import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from nctune.config import TrainConfig, load_recipe
+from nctune.checkpoint import CHECKPOINT, load_checkpoint
+from nctune.config import load_recipe
 from nctune.errors import ArtifactError
 from nctune.finetune import prepare
 from nctune.strategies import apply_strategy
-from nctune.train import CHECKPOINT, EpochSampler, fit, load_checkpoint, lr_at
+from nctune.train import fit
 
 TINY = [
     "backbone.name=timm:test_resnet",
@@ -89,26 +88,6 @@ def assert_same_run(a, b, exact: bool = True):
 
 
 # --------------------------------------------------------------------- pieces
-def test_lr_schedule_warmup_then_cosine():
-    cfg = TrainConfig(lr=1.0, schedule="cosine", min_lr_ratio=0.1)
-    lrs = [lr_at(s, 100, 10, cfg, 1.0) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up
-    assert lrs[10] == pytest.approx(1.0)
-    assert lrs[55] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
-    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))  # monotone decay
-    assert lrs[-1] > 0.1 - 1e-9
-    const = TrainConfig(lr=1.0, schedule="constant")
-    assert lr_at(50, 100, 0, const, 0.5) == 0.5
-
-
-def test_epoch_sampler_depends_on_seed_and_epoch_only():
-    a = list(EpochSampler(50, seed=3, epoch=2))
-    assert a == list(EpochSampler(50, seed=3, epoch=2))
-    assert a != list(EpochSampler(50, seed=3, epoch=1))
-    assert sorted(a) == list(range(50))
-    assert list(EpochSampler(50, seed=3, epoch=2, start=20)) == a[20:]
-
-
 # --------------------------------------------------------------- the loop
 def test_fit_records_history_and_keeps_best_epoch():
     result, _ = run()
@@ -121,74 +100,10 @@ def test_fit_records_history_and_keeps_best_epoch():
     assert not result.interrupted and not result.stopped_early
 
 
-@pytest.mark.parametrize(
-    "strategy, layers, expect_cut",
-    [
-        ("linear", None, "head"),
-        ("scl", ("layer3.0",), "backbone.layer3.0"),
-        ("layers", ("layer2.0", "layer4.0"), "backbone.layer2.0"),
-    ],
-)
-def test_prefix_cache_gives_the_same_run_as_no_cache(strategy, layers, expect_cut):
-    cached = run(strategy, layers)
-    assert cached[0].cache.used and cached[0].cache.cut == expect_cut
-    plain = run(strategy, layers, overrides=["train.cache_prefix=off"])
-    assert not plain[0].cache.used
-    assert_same_run(cached, plain, exact=False)
-
-
-def test_prefix_cache_on_vit_and_disk():
-    vit = ["backbone.name=timm:test_vit", "backbone.model_kwargs={img_size: 32}"]
-    cached = run(
-        "scl", ("blocks.3",), overrides=[*vit, "train.cache_prefix=disk", "train.epochs=2"]
-    )
-    assert cached[0].cache.used and cached[0].cache.where == "disk"
-    plain = run("scl", ("blocks.3",), overrides=[*vit, "train.cache_prefix=off", "train.epochs=2"])
-    assert_same_run(cached, plain, exact=False)
-
-
-def test_disk_caches_live_until_the_run_ends_and_stale_ones_go(tmp_path, monkeypatch):
-    from nctune.prefix_cache import PrefixCache
-
-    built, missing = [], []
-    real = PrefixCache.build.__func__
-
-    def spy(cls, *args, **kwargs):
-        cache, info = real(cls, *args, **kwargs)
-        if cache is not None:
-            built.append(Path(cache._tmpdir))
-        return cache, info
-
-    def progress(phase, done, total, info=""):
-        if phase.startswith("epoch"):  # every training step: both caches still on disk
-            missing.extend(d for d in built if not d.exists())
-
-    monkeypatch.setattr(PrefixCache, "build", classmethod(spy))
-    stale = tmp_path / "nctune-prefix-from-a-killed-run"
-    stale.mkdir()
-    result, _ = run(
-        overrides=["train.cache_prefix=disk", "train.epochs=1"],
-        run_dir=tmp_path,
-        progress=progress,
-    )
-    assert result.cache.where == "disk" and len(built) == 2  # train and validation
-    assert missing == [] and not stale.exists()
-    assert list(tmp_path.glob("nctune-prefix-*")) == []  # closed when the run ended
-
-
 def test_without_validation_the_last_epoch_is_kept():
     result, _ = run(no_val=True)
     assert result.best_epoch == 3 and result.best_val_accuracy is None
     assert [h.val_accuracy for h in result.history] == [None, None, None]
-
-
-def test_cache_refused_when_prefix_trains_or_data_is_augmented():
-    full, _ = run("full", None, overrides=["train.epochs=1"])
-    assert not full.cache.used
-    aug, _ = run(
-        "scl", ("layer3.0",), overrides=["train.epochs=1", "data.augment=true"], augment=True
-    )
-    assert not aug.cache.used and "augment" in aug.cache.reason
 
 
 def test_lp_ft_runs_probe_then_full_phase():
@@ -288,21 +203,3 @@ def test_fit_leaves_torch_global_flags_as_it_found_them():
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.backends.cudnn.benchmark = saved
-
-
-def test_tokens_and_position_embeddings_get_no_weight_decay():
-    from nctune.train import make_optimizer, no_weight_decay_ids
-
-    recipe = load_recipe(
-        None, [*TINY, "backbone.name=timm:test_vit", "backbone.model_kwargs={img_size: 32}"]
-    )
-    backbone, splits, _, _ = prepare(recipe)
-    applied = apply_strategy(backbone, "full", splits.num_classes)
-    model = applied.model
-    opt = make_optimizer(applied.parameters(), recipe.train, 1e-3, no_weight_decay_ids(model))
-    decayed, kept = ({id(p) for p in g["params"]} for g in opt.param_groups)
-    vit = model.backbone
-    assert {id(vit.cls_token), id(vit.pos_embed)} <= kept
-    assert id(vit.patch_embed.proj.weight) in decayed and id(model.head.weight) in decayed
-    assert all(id(p) in kept for p in model.parameters() if p.ndim < 2)
-    assert len(decayed) + len(kept) == len(applied.parameters())
