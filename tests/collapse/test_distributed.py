@@ -36,6 +36,7 @@ def _worker(rank: int, init_file: str, mode: str, out: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "two_pass"])
 def test_all_reduce_equals_single_process(tmp_path, mode):
     x, y = make_case(30, n=401, d=12, k=5, imbalanced=True, offset=50.0)
@@ -73,6 +74,7 @@ def _empty_rank_worker(rank: int, init_file: str, out: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_a_rank_without_data_fails_on_every_rank_not_by_timeout(tmp_path):
     out = mp.Manager().dict()
     start = time.monotonic()
