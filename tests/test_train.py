@@ -175,12 +175,12 @@ def test_resume_at_epoch_boundary_matches(tmp_path):
 def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
     run(run_dir=tmp_path, overrides=["train.epochs=1"])
     good = (tmp_path / CHECKPOINT).read_bytes()
-    import nctune.artifacts as artifacts
+    import nctune._io as io
 
     def disk_full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(artifacts.os, "replace", disk_full)
+    monkeypatch.setattr(io.os, "replace", disk_full)
     with pytest.raises(ArtifactError, match="No space left on device"):
         run(run_dir=tmp_path, overrides=["train.epochs=1"])
     monkeypatch.undo()
