@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 
 import nctune.data as data_mod
+import nctune.data.datasets as datasets_mod
+import nctune.data.sources.fashion_mnist as fashion_mnist_mod
 from nctune.backbones import InputConfig as BackboneInputConfig
 from nctune.config import DataConfig
 from nctune.data import (
@@ -236,7 +238,7 @@ def test_no_augment_train_equals_eval_and_augment_is_random(tmp_path):
 def test_uncached_resize_matches_cached(monkeypatch):
     ic = InputConfig(image_size=40, interpolation="bicubic")
     cached = build_data(cfg(subset="vendored", max_test_samples=20), ic).test
-    monkeypatch.setattr(data_mod, "_CACHE_LIMIT_BYTES", 0)  # as if the split were huge
+    monkeypatch.setattr(datasets_mod, "_CACHE_LIMIT_BYTES", 0)  # as if the split were huge
     lazy = build_data(cfg(subset="vendored", max_test_samples=20), ic).test
     assert cached._cache is not None and lazy._cache is None
     for i in (0, 7, 19):
@@ -277,7 +279,7 @@ def test_vendored_forced(tmp_path):
 
 
 def test_auto_falls_back_to_vendored(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(fashion_mnist_mod, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     s = build_data(cfg(), IC)
     assert s.source == "fashion_mnist (vendored subset)"
     with pytest.raises(DataError, match=r"data\.subset=full: .*absent.*dataset-fashion-mnist"):

@@ -160,7 +160,7 @@ def test_paper_recipes_cover_every_pair_and_agree_within_a_backbone():
 
 @pytest.mark.parametrize("name", sorted(PAPER_DATASETS))
 def test_paper_datasets_exist_in_torchvision(name):
-    from nctune.data import _torchvision_class
+    from nctune.data.sources.torchvision import _torchvision_class
 
     cls = getattr(torchvision.datasets, name)
     assert _torchvision_class(name) is cls

@@ -1,0 +1,162 @@
+"""Transforms: from a backbone's input config to normalised (3, T, T) float32 tensors.
+
+* Image files (and torchvision sets decoded per sample) go through timm's eval
+  transform with PIL: shorter side to ``floor(T / crop_pct)``, centre crop T×T
+  (:func:`eval_transform`).
+* Small in-memory uint8 images are resized whole to T×T by a batched, antialiased
+  ``interpolate`` kept as uint8 (:func:`_resize_uint8`), so serving a sample is an index
+  plus a normalisation.
+* Every image becomes 3-channel RGB (grayscale is repeated), then
+  ``(x / 255 − mean) / std`` with the backbone's mean and std.
+* Augmentation (training split only): ``RandomResizedCrop(T, scale=(0.5, 1))`` and an
+  optional horizontal flip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+#: Light augmentation: crops keep at least half the image, so few-shot classes stay visible.
+AUG_SCALE = (0.5, 1.0)
+AUG_RATIO = (3 / 4, 4 / 3)
+_RESIZE_CHUNK = 1024  # images per batched interpolate: bounds the float32 temporaries
+
+
+class InputConfigLike(Protocol):
+    """What :func:`~nctune.data.build_data` needs from a backbone (``nctune.backbones.InputConfig``)."""
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    crop_pct: float
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Resolved transform parameters shared by every dataset of one build."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str = "center"
+
+    @classmethod
+    def from_input_config(cls, input_config: Any, image_size: int | None) -> _Spec:
+        def three(values: Any, what: str) -> tuple[float, float, float]:
+            values = tuple(float(v) for v in values)
+            if len(values) == 1:
+                values = values * 3
+            if len(values) != 3:
+                raise ValueError(f"input config {what} needs 1 or 3 values, got {values}")
+            return values  # type: ignore[return-value]
+
+        crop_pct = float(getattr(input_config, "crop_pct", 1.0) or 1.0)
+        return cls(
+            size=int(image_size or input_config.image_size),
+            mean=three(input_config.mean, "mean"),
+            std=three(input_config.std, "std"),
+            interpolation=str(getattr(input_config, "interpolation", "bilinear") or "bilinear"),
+            crop_pct=min(crop_pct, 1.0),
+            crop_mode=str(getattr(input_config, "crop_mode", "center") or "center"),
+        )
+
+    @property
+    def tensor_mode(self) -> str:
+        """``F.interpolate`` mode: bicubic or bilinear (antialiased); timm's others map here."""
+        return "bicubic" if self.interpolation in ("bicubic", "lanczos") else "bilinear"
+
+    def pil_interpolation(self) -> Any:
+        try:
+            return InterpolationMode(self.interpolation)
+        except ValueError:  # timm's 'random' and friends
+            return InterpolationMode.BILINEAR
+
+    def normalizer(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 (C, H, W), C ∈ {1, 3} → normalised float32 (3, H, W)."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+
+        def normalize(x: torch.Tensor) -> torch.Tensor:
+            x = x.to(torch.float32).div_(255.0)
+            if x.shape[0] == 1:
+                x = x.expand(3, -1, -1)
+            return (x - mean) / std
+
+        return normalize
+
+
+def eval_transform(
+    input_config: Any, image_size: int | None = None
+) -> Callable[[Any], torch.Tensor]:
+    """The deterministic PIL → tensor transform nctune uses for image files.
+
+    Convert to RGB, resize the shorter side to ``floor(T / crop_pct)`` (both sides when
+    the config's ``crop_mode`` is ``"squash"``), centre-crop ``T×T`` (timm's eval
+    transform) and normalise: ``(x / 255 − mean) / std`` with the backbone's mean and std.
+    A ``crop_pct`` above 1 counts as 1.
+
+    Args:
+        input_config: object with ``image_size``, ``mean``, ``std``, ``interpolation``,
+            ``crop_pct`` (e.g. ``nctune.backbones.InputConfig``).
+        image_size: ``T``; default ``input_config.image_size``.
+
+    Returns:
+        A callable mapping a PIL image to a float32 tensor of shape (3, T, T).
+
+    Raises:
+        ValueError: ``mean`` or ``std`` has neither 1 nor 3 values.
+    """
+    return _pil_transform(_Spec.from_input_config(input_config, image_size), augment=False)
+
+
+def _pil_transform(
+    spec: _Spec, *, augment: bool, flip: bool = True
+) -> Callable[[Any], torch.Tensor]:
+    interp = spec.pil_interpolation()
+    if augment:
+        steps: list[Any] = [
+            T.RandomResizedCrop(spec.size, scale=AUG_SCALE, ratio=AUG_RATIO, interpolation=interp)
+        ]
+        if flip:
+            steps.append(T.RandomHorizontalFlip())
+    else:
+        scale = math.floor(spec.size / spec.crop_pct)
+        # timm's eval transform: "squash" resizes to a square ignoring the aspect ratio;
+        # otherwise the shorter side is resized ("border" padding is treated as "center")
+        steps = [
+            T.Resize((scale, scale) if spec.crop_mode == "squash" else scale, interpolation=interp),
+            T.CenterCrop(spec.size),
+        ]
+    pipeline = T.Compose([*steps, T.PILToTensor()])
+    normalize = spec.normalizer()
+
+    def transform(img: Any) -> torch.Tensor:
+        return normalize(pipeline(img.convert("RGB")))
+
+    return transform
+
+
+def _resize_uint8(images: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """uint8 (N, C, h, w) → uint8 (N, C, size, size), antialiased, in bounded chunks."""
+    if images.shape[-2:] == (size, size):
+        return images.contiguous()
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], _RESIZE_CHUNK):
+        chunk = images[start : start + _RESIZE_CHUNK].to(torch.float32)
+        resized = F.interpolate(
+            chunk, size=(size, size), mode=mode, antialias=True, align_corners=False
+        )
+        # bicubic overshoots; round like PIL does when it resizes a uint8 image
+        out[start : start + _RESIZE_CHUNK] = resized.clamp_(0, 255).round_().to(torch.uint8)
+    return out
