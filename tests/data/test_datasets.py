@@ -1,0 +1,55 @@
+"""nctune.data.datasets: cached and uncached in-memory resizes, augmentation, unreadable files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+import nctune.data.datasets as datasets_mod
+from nctune.data import build_data
+from nctune.errors import DataError
+from tests.data.helpers import IC, InputConfig, cfg, corrupt_folder, make_folder
+
+
+def test_no_augment_train_equals_eval_and_augment_is_random(tmp_path):
+    s = build_data(cfg(subset="vendored", val_fraction=0.0), IC)
+    assert s.train.augment is False
+    torch.testing.assert_close(s.train[5][0], s.train[5][0], rtol=0, atol=0)
+    a = build_data(cfg(subset="vendored", val_fraction=0.0, augment=True), IC)
+    assert a.train.augment is True and a.test.augment is False
+    torch.manual_seed(0)
+    draws = torch.stack([a.train[5][0] for _ in range(6)])
+    assert draws.shape == (6, 3, 16, 16) and not all(torch.equal(draws[0], d) for d in draws[1:])
+    torch.testing.assert_close(a.test[0][0], s.test[0][0])
+
+
+def test_uncached_resize_matches_cached(monkeypatch):
+    ic = InputConfig(image_size=40, interpolation="bicubic")
+    cached = build_data(cfg(subset="vendored", max_test_samples=20), ic).test
+    monkeypatch.setattr(datasets_mod, "_CACHE_LIMIT_BYTES", 0)  # as if the split were huge
+    lazy = build_data(cfg(subset="vendored", max_test_samples=20), ic).test
+    assert cached._cache is not None and lazy._cache is None
+    for i in (0, 7, 19):
+        torch.testing.assert_close(lazy[i][0], cached[i][0], rtol=0, atol=0)
+
+
+def test_corrupt_image_in_getitem_and_verify(tmp_path):
+    root, bad = corrupt_folder(tmp_path)
+    s = build_data(cfg(source="imagefolder", path=root, val_fraction=0.0), IC)
+    i = s.train.paths.index(str(bad))
+    with pytest.raises(DataError, match=r"000\.png: cannot read image"):
+        s.train[i]
+    with pytest.raises(DataError, match=r"000\.png: cannot read image"):
+        s.verify()
+    s.verify(max_images=0)  # a cap of zero checks nothing
+
+
+def test_truncated_image(tmp_path):
+    root = make_folder(tmp_path / "ds", {"a": 2, "b": 2})
+    good = root / "a" / "001.png"
+    Image.new("RGB", (64, 64)).save(good)
+    good.write_bytes(good.read_bytes()[:40])
+    s = build_data(cfg(source="imagefolder", path=root, val_fraction=0.0), IC)
+    with pytest.raises(DataError, match=r"001\.png: cannot read image"):
+        s.verify()
