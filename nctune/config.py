@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from nctune.data.sources import SOURCES, sources_help
 from nctune.errors import ConfigError
 from nctune.selection import DEFAULT_RULE, RULES
 from nctune.strategies import STRATEGY_REGISTRY
@@ -62,14 +63,10 @@ class BackboneConfig(Section):
 class DataConfig(Section):
     """The downstream dataset, its splits and how images reach the model."""
 
-    source: Literal["fashion_mnist", "imagefolder", "csv", "torchvision", "digits"] = Field(
+    source: str = Field(
         "fashion_mnist",
-        description=(
-            "fashion_mnist (IDX files from 'path', else the Debian dataset-fashion-mnist "
-            "files, else the vendored subset), imagefolder (class folders under 'path'), "
-            "csv (a path,label manifest at 'path'), torchvision (dataset class 'name' with "
-            "root 'path'), digits (scikit-learn's bundled 8x8 digits)."
-        ),
+        # one entry per registered source, from its loader's docstring (nctune/data/sources/)
+        description=sources_help(),
     )
     path: Path | None = Field(None, description="Dataset root folder or manifest file.")
     name: str | None = Field(
@@ -112,6 +109,13 @@ class DataConfig(Section):
     )
     batch_size: int = Field(64, ge=1, description="Batch size for every loader.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(SOURCES.unknown(v, prefix=False))
+        return v
 
 
 class AnalysisConfig(Section):
