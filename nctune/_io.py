@@ -266,3 +266,24 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ nctune file names
+# Shared by the side that writes run folders (nctune.artifacts) and the side that reads
+# them back as file: backbones (nctune.backbones), which must not import the writer.
+#: a run folder's fine-tuned model and its resolved recipe
+MODEL_FILE = "model.safetensors"
+RECIPE_FILE = "recipe.yaml"
+#: safetensors metadata key and value marking a file nctune wrote
+FORMAT_KEY = "nctune_format"
+FORMAT_VERSION = "1"
+#: metadata key of a fine-tuned model's config (JSON), and the config keys a rebuild reads
+CONFIG_KEY = "config"
+RUN_CONFIG_KEYS = (
+    "backbone",
+    "num_classes",
+    "skip_block",
+    "token_pool",
+    "head_dropout",
+    "input_config",
+)

@@ -14,7 +14,18 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 from safetensors.torch import save_model as st_save_model
 
-from nctune._io import atomic_write_json, atomic_write_text, jsonable, replacing
+from nctune._io import (
+    CONFIG_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    MODEL_FILE,
+    RECIPE_FILE,
+    RUN_CONFIG_KEYS,
+    atomic_write_json,
+    atomic_write_text,
+    jsonable,
+    replacing,
+)
 from nctune.backbones import InputConfig, rebuild_architecture
 from nctune.errors import ArtifactError
 from nctune.report import plot_training
@@ -23,18 +34,7 @@ from nctune.strategies import TunedModel
 if TYPE_CHECKING:
     from nctune.finetune import RunResult
 
-MODEL_FILE = "model.safetensors"
 REPORT_FILE = "report.json"
-RECIPE_FILE = "recipe.yaml"
-# what load_finetuned reads from a saved TunedModel's config metadata
-_CONFIG_KEYS = (
-    "backbone",
-    "num_classes",
-    "skip_block",
-    "token_pool",
-    "head_dropout",
-    "input_config",
-)
 
 
 def save_model(model: TunedModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -57,7 +57,11 @@ def save_model(model: TunedModel, path: str | Path, extra: dict[str, Any] | None
         ArtifactError: the file cannot be written.
     """
     path = Path(path)
-    meta = {"nctune_format": "1", "kind": "finetuned", "config": json.dumps(jsonable(model.config))}
+    meta = {
+        FORMAT_KEY: FORMAT_VERSION,
+        "kind": "finetuned",
+        CONFIG_KEY: json.dumps(jsonable(model.config)),
+    }
     for key, value in (extra or {}).items():
         meta[key] = json.dumps(jsonable(value))
     with replacing(path) as tmp:
@@ -95,9 +99,9 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
     try:
         with safe_open(str(file), framework="pt") as f:
             meta = f.metadata() or {}
-        config = json.loads(meta["config"])
+        config = json.loads(meta[CONFIG_KEY])
         # every key the rebuild reads, checked here so a damaged file fails as one line
-        missing = [k for k in _CONFIG_KEYS if k not in config]
+        missing = [k for k in RUN_CONFIG_KEYS if k not in config]
         if missing or not isinstance(config["backbone"], dict):
             raise KeyError(missing[0] if missing else "backbone")
     except (KeyError, TypeError, ValueError, OSError, SafetensorError) as err:

@@ -1,0 +1,11 @@
+"""Fixtures for the backbone tests: a fixed seed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
