@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from nctune.backbones.factory import spec_source
+from nctune.backbones.sources import SOURCES as BACKBONE_SOURCES
 from nctune.data.sources import SOURCES, sources_help
 from nctune.errors import ConfigError
 from nctune.selection import DEFAULT_RULE, RULES
@@ -57,6 +59,8 @@ class BackboneConfig(Section):
     def _name_nonempty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must be 'source:name', e.g. timm:resnet18")
+        if spec_source(v) not in BACKBONE_SOURCES:  # the registered source modules decide
+            raise ValueError(BACKBONE_SOURCES.unknown(spec_source(v), prefix=False))
         return v.strip()
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "list_sources",
     "parse_spec",
     "rebuild_architecture",
+    "spec_source",
 ]
 
 #: ``source(name, pretrained, weights, model_kwargs) -> Backbone``
@@ -105,6 +106,16 @@ def timm_input_config(model: nn.Module, kwargs: dict[str, Any]) -> InputConfig:
 
 
 # ======================================================================= entry points
+def spec_source(text: str) -> str:
+    """The source key a spec names, registered or not: ``'TIMM: x'`` → ``'timm'``.
+
+    A bare name, or one with timm's own prefixes (``hf-hub:``, ``local-dir:``), is timm's.
+    """
+    source, sep, _ = str(text).strip().partition(":")
+    key = source.strip().lower()
+    return key if sep and key not in TIMM_PREFIXES else "timm"
+
+
 def parse_spec(text: str) -> tuple[str, str]:
     """``'timm:resnet18'`` → ``('timm', 'resnet18')``; a bare name means timm.
 
@@ -113,10 +124,8 @@ def parse_spec(text: str) -> tuple[str, str]:
     """
     text = str(text).strip()
     source, sep, name = text.partition(":")
-    if not sep:
-        return "timm", text
-    key = source.strip().lower()
-    if key in TIMM_PREFIXES:  # timm's own prefixes
+    key = spec_source(text)
+    if not sep or source.strip().lower() in TIMM_PREFIXES:
         return "timm", text
     if key not in SOURCES:
         raise BackboneError(

@@ -1,12 +1,14 @@
-"""Spec parsing and create_backbone's handling of unknown names."""
+"""Spec parsing, unknown names, and the source registry the recipe validates against."""
 
 from __future__ import annotations
 
 import pytest
 
-from nctune.backbones import create_backbone
+from nctune.backbones import SOURCES, create_backbone, list_sources
 from nctune.backbones.factory import parse_spec
-from nctune.errors import BackboneError, NctuneError
+from nctune.backbones.sources.timm import create_timm
+from nctune.config import load_recipe
+from nctune.errors import BackboneError, ConfigError, NctuneError
 
 
 # ======================================================================= names
@@ -39,3 +41,35 @@ def test_unknown_names(spec: str, pattern: str) -> None:
 )
 def test_parse_spec(text: str, parsed: tuple[str, str]) -> None:
     assert parse_spec(text) == parsed
+
+
+# ======================================================================= the source registry
+def test_registry_lists_the_four_sources() -> None:
+    assert sorted(SOURCES.names()) == ["file", "packaged", "timm", "torchvision"]
+    assert list_sources() == ["file", "packaged", "timm", "torchvision"]
+    assert SOURCES.get("timm") is create_timm  # each module registered its own factory
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("tim:resnet18", "unknown backbone source 'tim' — did you mean 'timm'?"),
+        (
+            "foo:bar",
+            "unknown backbone source 'foo' (registered: file, packaged, timm, torchvision)",
+        ),
+    ],
+)
+def test_recipe_rejects_an_unknown_source_in_one_line(name: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_recipe(None, [f"backbone.name={name}"])
+    msg = str(err.value)
+    assert msg.startswith("--set: backbone.name: unknown backbone source") and expected in msg
+    assert "registered: file, packaged, timm, torchvision" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet18", "TIMM:resnet18", "hf-hub:timm/resnet18.a1_in1k", "file:C:/m.pth"]
+)
+def test_recipe_accepts_registered_and_timm_prefixes(name: str) -> None:
+    assert load_recipe(None, [f"backbone.name={name}"]).backbone.name == name.strip()
