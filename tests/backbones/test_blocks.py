@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from nctune.backbones import list_blocks
+from nctune.backbones.blocks import list_blocks, resolve_layers
 from nctune.errors import BackboneError
 from tests.backbones.helpers import LITE0_BLOCKS, RESNET18_BLOCKS, VIT_KW, stage_names
 
@@ -125,3 +125,39 @@ def test_list_blocks_user_model_and_fallbacks() -> None:
         list_blocks(torchvision.models.googlenet(init_weights=False))
     with pytest.raises(BackboneError, match="analysis.layers"):
         list_blocks(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2)))
+
+
+# ======================================================================= resolve_layers
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bn(self.conv(x))
+
+
+def test_resolve_layers_on_a_plain_module() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), _Block(), nn.ReLU(), _Block(), nn.Flatten())
+    assert resolve_layers(model, None) == ["1", "3"]
+    # globs match blocks first (the blocks themselves, not their insides) ...
+    assert resolve_layers(model, ["*"]) == ["1", "3"]
+    # ... and every module path when no block matches; depth order, no duplicates
+    assert resolve_layers(model, ["3", "*.conv", "1.conv"]) == ["1.conv", "3", "3.conv"]
+    with pytest.raises(BackboneError) as err:
+        resolve_layers(model, ["1", "3.cnv"], field="strategy.layers")
+    msg = str(err.value)
+    assert msg.startswith("strategy.layers: no module matches '3.cnv' in the model")
+    assert "did you mean 3.conv?" in msg and "blocks: 1, 3" in msg and "\n" not in msg
+
+
+def test_resolve_layers_without_blocks_still_takes_paths() -> None:
+    """A model whose blocks cannot be found resolves exact paths and globs over modules;
+    only ``None`` (every block) needs the blocks."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    assert resolve_layers(model, ["0", "[03]"]) == ["0", "3"]
+    with pytest.raises(BackboneError, match="no module matches 'x' in the model$"):
+        resolve_layers(model, ["x"])
+    with pytest.raises(BackboneError, match="cannot find the blocks"):
+        resolve_layers(model, None)

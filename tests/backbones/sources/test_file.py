@@ -9,10 +9,13 @@ import pytest
 import timm
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from nctune.backbones import create_backbone
-from nctune.errors import BackboneError, NctuneError
+from nctune._io import MODEL_FILE, RECIPE_FILE
+from nctune.artifacts import load_finetuned, save_model
+from nctune.backbones import Backbone, create_backbone
+from nctune.errors import ArtifactError, BackboneError, NctuneError
+from nctune.strategies import apply_strategy
 from tests.backbones.helpers import VIT_KW, images, logits
 
 
@@ -97,4 +100,55 @@ def test_file_errors(tmp_path: Path) -> None:
     (run / "model.safetensors").write_bytes(b"")
     (run / "recipe.yaml").write_text("{}")
     with pytest.raises(NctuneError, match=r"model\.safetensors"):
+        create_backbone(f"file:{run}")
+
+
+# ======================================================================= run folders
+def _run_folder(tmp_path: Path, strategy: str, **kwargs) -> tuple[Path, Backbone]:
+    """A run folder as nctune finetune leaves it, for a tiny model with non-trivial weights."""
+    src = create_backbone("timm:resnet10t", pretrained=False)
+    applied = apply_strategy(src, strategy, num_classes=3, **kwargs)
+    with torch.no_grad():  # stand-in for training: move every weight (LoRA's B starts at 0)
+        for p in applied.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    run = tmp_path / strategy
+    save_model(applied.export().eval(), run / MODEL_FILE, extra={"classes": ["a", "b", "c"]})
+    (run / RECIPE_FILE).write_text("{}\n")
+    return run, src
+
+
+@pytest.mark.parametrize(
+    ("strategy", "kwargs"),
+    [("linear", {}), ("lora", {"layers": ["layer4.0"]}), ("scl", {"layers": ["layer3.0"]})],
+)
+def test_run_folder_is_read_without_artifacts(tmp_path: Path, strategy: str, kwargs) -> None:
+    """file:<run> equals the run's fine-tuned model as load_finetuned rebuilds it: the same
+    trunk (LoRA merged), its head as the classifier unless an SCL skip feeds it."""
+    run, _ = _run_folder(tmp_path, strategy, **kwargs)
+    b = create_backbone(f"file:{run}")
+    tuned = load_finetuned(run)
+    assert (b.spec, b.source, b.arch, b.num_classes) == (f"file:{run}", "file", "resnet10t", 3)
+    assert b.input_config == tuned.input_config and not b.model.training
+    x = images(32, batch=3)
+    with torch.no_grad():
+        torch.testing.assert_close(b.features(x), tuned.backbone(x))
+        if strategy == "scl":  # the head also reads a block: the classifier is fresh
+            assert not torch.allclose(b.classifier.weight, tuned.head.weight[:, -512:])
+        else:
+            torch.testing.assert_close(b.model(x), tuned(x))
+    # it saves and reloads as its architecture, like any other backbone
+    b.save(tmp_path / "again.safetensors")
+    again = create_backbone(f"file:{tmp_path / 'again.safetensors'}")
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(x), b.model(x))
+
+
+def test_run_folder_with_foreign_weights_fails_in_one_line(tmp_path: Path) -> None:
+    run, _ = _run_folder(tmp_path, "linear")
+    tensors = load_file(str(run / MODEL_FILE))
+    with safe_open(str(run / MODEL_FILE), framework="pt") as f:
+        meta = f.metadata()
+    tensors["backbone.extra"] = torch.zeros(1)
+    save_file(tensors, str(run / MODEL_FILE), metadata=meta)
+    with pytest.raises(ArtifactError, match=r"model\.safetensors: weights do not match.*extra"):
         create_backbone(f"file:{run}")
