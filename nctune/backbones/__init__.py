@@ -18,10 +18,10 @@ Weight files are read in :mod:`~nctune.backbones.weights`, the network probed in
 :mod:`~nctune.backbones.hub`.
 """
 
-from nctune.backbones import sources  # noqa: F401 - importing it registers every source
 from nctune.backbones.backbone import Backbone, BlockInfo, InputConfig
 from nctune.backbones.blocks import list_blocks
-from nctune.backbones.factory import SOURCES, create_backbone, list_sources
+from nctune.backbones.factory import create_backbone, list_sources
+from nctune.backbones.sources import SOURCES  # importing it registers every source
 from nctune.backbones.weights import load_state_dict_file
 
 # public before the package split, outside __all__; kept importable from here

@@ -17,7 +17,7 @@ import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-from nctune.backbones import hub
+import nctune.backbones.hub as hub
 from nctune.backbones.backbone import Backbone
 from nctune.backbones.factory import (
     SOURCES,

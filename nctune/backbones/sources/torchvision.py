@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision.models as tvm
 
-from nctune.backbones import hub
+import nctune.backbones.hub as hub
 from nctune.backbones.backbone import IMAGENET_INPUT, Backbone, InputConfig
 from nctune.backbones.factory import SOURCES, factory_call, finish, split_num_classes, suggest
 from nctune.backbones.weights import load_state_dict_file
