@@ -6,7 +6,6 @@ recipe ──► backbone + loaders ──► LayerTaps (pooled (B, D) per block
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from nctune.backbones import Backbone, create_backbone, list_blocks
+from nctune.backbones import Backbone, create_backbone
+from nctune.backbones.blocks import resolve_layers
 from nctune.collapse import (
     DEFAULT_MAX_FULL_DIM,
     CollapseStats,
     ncc_predict,
 )
 from nctune.data import DataSplits, build_data, make_loader, subsample
-from nctune.errors import BackboneError, ConfigError
+from nctune.errors import ConfigError
 from nctune.profile import PRE_LOGITS, CollapseProfile, LayerCollapse
 from nctune.selection import Selection, select_layers
 from nctune.taps import (
@@ -94,33 +94,11 @@ def _tap_specs(
         if pre_logits:
             specs.append(TapSpec(PRE_LOGITS, model.classifier_name, "NC", on_input=True))
         return model.model, specs, model.num_prefix_tokens
-    names = list_blocks(model) if layers is None else _resolve_plain(model, layers)
+    names = resolve_layers(model, layers)
     # timm ViTs say num_prefix_tokens; torchvision's ViT has a class_token (as Backbone reads it)
     token = getattr(model, "cls_token", getattr(model, "class_token", None))
     prefix = int(getattr(model, "num_prefix_tokens", int(isinstance(token, torch.Tensor))))
     return model, [TapSpec(n, n, "auto") for n in names], prefix
-
-
-def _resolve_plain(model: nn.Module, patterns: list[str]) -> list[str]:
-    """Module paths or globs → paths in depth order (``Backbone.resolve_layers`` for a plain
-    module: a glob matches the blocks first, every module path when no block matches)."""
-    order = {n: i for i, (n, _) in enumerate(model.named_modules()) if n}
-    chosen: set[str] = set()
-    for pattern in (str(p).strip() for p in patterns):
-        if pattern in order:
-            chosen.add(pattern)
-            continue
-        matches: list[str] = []
-        if any(c in pattern for c in "*?["):
-            try:
-                blocks = list_blocks(model)
-            except BackboneError:
-                blocks = []
-            matches = fnmatch.filter(blocks, pattern) or fnmatch.filter(order, pattern)
-        if not matches:
-            raise BackboneError(f"analysis.layers: no module matches {pattern!r} in the model")
-        chosen.update(matches)
-    return sorted(chosen, key=order.__getitem__)
 
 
 def _num_classes(loader: Iterable, num_classes: int | None) -> int:
