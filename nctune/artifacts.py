@@ -27,6 +27,7 @@ from nctune._io import (
     replacing,
 )
 from nctune.backbones import InputConfig, rebuild_architecture
+from nctune.data import eval_transform
 from nctune.errors import ArtifactError
 from nctune.report import plot_training
 from nctune.strategies import TunedModel
@@ -81,8 +82,12 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
 
     Returns:
         The :class:`~nctune.strategies.TunedModel` in eval mode, with ``classes`` (label
-        names, or None when the file records none) and ``input_config`` (image size and
-        normalisation) attached.
+        names, or None when the file records none), ``input_config`` (the image size,
+        crop, interpolation and normalisation the run trained and evaluated with) and
+        ``transform`` (:func:`nctune.data.eval_transform` of that config: PIL image →
+        model input, exactly as the run's validation and test images) attached.
+        ``nctune.load_finetuned`` (:func:`nctune.inference.load_finetuned`) also binds
+        ``predict``.
 
     Raises:
         ArtifactError: no model file at ``path``, a file that is not an nctune fine-tuned
@@ -132,6 +137,7 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
             "std": tuple(config["input_config"]["std"]),
         }
     )
+    model.transform = eval_transform(model.input_config)
     model.classes = json.loads(meta["classes"]) if "classes" in meta else None
     return model.to(device).eval()
 

@@ -7,6 +7,7 @@ report, the weights and the plot.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,6 +201,11 @@ def finetune(
         lora_alpha=s.lora_alpha,
         lora_dropout=s.lora_dropout,
         lora_target_patterns=s.lora_targets,
+    )
+    # Saved with the weights: the size the data pipeline really used (data.image_size may
+    # override the backbone's default), so a reloaded model preprocesses like val/test.
+    applied.tuned.set_input_config(
+        dataclasses.replace(backbone.input_config, image_size=splits.image_size)
     )
     applied.model.to(device)
     nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k, t.amp)

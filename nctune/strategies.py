@@ -160,6 +160,19 @@ class TunedModel(nn.Module):
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(self.in_features, num_classes)
 
+    def set_input_config(self, input_config: Any) -> None:
+        """Record the input config the model is trained and evaluated with.
+
+        The backbone's default size is not always the one used (``data.image_size``
+        overrides it); what is recorded here is saved with the weights, so a reloaded
+        model preprocesses new images exactly as its validation and test images were.
+
+        Args:
+            input_config: a :class:`~nctune.backbones.InputConfig`.
+        """
+        self.input_config = input_config
+        self.config["input_config"] = dataclasses.asdict(input_config)
+
     def _capture(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         self._skip_feats = pool(output, self._skip_layout, self._token_pool, self._prefix_tokens)
 

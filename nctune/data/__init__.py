@@ -30,11 +30,12 @@ imports :mod:`nctune.config` at run time (config validates ``data.source`` again
 from __future__ import annotations
 
 from nctune.data.build import build_data
-from nctune.data.datasets import FileImageDataset, ImageDataset, TensorImageDataset
+from nctune.data.datasets import FileImageDataset, ImageDataset, TensorImageDataset, open_image
 from nctune.data.loaders import make_loader
 from nctune.data.sources import SOURCES, list_sources
+from nctune.data.sources.csv import ManifestRow, read_manifest
 from nctune.data.sources.fashion_mnist import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES
-from nctune.data.sources.imagefolder import IMG_EXTENSIONS
+from nctune.data.sources.imagefolder import IMG_EXTENSIONS, list_images
 from nctune.data.splits import DataSplits, subsample
 from nctune.data.transforms import InputConfigLike, eval_transform
 
@@ -47,10 +48,14 @@ __all__ = [
     "FileImageDataset",
     "ImageDataset",
     "InputConfigLike",
+    "ManifestRow",
     "TensorImageDataset",
     "build_data",
     "eval_transform",
+    "list_images",
     "list_sources",
     "make_loader",
+    "open_image",
+    "read_manifest",
     "subsample",
 ]

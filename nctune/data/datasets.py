@@ -149,8 +149,18 @@ class TensorImageDataset(ImageDataset):
         return sub
 
 
-def _open_rgb(path: str) -> Any:
-    """Open and fully decode an image file as RGB, or raise DataError naming it."""
+def open_image(path: str) -> Any:
+    """Open and fully decode an image file as an RGB PIL image (what every file dataset does).
+
+    Args:
+        path: the image file.
+
+    Returns:
+        The decoded ``PIL.Image.Image`` in mode RGB.
+
+    Raises:
+        DataError: the file is missing or cannot be decoded (one line naming it).
+    """
     try:
         with Image.open(path) as img:
             return img.convert("RGB")  # convert() decodes, so truncation shows up here
@@ -192,7 +202,7 @@ class FileImageDataset(ImageDataset):
         self._transform = _pil_transform(spec, augment=augment, flip=flip)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self._transform(_open_rgb(self.paths[index])), int(self.targets[index])
+        return self._transform(open_image(self.paths[index])), int(self.targets[index])
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FileImageDataset:
         """The files at ``indices`` (in that order).
@@ -222,7 +232,7 @@ class FileImageDataset(ImageDataset):
             DataError: a file is missing or cannot be decoded (the message names it).
         """
         for path in self.paths[:max_images]:
-            _open_rgb(path)
+            open_image(path)
 
 
 class _TorchvisionDataset(ImageDataset):

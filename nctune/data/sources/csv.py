@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,14 +29,48 @@ if TYPE_CHECKING:  # annotations only: config sits above data and imports it
     from nctune.config import DataConfig
 
 
-@SOURCES.register("csv")
-def _load_csv(cfg: DataConfig) -> _Source:
-    """a path,label manifest at 'path'."""
-    manifest = _require_path(cfg, "a path,label[,split] manifest file")
-    if manifest.is_dir():
-        raise DataError(
-            f"data.path: {manifest} is a folder; data.source=csv needs the manifest file"
-        )
+@dataclass(frozen=True)
+class ManifestRow:
+    """One row of a ``path,label[,split]`` manifest (see :func:`read_manifest`).
+
+    Attributes:
+        line: the row's line number in the file (the header is line 1).
+        path: the image file, resolved against the manifest's folder.
+        label: the label text ("" when the manifest has no label column).
+        split: ``'train'``, ``'val'`` or ``'test'`` (no split column or an empty cell: train).
+    """
+
+    line: int
+    path: str
+    label: str
+    split: str
+
+
+def read_manifest(
+    manifest: str | Path, *, require_label: bool = True, check_files: bool = True
+) -> list[ManifestRow]:
+    """Read a csv data-source manifest: a header with ``path``, ``label`` and ``split``.
+
+    The format ``data.source: csv`` reads (and ``nctune predict`` accepts): UTF-8 (a BOM
+    is fine), a header naming the columns in any order, paths relative to the manifest's
+    folder (or absolute), blank rows skipped, ``split`` one of train/val/test
+    (``valid``/``validation`` mean val; empty or absent means train).
+
+    Args:
+        manifest: the CSV file.
+        require_label: refuse a manifest without a ``label`` column or a row with an empty
+            label (False: labels are optional, e.g. for prediction).
+        check_files: refuse a row whose image file does not exist (False: leave that to
+            the caller, e.g. to report it per row).
+
+    Returns:
+        The rows in file order.
+
+    Raises:
+        DataError: unreadable file, missing column, short row, unknown split, empty path or
+            label, or a missing image file — one line naming the file and line.
+    """
+    manifest = Path(manifest)
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -46,7 +81,7 @@ def _load_csv(cfg: DataConfig) -> _Source:
     if not rows:
         raise DataError(f"{manifest}: empty manifest; the header must be path,label[,split]")
     header = [h.strip().lower() for h in rows[0]]
-    missing = [c for c in ("path", "label") if c not in header]
+    missing = [c for c in ("path", "label") if c not in header and (require_label or c == "path")]
     if missing:
         raise DataError(
             f"{manifest}: missing column(s) {', '.join(repr(m) for m in missing)}; the header "
@@ -54,7 +89,7 @@ def _load_csv(cfg: DataConfig) -> _Source:
         )
     col = {name: header.index(name) for name in ("path", "label", "split") if name in header}
     base = manifest.parent
-    entries: dict[str, list[tuple[int, str, str]]] = {"train": [], "val": [], "test": []}
+    out: list[ManifestRow] = []
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -62,21 +97,36 @@ def _load_csv(cfg: DataConfig) -> _Source:
             raise DataError(
                 f"{manifest} line {line}: {len(row)} fields, the header has {len(header)}"
             )
-        rel, label = row[col["path"]].strip(), row[col["label"]].strip()
+        rel = row[col["path"]].strip()
+        label = row[col["label"]].strip() if "label" in col else ""
         split = row[col["split"]].strip().lower() if "split" in col else "train"
         split = {"": "train", "valid": "val", "validation": "val"}.get(split, split)
-        if split not in entries:
+        if split not in ("train", "val", "test"):
             raise DataError(f"{manifest} line {line}: split {split!r} must be train, val or test")
-        if not rel or not label:
+        if not rel or (require_label and not label):
             raise DataError(f"{manifest} line {line}: empty path or label")
         path = Path(rel).expanduser()
         path = path if path.is_absolute() else base / path
-        if not path.is_file():
+        if check_files and not path.is_file():
             raise DataError(
                 f"{manifest} line {line}: image file {path} not found (paths are relative to "
                 "the manifest's folder)"
             )
-        entries[split].append((line, str(path), label))
+        out.append(ManifestRow(line, str(path), label, split))
+    return out
+
+
+@SOURCES.register("csv")
+def _load_csv(cfg: DataConfig) -> _Source:
+    """a path,label manifest at 'path'."""
+    manifest = _require_path(cfg, "a path,label[,split] manifest file")
+    if manifest.is_dir():
+        raise DataError(
+            f"data.path: {manifest} is a folder; data.source=csv needs the manifest file"
+        )
+    entries: dict[str, list[tuple[int, str, str]]] = {"train": [], "val": [], "test": []}
+    for row in read_manifest(manifest):
+        entries[row.split].append((row.line, row.path, row.label))
     if not entries["train"]:
         raise DataError(f"{manifest}: no training rows (rows with split train or no split)")
     classes, to_index = _csv_classes(manifest, [lab for _, _, lab in entries["train"]])

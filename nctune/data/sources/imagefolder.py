@@ -34,8 +34,15 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _list_images(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursive, hidden entries skipped), sorted."""
+def list_images(folder: str | Path) -> list[str]:
+    """Image files under ``folder`` (recursive, hidden entries skipped), sorted.
+
+    Args:
+        folder: the folder to walk (symbolic links followed).
+
+    Returns:
+        Paths of files whose extension is in :data:`IMG_EXTENSIONS`, sorted.
+    """
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -57,7 +64,7 @@ def _folder_pool(folder: Path, classes: list[str], where: str, *, is_train: bool
                 f"data.path: {folder / name} is not a class of the training split "
                 f"(classes: {_short_list(classes)}); rename or remove it"
             )
-        files = _list_images(folder / name)
+        files = list_images(folder / name)
         if not files and is_train:
             raise DataError(
                 f"data.path: class folder {folder / name} has no images "
