@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "create_backbone": "nctune.backbones",
     "list_blocks": "nctune.backbones",
     "build_data": "nctune.data",
+    "eval_transform": "nctune.data",
     "CollapseProfile": "nctune.profile",
     "LayerCollapse": "nctune.profile",
     "analyze": "nctune.analyze",
@@ -30,7 +31,9 @@ _EXPORTS: dict[str, str] = {
     "apply_strategy": "nctune.strategies",
     "RunResult": "nctune.finetune",
     "finetune": "nctune.finetune",
-    "load_finetuned": "nctune.artifacts",
+    "load_finetuned": "nctune.inference",
+    "predict": "nctune.inference",
+    "Predictions": "nctune.inference",
     "layer_sweep": "nctune.sweep",
 }
 
@@ -52,13 +55,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nctune.analyze import analyze
-    from nctune.artifacts import load_finetuned
     from nctune.backbones import Backbone, create_backbone, list_blocks
     from nctune.collapse import CollapseMetrics, CollapseStats, all_reduce_stats
     from nctune.config import Recipe, load_recipe
-    from nctune.data import build_data
+    from nctune.data import build_data, eval_transform
     from nctune.errors import NctuneError
     from nctune.finetune import RunResult, finetune
+    from nctune.inference import Predictions, load_finetuned, predict
     from nctune.profile import CollapseProfile, LayerCollapse
     from nctune.selection import select_layers
     from nctune.strategies import apply_strategy

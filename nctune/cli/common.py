@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nctune.errors import NctuneError
@@ -66,8 +67,10 @@ def handle_errors(fn: F) -> F:
             try:
                 return fn(*args, **kwargs)
             except NctuneError as err:
-                err_console.print(
-                    f"[bold red]error:[/] {_one_line(str(err))}", highlight=False, soft_wrap=True
+                err_console.print(  # escaped: a message may hold [brackets] (paths, extras)
+                    f"[bold red]error:[/] {escape(_one_line(str(err)))}",
+                    highlight=False,
+                    soft_wrap=True,
                 )
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:  # results are staged: nothing half-written is left

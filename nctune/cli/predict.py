@@ -1,0 +1,155 @@
+"""``nctune predict``: label image files, folders or a CSV manifest with a fine-tuned run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from nctune.artifacts import check_writable, to_json
+from nctune.cli.common import JsonOpt, emit_json, err_console, handle_errors, progress_bar
+from nctune.errors import ArtifactError, DataError
+
+RunArg = Annotated[
+    Path, typer.Argument(help="Run folder of nctune finetune (or its model.safetensors).")
+]
+InputsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Image files, folders (searched recursively) or CSV manifests (path[,label][,split]).",
+        show_default=False,
+    ),
+]
+PredOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Rows file: .csv or .jsonl (default RUN/predictions.csv).",
+        show_default=False,
+    ),
+]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="Most probable classes per row.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--split", help="With a CSV manifest: only its rows of this split (train, val, test)."
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+FORMATS = (".csv", ".jsonl")
+
+
+def _header(top_k: int) -> list[str]:
+    extra = [f"{name}_{r}" for r in range(2, top_k + 1) for name in ("label", "probability")]
+    return ["path", "label", "probability", *extra, "error"]
+
+
+def _csv_row(p, top_k: int) -> list[str]:
+    ranked = [c for lab, prob in p.top_k[1:top_k] for c in (lab, f"{prob:.6g}")]
+    ranked += [""] * (2 * (top_k - 1) - len(ranked))
+    prob = "" if p.probability is None else f"{p.probability:.6g}"
+    return [p.source, p.label or "", prob, *ranked, p.error or ""]
+
+
+@handle_errors
+def predict(
+    run: RunArg,
+    inputs: InputsArg,
+    out: PredOutOpt = None,
+    top_k: TopKOpt = 1,
+    batch_size: BatchOpt = 32,
+    split: SplitOpt = None,
+    device: DeviceOpt = "auto",
+    json_: JsonOpt = False,
+) -> None:
+    """Predict a label (and the top-k classes) for every image; one row per image.
+
+    Rows are written as they are predicted to a hidden partial file next to --out, which
+    is renamed into place only when every image is done; unreadable images get a row with
+    an error and are counted in the summary, the others are still predicted.
+    """
+    from nctune.inference import expand_inputs, iter_predict, load_finetuned
+    from nctune.taps import resolve_device
+
+    if top_k < 1:
+        raise DataError(f"--top-k: must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise DataError(f"--batch-size: must be at least 1, got {batch_size}")
+    if split is not None and split not in ("train", "val", "test"):
+        raise DataError(f"--split: {split!r} must be train, val or test")
+    out = out or (run if run.is_dir() else run.parent) / "predictions.csv"
+    if out.suffix.lower() not in FORMATS:
+        raise ArtifactError(f"--out {out}: the file must end in .csv or .jsonl")
+    if out.is_dir():
+        raise ArtifactError(f"--out {out}: is a folder; give a .csv or .jsonl file")
+    check_writable(out.parent)
+    images = expand_inputs(inputs, split=split)  # an empty input fails here, before loading
+    model = load_finetuned(run, device=str(resolve_device(device)))
+    k = min(top_k, model.num_classes)
+    jsonl = out.suffix.lower() == ".jsonl"
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    rows, failed = [], 0
+    try:
+        with open(partial, "w", encoding="utf-8", newline="") as f, progress_bar() as progress:
+            if not jsonl:
+                csv.writer(f).writerow(_header(k))
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            for n, p in enumerate(
+                iter_predict(model, images, batch_size=batch_size, top_k=k), start=1
+            ):
+                if jsonl:
+                    buffer.write(json.dumps(p.to_dict(), allow_nan=False) + "\n")
+                else:
+                    writer.writerow(_csv_row(p, k))
+                rows.append(p.to_dict())
+                if not p.ok:
+                    failed += 1
+                    err_console.print(
+                        f"[yellow]failed:[/] {escape(p.error)}", highlight=False, soft_wrap=True
+                    )
+                # whole rows, flushed per batch: a killed run keeps what it finished
+                if n % batch_size == 0 or n == len(images):
+                    f.write(buffer.getvalue())
+                    f.flush()
+                    buffer.seek(0)
+                    buffer.truncate()
+                    progress("predict", n, len(images))
+            os.fsync(f.fileno())
+        os.replace(partial, out)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted; the rows predicted so far are in {partial} ({out} not written)",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    summary = {
+        "run": str(run),
+        "out": str(out),
+        "num_images": len(rows),
+        "num_failed": failed,
+        "predictions": rows,
+    }
+    if json_:
+        emit_json(to_json(summary))
+        return
+    Console().print(
+        f"Predicted {len(rows) - failed} of {len(rows)} images ({failed} failed) → "
+        f"[cyan]{escape(str(out))}[/]",
+        highlight=False,
+    )

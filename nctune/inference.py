@@ -1,0 +1,371 @@
+"""Predict with a fine-tuned model: images in, labels and probabilities out.
+
+:func:`load_finetuned` rebuilds a run's model (see :func:`nctune.artifacts.load_finetuned`)
+and binds :func:`predict` to it, so production code needs two lines::
+
+    model = nctune.load_finetuned("runs/my-run/finetune")
+    preds = model.predict(["a.jpg", "b.png"], batch_size=64)
+    preds.labels, preds.probabilities
+
+Inputs go through ``model.transform``, the deterministic eval transform the run used for
+its validation and test images (:func:`nctune.data.eval_transform` on the saved input
+config) after the same decoding (:func:`nctune.data.open_image`), so predicting on a run's
+test files reproduces its test accuracy exactly.
+
+The class lives here rather than on :class:`~nctune.strategies.TunedModel` because
+prediction sits above the run folders (artifacts) in nctune's layers: the model class and
+the loader must not import upwards, so this module binds ``predict`` after loading.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nctune.artifacts import load_finetuned as _load_run_model
+from nctune.data import IMG_EXTENSIONS, eval_transform, list_images, open_image, read_manifest
+from nctune.errors import DataError, NctuneError
+
+__all__ = [
+    "Prediction",
+    "Predictions",
+    "expand_inputs",
+    "iter_predict",
+    "load_finetuned",
+    "predict",
+]
+
+#: Manifest files among the inputs are read as ``path[,label][,split]`` lists of images.
+MANIFEST_EXTENSIONS = (".csv",)
+
+
+@dataclass
+class Prediction:
+    """The outcome for one input image.
+
+    Attributes:
+        source: the image's path, or ``"<input i>"`` for an in-memory image.
+        index: the predicted class index (None when the image could not be read).
+        label: the predicted class name (``str(index)`` when the run records no names).
+        probability: softmax probability of the predicted class.
+        top_k: ``(label, probability)`` for the ``k`` most probable classes, best first.
+        error: why the image could not be predicted (one line), else None.
+    """
+
+    source: str
+    index: int | None = None
+    label: str | None = None
+    probability: float | None = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was predicted."""
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready row: ``path``, ``label``, ``index``, ``probability``, ``top_k``, ``error``."""
+        return {
+            "path": self.source,
+            "label": self.label,
+            "index": self.index,
+            "probability": self.probability,
+            "top_k": [{"label": lab, "probability": p} for lab, p in self.top_k],
+            "error": self.error,
+        }
+
+
+@dataclass
+class Predictions:
+    """Predictions for a list of images, in input order.
+
+    Attributes:
+        items: one :class:`Prediction` per input.
+        classes: the model's class names (index → name).
+    """
+
+    items: list[Prediction]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Prediction]:
+        return iter(self.items)
+
+    def __getitem__(self, i: int) -> Prediction:
+        return self.items[i]
+
+    @property
+    def labels(self) -> list[str | None]:
+        """Predicted class names (None for images that failed)."""
+        return [p.label for p in self.items]
+
+    @property
+    def indices(self) -> list[int | None]:
+        """Predicted class indices (None for images that failed)."""
+        return [p.index for p in self.items]
+
+    @property
+    def probabilities(self) -> list[float | None]:
+        """Probability of each predicted class (None for images that failed)."""
+        return [p.probability for p in self.items]
+
+    @property
+    def failed(self) -> list[Prediction]:
+        """The images that could not be predicted."""
+        return [p for p in self.items if not p.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: counts, classes and every row."""
+        return {
+            "num_images": len(self.items),
+            "num_failed": len(self.failed),
+            "classes": self.classes,
+            "predictions": [p.to_dict() for p in self.items],
+        }
+
+
+def _classes(model: nn.Module) -> list[str]:
+    classes = getattr(model, "classes", None)
+    if classes:
+        return [str(c) for c in classes]
+    return [str(i) for i in range(int(model.num_classes))]
+
+
+def _transform(model: nn.Module) -> Callable[[Any], torch.Tensor]:
+    transform = getattr(model, "transform", None)
+    if transform is None:
+        input_config = getattr(model, "input_config", None)
+        if input_config is None:
+            raise NctuneError(
+                "predict: the model has no input_config; load it with nctune.load_finetuned"
+            )
+        transform = eval_transform(input_config)
+    return transform
+
+
+def _error(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if isinstance(err, NctuneError) else f"{err.__class__.__name__}: {text}"
+
+
+def _prepare(item: Any, transform: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+    """One input → a model-ready (3, T, T) tensor; DataError etc. when it cannot be read."""
+    if isinstance(item, torch.Tensor):
+        if item.dtype == torch.uint8:  # raw pixels (C, H, W): the eval transform applies
+            from torchvision.transforms.functional import to_pil_image
+
+            return transform(to_pil_image(item))
+        if item.ndim != 3:
+            raise DataError(
+                f"a float tensor input must be one (3, T, T) image, got {tuple(item.shape)}"
+            )
+        return item.to(torch.float32)  # already preprocessed (e.g. by model.transform)
+    if isinstance(item, (str, os.PathLike)):
+        return transform(open_image(os.fspath(item)))
+    if hasattr(item, "convert"):  # a PIL image
+        return transform(item)
+    raise DataError(f"cannot predict on a {type(item).__name__}; pass paths, PIL images or tensors")
+
+
+def _sources(images: Sequence[Any]) -> list[str]:
+    return [
+        os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"<input {i}>"
+        for i, x in enumerate(images)
+    ]
+
+
+def iter_predict(
+    model: nn.Module,
+    images: Sequence[Any],
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    top_k: int = 1,
+    workers: int | None = None,
+) -> Iterator[Prediction]:
+    """Yield one :class:`Prediction` per image, in input order, batch by batch.
+
+    The streaming form of :func:`predict` (the CLI writes each row as it comes). An image
+    that cannot be read yields a row with ``error`` set; the others are unaffected.
+
+    Args:
+        model: a fine-tuned model (from :func:`load_finetuned`), or any classifier with
+            ``num_classes`` and ``input_config`` (or ``transform``).
+        images: paths, PIL images, uint8 ``(C, H, W)`` pixel tensors (transformed like
+            files) or float ``(3, T, T)`` tensors already preprocessed (fed as they are).
+        batch_size: images per forward pass.
+        device: where to run (default: where the model's parameters are).
+        top_k: how many of the most probable classes to list per image.
+        workers: threads decoding and transforming images (default ``min(4, CPUs)``).
+
+    Yields:
+        :class:`Prediction` rows.
+
+    Raises:
+        DataError: ``batch_size`` or ``top_k`` below 1.
+    """
+    if batch_size < 1:
+        raise DataError(f"--batch-size: must be at least 1, got {batch_size}")
+    if top_k < 1:
+        raise DataError(f"--top-k: must be at least 1, got {top_k}")
+    classes = _classes(model)
+    k = min(top_k, len(classes))
+    transform = _transform(model)
+    if device is not None:
+        model.to(device)
+    dev = next(model.parameters()).device
+    model.eval()
+    sources = _sources(images)
+    workers = workers or min(4, os.cpu_count() or 1)
+
+    def load(item: Any) -> torch.Tensor | Exception:
+        try:
+            return _prepare(item, transform)
+        except (NctuneError, OSError, ValueError) as err:  # this image only; the rest go on
+            return err
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            loaded = list(pool.map(load, chunk)) if workers > 1 else [load(x) for x in chunk]
+            good = [i for i, t in enumerate(loaded) if isinstance(t, torch.Tensor)]
+            probs = None
+            if good:
+                x = torch.stack([loaded[i] for i in good]).to(dev)  # type: ignore[misc]
+                with torch.inference_mode():
+                    probs = torch.softmax(model(x).float(), dim=1).cpu()
+                top_p, top_i = probs.topk(k, dim=1)
+            row_of = {i: r for r, i in enumerate(good)}
+            for i, t in enumerate(loaded):
+                src = sources[start + i]
+                if not isinstance(t, torch.Tensor):
+                    yield Prediction(src, error=_error(t))
+                    continue
+                r = row_of[i]
+                idx = [int(j) for j in top_i[r]]
+                ps = [float(p) for p in top_p[r]]
+                yield Prediction(
+                    src,
+                    index=idx[0],
+                    label=classes[idx[0]],
+                    probability=ps[0],
+                    top_k=[(classes[j], p) for j, p in zip(idx, ps, strict=True)],
+                )
+
+
+def predict(
+    model: nn.Module,
+    images: Any,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    top_k: int = 1,
+    workers: int | None = None,
+) -> Predictions:
+    """Classify images with a fine-tuned model.
+
+    Each image is decoded to RGB and passed through ``model.transform`` (resize the shorter
+    side to ``floor(T / crop_pct)``, centre-crop ``T×T``, ``(x/255 − mean)/std``); the
+    probabilities are ``softmax(model(x))``, the label ``argmax``.
+
+    Args:
+        model: a fine-tuned model (from :func:`load_finetuned`).
+        images: one image or a list of them: paths, PIL images, uint8 ``(C, H, W)`` pixel
+            tensors, float ``(3, T, T)`` preprocessed tensors, or one float ``(B, 3, T, T)``
+            batch of preprocessed images.
+        batch_size: images per forward pass.
+        device: where to run (default: where the model is).
+        top_k: how many of the most probable classes each row lists.
+        workers: threads decoding images (default ``min(4, CPUs)``).
+
+    Returns:
+        :class:`Predictions` in input order; unreadable images are rows with ``error``.
+
+    Raises:
+        DataError: ``batch_size`` or ``top_k`` below 1, or an input of an unknown type.
+    """
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        images = list(images)
+    elif isinstance(images, (str, os.PathLike, torch.Tensor)) or hasattr(images, "convert"):
+        images = [images]
+    images = list(images)
+    items = list(
+        iter_predict(
+            model, images, batch_size=batch_size, device=device, top_k=top_k, workers=workers
+        )
+    )
+    return Predictions(items, _classes(model))
+
+
+def expand_inputs(inputs: Iterable[str | Path], *, split: str | None = None) -> list[str]:
+    """Image paths from command-line inputs: files, folders (recursive) and CSV manifests.
+
+    A folder contributes its image files (:data:`~nctune.data.IMG_EXTENSIONS`, hidden
+    entries skipped, sorted); a ``.csv`` file is read as a csv data-source manifest
+    (:func:`~nctune.data.read_manifest`; its ``label`` column is optional here); any other
+    file is taken as an image (if it cannot be decoded its row fails, not the run).
+
+    Args:
+        inputs: paths given by the user, in order.
+        split: with a manifest, keep only rows of this split (train, val or test).
+
+    Returns:
+        Image paths in input order (a missing manifest row's file is kept, and fails).
+
+    Raises:
+        DataError: an input does not exist, a manifest is malformed, or nothing is left.
+    """
+    out: list[str] = []
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise DataError(
+                    f"{path}: no images in this folder ({', '.join(IMG_EXTENSIONS[:4])}, …)"
+                )
+            out.extend(found)
+        elif path.is_file() and path.suffix.lower() in MANIFEST_EXTENSIONS:
+            rows = read_manifest(path, require_label=False, check_files=False)
+            out.extend(r.path for r in rows if split is None or r.split == split)
+        elif path.is_file():
+            out.append(str(path))
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    if not out:
+        raise DataError("no images to predict: give image files, folders or a CSV manifest")
+    return out
+
+
+def load_finetuned(path: str | Path, device: str = "cpu") -> nn.Module:
+    """Rebuild a fine-tuned run's model, ready to predict.
+
+    :func:`nctune.artifacts.load_finetuned` (weights, ``classes``, ``input_config``,
+    ``transform``) plus ``model.predict(images, batch_size=…, device=…, top_k=…)``, which
+    is :func:`predict` bound to the model.
+
+    Args:
+        path: an ``nctune finetune`` output folder, or the ``model.safetensors`` in it.
+        device: where to put the model.
+
+    Returns:
+        The :class:`~nctune.strategies.TunedModel` in eval mode.
+
+    Raises:
+        ArtifactError: no model at ``path``, or a file that is not an nctune model.
+        BackboneError: the recorded architecture cannot be rebuilt.
+    """
+    model = _load_run_model(path, device=device)
+    model.predict = functools.partial(predict, model)
+    return model
