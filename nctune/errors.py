@@ -30,3 +30,7 @@ class CollapseError(NctuneError, ValueError):
 
 class ArtifactError(NctuneError):
     """A run folder cannot be written, read or resumed."""
+
+
+class ExportError(NctuneError):
+    """A model cannot be exported, or its export does not reproduce the PyTorch model."""

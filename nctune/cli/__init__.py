@@ -10,7 +10,9 @@ import sys
 import typer
 
 from nctune.cli.analyze import analyze
+from nctune.cli.export import export
 from nctune.cli.finetune import finetune
+from nctune.cli.predict import predict
 from nctune.cli.sweep import sweep
 
 app = typer.Typer(
@@ -23,6 +25,8 @@ app = typer.Typer(
 app.command("analyze")(analyze)
 app.command("finetune")(finetune)
 app.command("sweep")(sweep)
+app.command("predict")(predict)
+app.command("export")(export)
 
 
 @app.callback()

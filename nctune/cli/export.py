@@ -1,0 +1,89 @@
+"""``nctune export``: a fine-tuned run as ONNX or TorchScript, verified before it is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from nctune.cli.common import JsonOpt, emit_json, handle_errors
+
+RunArg = Annotated[
+    Path, typer.Argument(help="Run folder of nctune finetune (or its model.safetensors).")
+]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")]
+FileOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="File to write (default RUN/model.onnx or RUN/model.pt).",
+        show_default=False,
+    ),
+]
+OpsetOpt = Annotated[
+    int | None, typer.Option("--opset", help="ONNX opset (default: torch's exporter's).")
+]
+DynamicOpt = Annotated[
+    bool, typer.Option("--dynamic-batch", help="ONNX: any batch size (default: batch 1).")
+]
+TolOpt = Annotated[
+    float,
+    typer.Option("--tolerance", help="Allowed logit difference, relative to max(1, max |logit|)."),
+]
+ImagesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--images",
+        help="Images/folders to verify on (default: the run's validation split).",
+        show_default=False,
+    ),
+]
+
+
+@handle_errors
+def export(
+    run: RunArg,
+    format_: FormatOpt = "onnx",
+    out: FileOutOpt = None,
+    opset: OpsetOpt = None,
+    dynamic_batch: DynamicOpt = False,
+    tolerance: TolOpt = 1e-4,
+    images: ImagesOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Export the run's model with its normalisation folded in; verify it, then write it.
+
+    The export is run by its own runtime (onnxruntime, torch.jit.load) on real validation
+    images and its logits compared with PyTorch's; beyond --tolerance nothing is written.
+    The graph's input is float32 pixels in [0, 1], resized and centre-cropped as the run's
+    input config says (stored in the file's metadata).
+    """
+    from nctune.artifacts import to_json
+    from nctune.export import export_run
+
+    result = export_run(
+        run,
+        format_,
+        out,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        tolerance=tolerance,
+        images=images,
+    )
+    if json_:
+        emit_json(to_json(result.to_dict()))
+        return
+    pre = result.preprocessing
+    Console().print(
+        f"Wrote [cyan]{escape(str(result.path))}[/] ({result.format}); verified on {result.num_images} "
+        f"validation images: max |Δlogit| {result.max_abs_diff:.2g} "
+        f"(tolerance {result.tolerance:g}).\nInput 'pixels': float32 "
+        f"{result.input['shape']} in [0, 1] — RGB, resize shorter side to "
+        f"{pre['resize_shorter_side']} ({pre['interpolation']}), centre-crop "
+        f"{pre['center_crop']}, divide by 255; normalisation is inside the graph.",
+        highlight=False,
+    )

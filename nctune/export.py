@@ -1,0 +1,345 @@
+"""Export a fine-tuned run for serving runtimes: ONNX or TorchScript, verified before writing.
+
+The exported graph takes **pixels**: float32 ``(B, 3, T, T)`` in ``[0, 1]`` (the image
+decoded to RGB, resized so the shorter side is ``floor(T / crop_pct)``, centre-cropped to
+``T×T`` and divided by 255 — the run's ``input_config``), and returns **logits**
+``(B, K)``. The normalisation ``(x − mean) / std`` is folded into the graph, so a serving
+stack needs no nctune and no mean/std. The input config and the class names travel inside
+the file (ONNX ``metadata_props["nctune"]``, TorchScript extra file ``nctune.json``).
+
+Every export is checked before it is written: the file is written next to its target,
+loaded by its own runtime (onnxruntime, ``torch.jit.load``), run on a batch of real
+validation images of the run, and compared with the PyTorch model. Only when
+
+    max |logits_export − logits_torch| ≤ tolerance · max(1, max |logits_torch|)
+
+is it renamed into place; otherwise nothing is written. Every strategy exports the same
+way, since :func:`~nctune.artifacts.load_finetuned` rebuilds a plain
+:class:`~nctune.strategies.TunedModel` (LoRA already merged into the weights, the SCL skip
+connection part of its forward pass).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nctune.artifacts import load_finetuned
+from nctune.config import load_recipe
+from nctune.data import build_data, open_image
+from nctune.errors import ArtifactError, DataError, ExportError, NctuneError
+from nctune.inference import expand_inputs
+
+__all__ = ["FORMATS", "TOLERANCE", "ExportError", "ExportResult", "export_run"]
+
+FORMATS = ("onnx", "torchscript")
+#: Default relative tolerance on logits (see the module docstring for the exact check).
+TOLERANCE = 1e-4
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+EXTRA_HINT = 'pip install "nctune[export]"'
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_run` wrote and how it was verified.
+
+    Attributes:
+        path: the written file.
+        format: ``'onnx'`` or ``'torchscript'``.
+        num_images: validation images the export was run on.
+        max_abs_diff: largest absolute logit difference to PyTorch on them.
+        tolerance: the allowed difference (relative, see the module docstring).
+        dynamic_batch: whether the batch dimension is dynamic (ONNX; TorchScript traces
+            always accept any batch size).
+        opset: the ONNX opset (None for TorchScript).
+        input: name, shape, dtype and value range of the graph's input.
+        preprocessing: the steps before the graph (the run's input config).
+        classes: class names, index order.
+        seconds: wall time of export plus verification.
+    """
+
+    path: Path
+    format: str
+    num_images: int
+    max_abs_diff: float
+    tolerance: float
+    dynamic_batch: bool
+    opset: int | None
+    input: dict[str, Any]
+    preprocessing: dict[str, Any]
+    classes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the path as a string)."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "num_images": self.num_images,
+            "max_abs_diff": self.max_abs_diff,
+            "tolerance": self.tolerance,
+            "dynamic_batch": self.dynamic_batch,
+            "opset": self.opset,
+            "input": self.input,
+            "preprocessing": self.preprocessing,
+            "classes": self.classes,
+            "seconds": self.seconds,
+        }
+
+
+class _Serving(nn.Module):
+    """pixels in [0, 1] → logits: the run's normalisation folded in front of the model."""
+
+    def __init__(self, model: nn.Module, mean: Any, std: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels - self.mean) / self.std)
+
+
+def _three(values: Any) -> list[float]:
+    values = [float(v) for v in values]
+    return values * 3 if len(values) == 1 else values
+
+
+def _verification_pixels(
+    run: Path, model: nn.Module, images: list[str | Path] | None, num_images: int
+) -> torch.Tensor:
+    """(N, 3, T, T) pixels in [0, 1] of real images, preprocessed exactly as in the run."""
+    mean = torch.tensor(_three(model.input_config.mean)).view(3, 1, 1)
+    std = torch.tensor(_three(model.input_config.std)).view(3, 1, 1)
+    if images:
+        xs = [model.transform(open_image(p)) for p in expand_inputs(images)[:num_images]]
+    else:
+        recipe_file = (run if run.is_dir() else run.parent) / "recipe.yaml"
+        if not recipe_file.is_file():
+            raise ArtifactError(
+                f"{run}: no recipe.yaml to find the run's validation images; pass --images"
+            )
+        recipe = load_recipe(recipe_file)
+        try:
+            splits = build_data(recipe.data, model.input_config, seed=recipe.seed)
+        except DataError as err:
+            raise DataError(
+                f"{err}; the export is verified on the run's validation images — pass --images"
+            ) from None
+        split = splits.val or splits.test or splits.train
+        xs = [split[i][0] for i in range(min(num_images, len(split)))]
+    # the datasets hand out normalised images; the export's input is the pixels before that
+    return torch.stack([x * std + mean for x in xs]).clamp_(0.0, 1.0)
+
+
+def _require(*modules: str) -> None:
+    for name in modules:
+        try:
+            __import__(name)
+        except ImportError:
+            raise ExportError(
+                f"--format onnx needs {name} (not installed); install the extra: {EXTRA_HINT}"
+            ) from None
+
+
+def _write_onnx(
+    serving: nn.Module,
+    example: torch.Tensor,
+    tmp: Path,
+    opset: int | None,
+    dynamic: bool,
+    meta: str,
+) -> int:
+    _require("onnx", "onnxscript", "onnxruntime")
+    kwargs: dict[str, Any] = {}
+    if dynamic:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1)},)
+    # torch's own exporter: dynamo (torch.export) is its default since 2.9; the legacy
+    # TorchScript-based one is deprecated. It reports progress on stdout: kept quiet.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            serving,
+            (example,),
+            dynamo=True,
+            input_names=["pixels"],
+            output_names=["logits"],
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+            **kwargs,
+        )
+    if program is None:  # pragma: no cover - only the legacy exporter returns None
+        raise ExportError("torch.onnx.export returned no program; torch >= 2.5 is needed")
+    program.model.metadata_props["nctune"] = meta
+    program.save(tmp, external_data=False)
+    return int(program.model.opset_imports.get("", opset or 0))
+
+
+def _run_onnx(tmp: Path, pixels: torch.Tensor, dynamic: bool) -> torch.Tensor:
+    import onnxruntime  # lazy: an optional extra, kept off nctune's import path
+
+    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    if dynamic:
+        return torch.from_numpy(session.run(None, {name: pixels.numpy()})[0])
+    # a static graph takes one image at a time
+    return torch.cat(
+        [
+            torch.from_numpy(session.run(None, {name: pixels[i : i + 1].numpy()})[0])
+            for i in range(len(pixels))
+        ]
+    )
+
+
+def _write_torchscript(serving: nn.Module, example: torch.Tensor, tmp: Path, meta: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python ints in timm code
+        traced = torch.jit.trace(serving, example, check_trace=False)
+        # torch 2.14 deprecates TorchScript in favour of torch.export (FutureWarning); the
+        # format is still what many C++/mobile runtimes load, so it stays on offer
+        torch.jit.save(traced, str(tmp), _extra_files={"nctune.json": meta})
+
+
+def _run_torchscript(tmp: Path, pixels: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated in torch 2.14, see above
+        loaded = torch.jit.load(str(tmp), map_location="cpu")
+    with torch.inference_mode():
+        return loaded(pixels)
+
+
+def export_run(
+    run: str | Path,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = False,
+    tolerance: float = TOLERANCE,
+    images: list[str | Path] | None = None,
+    num_images: int = 16,
+) -> ExportResult:
+    """Export a fine-tuned run to ONNX or TorchScript, verified against PyTorch.
+
+    Args:
+        run: an ``nctune finetune`` output folder (or its ``model.safetensors``).
+        format: ``'onnx'`` (needs the ``nctune[export]`` extra) or ``'torchscript'``.
+        out: the file to write (default ``RUN/model.onnx`` or ``RUN/model.pt``).
+        opset: ONNX opset version (default: the exporter's).
+        dynamic_batch: ONNX with a dynamic batch dimension (default: batch 1).
+        tolerance: allowed relative logit difference (see the module docstring).
+        images: image files/folders to verify on (default: the run's validation split,
+            rebuilt from its ``recipe.yaml``; else its test, else its training split).
+        num_images: how many verification images.
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        ExportError: unknown format, a missing optional package (naming the extra), an
+            exporter failure, or logits beyond the tolerance — nothing is written.
+        ArtifactError: the run cannot be loaded or ``out`` cannot be written.
+        DataError: the verification images cannot be found or read.
+    """
+    start = time.perf_counter()
+    if format not in FORMATS:
+        raise ExportError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    if not tolerance > 0:
+        raise ExportError(f"--tolerance: must be positive, got {tolerance}")
+    if num_images < 1:
+        raise ExportError(f"--num-images: must be at least 1, got {num_images}")
+    run = Path(run)
+    if format == "onnx":
+        _require("onnx", "onnxscript", "onnxruntime")  # before any slow work
+    model = load_finetuned(run, device="cpu")
+    run_dir = run if run.is_dir() else run.parent
+    out = Path(out) if out is not None else run_dir / f"model{SUFFIX[format]}"
+    if out.is_dir():
+        raise ArtifactError(f"--out {out}: is a folder; give a file name")
+    pixels = _verification_pixels(run, model, images, num_images)
+    ic = model.input_config
+    serving = _Serving(model, _three(ic.mean), _three(ic.std)).eval()
+    with torch.inference_mode():
+        reference = serving(pixels)
+    size = int(ic.image_size)
+    preprocessing = {
+        "decode": "RGB",
+        "resize_shorter_side": int(size / min(float(ic.crop_pct or 1.0), 1.0)),
+        "crop_mode": ic.crop_mode,
+        "center_crop": size,
+        "interpolation": ic.interpolation,
+        "scale": "divide by 255 (float32 in [0, 1])",
+        "normalisation": "folded into the graph",
+        "input_config": {
+            "image_size": size,
+            "mean": list(ic.mean),
+            "std": list(ic.std),
+            "interpolation": ic.interpolation,
+            "crop_pct": ic.crop_pct,
+            "crop_mode": ic.crop_mode,
+        },
+    }
+    classes = [str(c) for c in (model.classes or range(model.num_classes))]
+    meta = json.dumps({"classes": classes, "preprocessing": preprocessing, "nctune_format": "1"})
+    # batch 2 for a dynamic trace: torch.export specialises a size-1 dimension
+    example = pixels[:2] if dynamic_batch and len(pixels) > 1 else pixels[:1]
+    if dynamic_batch and len(example) < 2:
+        example = pixels[:1].repeat(2, 1, 1, 1)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    used_opset = None
+    try:
+        try:
+            if format == "onnx":
+                used_opset = _write_onnx(serving, example, tmp, opset, dynamic_batch, meta)
+                exported = _run_onnx(tmp, pixels, dynamic_batch)
+            else:
+                _write_torchscript(serving, example, tmp, meta)
+                exported = _run_torchscript(tmp, pixels)
+        except (NctuneError, OSError):
+            raise
+        except Exception as err:  # the exporter's own refusal: one line, nothing written
+            detail = " ".join(str(err).split())[:300]
+            raise ExportError(
+                f"{format} export of {run} failed ({type(err).__name__}: {detail})"
+            ) from None
+        diff = float((exported.float() - reference).abs().max())
+        allowed = tolerance * max(1.0, float(reference.abs().max()))
+        if not diff <= allowed:
+            raise ExportError(
+                f"{format} export of {run} differs from PyTorch by {diff:.3g} on "
+                f"{len(pixels)} validation images (allowed {allowed:.3g}); nothing written"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(
+        path=out,
+        format=format,
+        num_images=len(pixels),
+        max_abs_diff=diff,
+        tolerance=tolerance,
+        dynamic_batch=dynamic_batch or format == "torchscript",
+        opset=used_opset,
+        input={
+            "name": "pixels",
+            "shape": ["batch" if dynamic_batch or format == "torchscript" else 1, 3, size, size],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+        },
+        preprocessing=preprocessing,
+        classes=classes,
+        seconds=time.perf_counter() - start,
+    )
