@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nctune.artifacts import load_finetuned
+from nctune.artifacts import check_writable, load_finetuned
 from nctune.config import load_recipe
 from nctune.data import build_data, open_image
 from nctune.errors import ArtifactError, DataError, ExportError, NctuneError
@@ -267,6 +267,7 @@ def export_run(
     out = Path(out) if out is not None else run_dir / f"model{SUFFIX[format]}"
     if out.is_dir():
         raise ArtifactError(f"--out {out}: is a folder; give a file name")
+    check_writable(out.parent)
     pixels = _verification_pixels(run, model, images, num_images)
     ic = model.input_config
     serving = _Serving(model, _three(ic.mean), _three(ic.std)).eval()
@@ -308,8 +309,10 @@ def export_run(
             else:
                 _write_torchscript(serving, example, tmp, meta)
                 exported = _run_torchscript(tmp, pixels)
-        except (NctuneError, OSError):
+        except NctuneError:
             raise
+        except OSError as err:
+            raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
         except Exception as err:  # the exporter's own refusal: one line, nothing written
             detail = " ".join(str(err).split())[:300]
             raise ExportError(

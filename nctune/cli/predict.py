@@ -135,6 +135,9 @@ def predict(
             highlight=False,
         )
         raise typer.Exit(130) from None
+    except OSError as err:  # e.g. the disk filled up: one line, no half-written --out
+        partial.unlink(missing_ok=True)
+        raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
