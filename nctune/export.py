@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nctune.artifacts import check_writable, load_finetuned
+from nctune._io import check_writable
+from nctune.artifacts import load_finetuned
 from nctune.config import load_recipe
 from nctune.data import build_data, open_image
 from nctune.errors import ArtifactError, DataError, ExportError, NctuneError

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from nctune.artifacts import check_writable, to_json
+from nctune._io import check_writable, to_json
 from nctune.cli.common import JsonOpt, emit_json, err_console, handle_errors, progress_bar
 from nctune.errors import ArtifactError, DataError
 
