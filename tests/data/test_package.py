@@ -23,11 +23,15 @@ def test_public_names():
             "FileImageDataset",
             "ImageDataset",
             "InputConfigLike",
+            "ManifestRow",
             "TensorImageDataset",
             "build_data",
             "eval_transform",
+            "list_images",
             "list_sources",
             "make_loader",
+            "open_image",
+            "read_manifest",
             "subsample",
         ]
     )

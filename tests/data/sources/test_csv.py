@@ -63,3 +63,19 @@ def test_csv_integer_gap_and_bad_split(tmp_path):
     m = write_manifest(tmp_path, "path,label,split\na.png,x,train\nb.png,y,dev\n")
     with pytest.raises(DataError, match=r"line 3: split 'dev' must be train, val or test"):
         build_data(cfg(source="csv", path=m), IC)
+
+
+def test_read_manifest_for_prediction_labels_and_files_optional(tmp_path):
+    from nctune.data import read_manifest
+
+    write_png(tmp_path / "a.png")
+    m = write_manifest(tmp_path, "path,split\na.png,test\ngone.png,\n")
+    rows = read_manifest(m, require_label=False, check_files=False)
+    assert [(r.line, r.path, r.label, r.split) for r in rows] == [
+        (2, str(tmp_path / "a.png"), "", "test"),
+        (3, str(tmp_path / "gone.png"), "", "train"),
+    ]
+    with pytest.raises(DataError, match="missing column"):
+        read_manifest(m)  # the data source needs labels
+    with pytest.raises(DataError, match="line 3: image file"):
+        read_manifest(m, require_label=False)
