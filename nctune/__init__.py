@@ -7,6 +7,8 @@ pulls in torch alone, not timm, torchvision or the rendering stack.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -51,6 +53,25 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({"__version__", *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """``nctune`` itself: public verbs win over same-named submodules.
+
+    Importing a submodule binds it on its package (``import nctune.finetune`` sets
+    ``nctune.finetune`` to the module), which would hide the verb ``nctune.finetune()``
+    for the rest of the process. The verbs are the public API, so that binding is
+    skipped for them; the modules stay reachable through ``sys.modules`` or
+    ``importlib.import_module("nctune.finetune")``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f"nctune.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

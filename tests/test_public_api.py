@@ -30,3 +30,15 @@ def test_unknown_name_is_an_attribute_error():
         assert "does_not_exist" in str(err)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_verbs_are_not_hidden_by_their_submodules():
+    """``import nctune.finetune`` (as any user code may do first) must not turn the verb
+    ``nctune.finetune`` into the module, nor ``nctune.analyze`` (imported by it)."""
+    code = (
+        "import nctune.finetune, nctune.analyze, nctune\n"
+        "assert callable(nctune.finetune) and callable(nctune.analyze), "
+        "(nctune.finetune, nctune.analyze)\n"
+        "import sys; assert sys.modules['nctune.finetune'].finetune is nctune.finetune\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

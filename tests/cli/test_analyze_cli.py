@@ -395,10 +395,10 @@ def test_entry_point_usage_errors_are_one_line(tmp_path: Path, args, names) -> N
 
 def test_entry_point_internal_error_exits_1_with_traceback(recipe: Path, tmp_path: Path) -> None:
     code = (
-        "import runpy, nctune.analyze\n"
+        "import importlib, runpy\n"
         "def boom(*a, **k):\n"
         "    raise RuntimeError('boom from a test')\n"
-        "nctune.analyze.analyze_recipe = boom\n"
+        "importlib.import_module('nctune.analyze').analyze_recipe = boom\n"
         "runpy.run_module('nctune', run_name='__main__')\n"
     )
     out = tmp_path / "out"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
@@ -136,7 +137,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path
         raise DataError("data: tiny/img.png: cannot decode the image; replace or remove it")
 
     with monkeypatch.context() as m:
-        m.setattr("nctune.finetune.finetune", fails_before_any_checkpoint)
+        m.setattr(sys.modules["nctune.finetune"], "finetune", fails_before_any_checkpoint)
         res = invoke("finetune", *sets(), "--out", str(out), "--overwrite")
     assert res.exit_code == 2 and "img.png" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
@@ -167,9 +168,8 @@ def test_resume_refuses_a_different_recipe_and_a_finished_run(tmp_path):
 
 
 def test_bad_input_found_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_path, monkeypatch):
-    import nctune.finetune
-
-    real, calls = nctune.finetune._head_nc1, []
+    finetune_mod = importlib.import_module("nctune.finetune")  # nctune.finetune is the verb
+    real, calls = finetune_mod._head_nc1, []
 
     def corrupt_after_training(*args, **kwargs):
         calls.append(1)
@@ -177,14 +177,14 @@ def test_bad_input_found_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_
             raise DataError("data: test/img.png: cannot read image; fix or remove the file")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(nctune.finetune, "_head_nc1", corrupt_after_training)
+    monkeypatch.setattr(finetune_mod, "_head_nc1", corrupt_after_training)
     out = tmp_path / "run"
     res = invoke("finetune", *sets("strategy.name=linear"), "--out", str(out))
     assert res.exit_code == 2, res.output
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and "img.png" in lines[0] and f"--resume {out}" in lines[0]
     assert (out / "checkpoint.pt").exists()
-    monkeypatch.setattr(nctune.finetune, "_head_nc1", real)  # the user fixed the image
+    monkeypatch.setattr(finetune_mod, "_head_nc1", real)  # the user fixed the image
     res = invoke("finetune", *sets("strategy.name=linear"), "--resume", str(out))
     assert res.exit_code == 0, res.output
     assert (out / "report.json").exists() and not (out / "checkpoint.pt").exists()
