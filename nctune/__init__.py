@@ -37,6 +37,8 @@ _EXPORTS: dict[str, str] = {
     "predict": "nctune.inference",
     "Predictions": "nctune.inference",
     "layer_sweep": "nctune.sweep",
+    "rank": "nctune.rank",
+    "Ranking": "nctune.rank",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -84,6 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nctune.finetune import RunResult, finetune
     from nctune.inference import Predictions, load_finetuned, predict
     from nctune.profile import CollapseProfile, LayerCollapse
+    from nctune.rank import Ranking, rank
     from nctune.selection import select_layers
     from nctune.strategies import apply_strategy
     from nctune.sweep import layer_sweep

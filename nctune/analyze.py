@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 #: ``progress(phase, batches_done, batches_total_or_None)``: the CLI draws a bar from it.
 ProgressFn = Callable[[str, int, int | None], None]
 
+#: ``features(phase, layer, pooled (B, D), labels (B,))`` sees every tapped batch of the
+#: ``"train"`` and ``"val"`` passes, in loader order (``nctune rank`` keeps a subsample).
+FeatureFn = Callable[[str, str, torch.Tensor, torch.Tensor], None]
+
 #: Pooled features wait in a buffer of about this many bytes (all layers together) before
 #: they go into the statistics: a few larger float64 GEMMs between forward passes cost about
 #: a third less than one per batch inside the hooks (the forward's and the statistics'
@@ -122,6 +126,7 @@ def analyze(
     max_full_dim: int = DEFAULT_MAX_FULL_DIM,
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
+    features: FeatureFn | None = None,
 ) -> CollapseProfile:
     """Measure layer-wise neural collapse in one streaming pass over ``loader``.
 
@@ -146,6 +151,8 @@ def analyze(
         max_full_dim: widths above this use two-pass statistics.
         device: where to run; default the model's own device.
         progress: optional ``progress(phase, done, total)`` callback.
+        features: optional :data:`FeatureFn` handed each layer's pooled batch of the
+            first training pass and of the validation pass (copy what you keep).
 
     Returns:
         The profile, shallow → deep (``pre_logits`` last when tapped).
@@ -165,6 +172,13 @@ def analyze(
         total = len(data) if hasattr(data, "__len__") else None
         if progress:
             progress(phase, 0, total)
+        if features is not None and phase in ("train", "val"):
+            inner = sink
+
+            def sink(name: str, feats: torch.Tensor) -> None:
+                inner(name, feats)
+                features(phase, name, feats, labels[0])
+
         with LayerTaps(module, taps, sink, token_pool=token_pool, prefix_tokens=prefix) as hooks:
             for i, (x, y) in enumerate(data):
                 labels[:] = [torch.as_tensor(y).to(device)]
@@ -241,6 +255,7 @@ def profile_recipe(
     recipe: Recipe,
     device: torch.device,
     progress: ProgressFn | None = None,
+    features: FeatureFn | None = None,
 ) -> CollapseProfile:
     """The collapse profile every nctune command measures for a recipe.
 
@@ -255,6 +270,8 @@ def profile_recipe(
             sample cap), the batch size, workers and the seed.
         device: where the backbone runs.
         progress: ``progress(phase, done, total)`` callback.
+        features: see :func:`analyze`; the training batches are those of
+            :func:`profiled_train` in order.
 
     Returns:
         The profile: the training split, capped at ``analysis.max_samples`` by a seeded,
@@ -266,7 +283,7 @@ def profile_recipe(
     def loader(dataset):
         return make_loader(dataset, recipe.data, train=False, seed=recipe.seed, device=device)
 
-    train = subsample(splits.train, recipe.analysis.max_samples, seed=recipe.seed)
+    train = profiled_train(splits, recipe)
     profile = analyze(
         backbone,
         loader(train),
@@ -277,9 +294,23 @@ def profile_recipe(
         max_full_dim=recipe.analysis.max_full_dim,
         device=device,
         progress=progress,
+        features=features,
     )
     profile.dataset = splits.source
     return profile
+
+
+def profiled_train(splits: DataSplits, recipe: Recipe) -> Any:
+    """The training samples :func:`profile_recipe` streams, in its order.
+
+    Args:
+        splits: the recipe's data.
+        recipe: supplies ``analysis.max_samples`` and the seed.
+
+    Returns:
+        ``splits.train`` capped at ``analysis.max_samples`` (seeded, stratified).
+    """
+    return subsample(splits.train, recipe.analysis.max_samples, seed=recipe.seed)
 
 
 def analyze_recipe(recipe: Recipe, progress: ProgressFn | None = None) -> Analysis:

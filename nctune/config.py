@@ -290,6 +290,50 @@ class TrainConfig(Section):
         return v
 
 
+class RankConfig(Section):
+    """What `nctune rank` compares (see nctune.rank)."""
+
+    backbones: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Candidate backbones, each a backbone.name spec; append '@random' for the same "
+            "architecture at random init (e.g. packaged:efficientnet_lite0@random). "
+            "--backbones A,B replaces the list."
+        ),
+    )
+    by: Literal["nc1", "nc1_best", "trace_ratio", "cdnv", "ncc", "logme", "hscore", "knn"] = Field(
+        "nc1",
+        description=(
+            "Score the table is sorted by: nc1 (penultimate pinv NC1), nc1_best (lowest over "
+            "blocks), trace_ratio, cdnv, ncc, logme, hscore, knn."
+        ),
+    )
+    subsample: int = Field(
+        2000,
+        ge=10,
+        description=(
+            "Features kept in memory per split for LogME, H-score and k-NN (seeded, "
+            "stratified); the NC scores stream over every sample."
+        ),
+    )
+    knn_k: int = Field(10, ge=1, description="Neighbours voting in the k-NN accuracy (cosine).")
+    validation: Literal["linear", "full", "layers", "scl", "lora", "lp-ft", "auto"] | None = Field(
+        None,
+        description=(
+            "Fine-tune every candidate with this strategy and the recipe's train settings, "
+            "and report each score's weighted Kendall tau and Spearman rho against the result."
+        ),
+    )
+
+    @field_validator("backbones")
+    @classmethod
+    def _nonempty_specs(cls, v: list[str]) -> list[str]:
+        specs = [s.strip() for s in v]
+        if any(not s for s in specs):
+            raise ValueError("an empty backbone spec; use 'source:name[@random]'")
+        return specs
+
+
 class Recipe(Section):
     """A whole nctune run: every section, plus the seed and the device."""
 
@@ -298,6 +342,7 @@ class Recipe(Section):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    rank: RankConfig = Field(default_factory=RankConfig)
     seed: int = Field(0, ge=0, description="Seed for splits, sampling, initialisation and order.")
     device: str = Field(
         "auto", description="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."

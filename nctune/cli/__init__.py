@@ -13,6 +13,7 @@ from nctune.cli.analyze import analyze
 from nctune.cli.export import export
 from nctune.cli.finetune import finetune
 from nctune.cli.predict import predict
+from nctune.cli.rank import rank
 from nctune.cli.sweep import sweep
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command("finetune")(finetune)
 app.command("sweep")(sweep)
 app.command("predict")(predict)
 app.command("export")(export)
+app.command("rank")(rank)
 
 
 @app.callback()

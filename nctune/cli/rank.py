@@ -1,0 +1,106 @@
+"""``nctune rank``: which backbone to start from, measured before any training."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from nctune.artifacts import (
+    atomic_write_json,
+    atomic_write_text,
+    check_replaceable,
+    check_writable,
+    staged_dir,
+    to_json,
+)
+from nctune.cli.common import (
+    JsonOpt,
+    OutOpt,
+    RecipeArg,
+    SetOpt,
+    default_out,
+    emit_json,
+    handle_errors,
+    progress_bar,
+)
+
+BackbonesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backbones",
+        "-b",
+        help=(
+            "Comma-separated candidates (backbone.name specs; '@random' = random init), "
+            "e.g. packaged:efficientnet_lite0,packaged:efficientnet_lite0@random. "
+            "Default: rank.backbones."
+        ),
+        show_default=False,
+    ),
+]
+ByOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--by",
+        help="Sort by: nc1, nc1_best, trace_ratio, cdnv, ncc, logme, hscore, knn (default: rank.by).",
+        show_default=False,
+    ),
+]
+ValidateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--validate",
+        help=(
+            "Fine-tune every candidate with this strategy (e.g. linear) and report which "
+            "score predicted the result (weighted Kendall τ, Spearman ρ)."
+        ),
+        show_default=False,
+    ),
+]
+
+
+@handle_errors
+def rank(
+    recipe: RecipeArg = None,
+    backbones: BackbonesOpt = None,
+    by: ByOpt = None,
+    validate: ValidateOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Which backbone should I start from? Score candidates on your data in one pass each.
+
+    Writes DIR/ranking.json, DIR/ranking.png and the resolved DIR/recipe.yaml.
+    """
+    from nctune.config import load_recipe
+    from nctune.rank import rank as rank_backbones
+    from nctune.report.rank import agreement_table, disagreements, plot_ranking, ranking_table
+
+    cfg = load_recipe(recipe, set_)
+    out = check_replaceable(check_writable(out or default_out(recipe, "rank")), "ranking.json")
+    names = [b.strip() for b in backbones.split(",")] if backbones is not None else None
+    with progress_bar() as progress:
+        result = rank_backbones(cfg, names, by=by, validate=validate, progress=progress)
+    doc = result.to_dict()
+    resolved = cfg.model_copy(deep=True)
+    resolved.rank.backbones = [c.spec for c in result.candidates]
+    resolved.rank.by, resolved.rank.validation = result.by, result.validation
+    with staged_dir(out) as tmp:
+        atomic_write_json(tmp / "ranking.json", doc)
+        atomic_write_text(tmp / "recipe.yaml", resolved.to_yaml())
+        plot_ranking(result, tmp / "ranking.png")
+    if json_:
+        emit_json(to_json(doc))
+        return
+    console = Console()
+    console.print(ranking_table(result))
+    for line in disagreements(result):
+        console.print(f"[yellow]disagreement[/] {line}")
+    if result.agreement:
+        console.print(agreement_table(result))
+    best = next((c for c in result.ranked() if c.ok), None)
+    if best is not None:
+        console.print(f"[bold]Start from[/] [green]{best.spec}[/] (best by {result.by}).")
+    console.print(f"Results in [cyan]{out}[/] (ranking.json, ranking.png, recipe.yaml)")

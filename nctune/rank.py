@@ -1,0 +1,473 @@
+"""Which backbone to start from: rank candidates by scores measured before any training.
+
+The paper's first finding (Li et al., arXiv 2212.12206): the more collapsed a pretrained
+model's features already are on the downstream training data (lower NC1), the better it
+transfers. ``rank`` measures that and the usual baselines for every candidate in **one
+streaming pass** per backbone — the same pass as ``nctune analyze``:
+
+    for each candidate:  backbone + data ──► profile_recipe (taps on every block + pre-logits)
+        ├─ CollapseStats per block    ──► nc1, nc1_best (+ block), trace_ratio, cdnv, ncc
+        └─ a seeded stratified subsample of the pre-logits features (train and val)
+                                      ──► logme, hscore, knn        (nctune.scores)
+    optionally:  finetune(candidate, strategy) ──► test accuracy ──► weighted τ, Spearman ρ
+
+A candidate that fails to load or run becomes a failed row with its one-line reason; the
+others are kept. The library never prints; ``nctune.report.rank`` renders the result.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from nctune.analyze import profile_recipe, profiled_train
+from nctune.backbones import create_backbone
+from nctune.config import BackboneConfig, Recipe, recipe_from_dict
+from nctune.data import build_data
+from nctune.errors import BackboneError, ConfigError, NctuneError
+from nctune.finetune import finetune
+from nctune.profile import PRE_LOGITS, CollapseProfile
+from nctune.scores import SCORES, hscore, knn_accuracy, logme, stratified_indices
+from nctune.taps import resolve_device
+
+#: A candidate spec ending in this suffix is the same architecture at random init.
+RANDOM_SUFFIX = "@random"
+
+#: What a candidate may raise and still leave the others to be ranked: bad weights or
+#: names (BackboneError), a model that cannot run at the recipe's input size (torch's
+#: RuntimeError, timm's input-size assertions), features the statistics refuse
+#: (CollapseError is a ValueError). Data and recipe errors concern every candidate, so
+#: they propagate; so does anything else (a bug) and Ctrl-C.
+CANDIDATE_ERRORS: tuple[type[BaseException], ...] = (
+    BackboneError,
+    RuntimeError,
+    AssertionError,
+    ValueError,
+)
+
+
+def parse_candidate(text: str) -> tuple[str, bool]:
+    """``'packaged:efficientnet_lite0@random'`` → ``('packaged:efficientnet_lite0', False)``.
+
+    Args:
+        text: a ``backbone.name`` spec, optionally ending in ``@random``.
+
+    Returns:
+        The spec without the suffix, and whether to load pretrained weights.
+
+    Raises:
+        ConfigError: nothing left before ``@random``.
+    """
+    text = text.strip()
+    if text.endswith(RANDOM_SUFFIX):
+        name = text[: -len(RANDOM_SUFFIX)].strip()
+        if not name:
+            raise ConfigError(f"rank.backbones: {text!r} names no model before '@random'")
+        return name, False
+    return text, True
+
+
+@dataclass
+class Candidate:
+    """One row of the ranking.
+
+    Attributes:
+        spec: the candidate as given (``@random`` included).
+        backbone: the backbone spec that was built.
+        pretrained: whether pretrained weights were loaded.
+        ok: False when the candidate failed to load or run.
+        reason: the failure, one line (None when ok).
+        scores: score name (see :data:`nctune.scores.SCORES`) → value (None when it could
+            not be computed, e.g. NCC and k-NN without a validation split).
+        best_block: the layer with the lowest NC1 (``nc1_best``).
+        num_samples: training samples the NC scores streamed over.
+        subsample: training features kept for LogME, H-score and k-NN.
+        dim: width of the penultimate features.
+        image_size: input side the candidate ran at.
+        seconds: wall time per phase: ``load`` (backbone + data), ``pass`` (the streaming
+            pass: train, then val), ``scores`` (LogME, H-score, k-NN), ``validate``.
+        validation: the validation fine-tune (strategy, test and val accuracy, seconds,
+            trainable parameters), or ``{"error": reason}``; None when not validated.
+    """
+
+    spec: str
+    backbone: str
+    pretrained: bool
+    ok: bool = True
+    reason: str | None = None
+    scores: dict[str, float | None] = field(default_factory=dict)
+    best_block: str | None = None
+    num_samples: int | None = None
+    subsample: int | None = None
+    dim: int | None = None
+    image_size: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, Any] | None = None
+
+    def accuracy(self, metric: str) -> float | None:
+        """The validation fine-tune's ``metric`` (None when not validated or failed)."""
+        return None if self.validation is None else self.validation.get(metric)
+
+
+@dataclass
+class Ranking:
+    """Every candidate's scores, the order by one of them, and (validated) which score was right.
+
+    Attributes:
+        candidates: one :class:`Candidate` per spec, in the order given.
+        by: the score :meth:`ranked` sorts by.
+        dataset: the data source.
+        num_classes: K.
+        subsample: the cap on features kept per split.
+        knn_k: neighbours in the k-NN vote.
+        validation: the fine-tuning strategy used to validate (None: not validated).
+        metric: the accuracy the scores are checked against: ``test_accuracy``, or
+            ``val_accuracy`` without a test split (None when not validated).
+        agreement: score → ``{"weighted_tau", "spearman", "n"}``: Vigna's weighted Kendall
+            τ (hyperbolic weights, scipy's ``weightedtau``) and Spearman's ρ between the
+            score (oriented so that higher predicts better) and the measured accuracy over
+            the ``n`` candidates that have both.
+        seconds: wall time of the whole ranking.
+    """
+
+    candidates: list[Candidate]
+    by: str
+    dataset: str | None = None
+    num_classes: int | None = None
+    subsample: int = 0
+    knn_k: int = 0
+    validation: str | None = None
+    metric: str | None = None
+    agreement: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def ranked(self, by: str | None = None) -> list[Candidate]:
+        """Candidates best first by ``by`` (default :attr:`by`); unscored, then failed, last.
+
+        Args:
+            by: a score name.
+
+        Returns:
+            A new list; ties keep the given order.
+        """
+        by = by or self.by
+        sign = 1.0 if SCORES[by] else -1.0
+
+        def key(c: Candidate) -> tuple[int, float]:
+            v = c.scores.get(by)
+            if not c.ok:
+                return (2, 0.0)
+            return (1, 0.0) if v is None else (0, -sign * v)
+
+        return sorted(self.candidates, key=key)
+
+    def positions(self, by: str) -> dict[str, int]:
+        """spec → 1-based place by score ``by``, for the candidates that have that score.
+
+        Args:
+            by: a score name.
+
+        Returns:
+            The places; candidates without the score (or failed) are absent.
+        """
+        ranked = [c for c in self.ranked(by) if c.ok and c.scores.get(by) is not None]
+        return {c.spec: i + 1 for i, c in enumerate(ranked)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``ranking.json`` document.
+
+        Returns:
+            The fields, with ``candidates`` best first by :attr:`by` (each with its
+            ``rank``, 1-based, None when failed) and ``higher_is_better`` per score.
+        """
+        rows = []
+        for i, c in enumerate(self.ranked()):
+            row = asdict(c)
+            row["rank"] = i + 1 if c.ok else None
+            rows.append(row)
+        return {
+            "by": self.by,
+            "dataset": self.dataset,
+            "num_classes": self.num_classes,
+            "subsample": self.subsample,
+            "knn_k": self.knn_k,
+            "validation": self.validation,
+            "metric": self.metric,
+            "higher_is_better": dict(SCORES),
+            "agreement": self.agreement,
+            "seconds": self.seconds,
+            "candidates": rows,
+        }
+
+
+class _Keep:
+    """The pre-logits features at chosen stream positions, per phase (a :data:`FeatureFn`)."""
+
+    def __init__(self, positions: dict[str, np.ndarray]) -> None:
+        self.positions = positions
+        self.seen = dict.fromkeys(positions, 0)
+        self.feats: dict[str, list[torch.Tensor]] = {p: [] for p in positions}
+        self.labels: dict[str, list[torch.Tensor]] = {p: [] for p in positions}
+
+    def __call__(self, phase: str, name: str, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        if name != PRE_LOGITS or phase not in self.positions:
+            return
+        start = self.seen[phase]
+        self.seen[phase] += feats.shape[0]
+        pos = self.positions[phase]
+        lo, hi = np.searchsorted(pos, [start, start + feats.shape[0]])
+        if hi > lo:
+            rows = torch.as_tensor(pos[lo:hi] - start, device=feats.device)
+            self.feats[phase].append(feats.index_select(0, rows).float().cpu())
+            self.labels[phase].append(labels.index_select(0, rows).cpu())
+
+    def get(self, phase: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.feats[phase]:
+            return None
+        return torch.cat(self.feats[phase]), torch.cat(self.labels[phase])
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "(no message)"
+    if not isinstance(err, NctuneError):
+        text = f"{type(err).__name__}: {text}"
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _nc_scores(profile: CollapseProfile) -> tuple[dict[str, float | None], str | None]:
+    pen = profile.penultimate
+    nc1s = [(layer.nc1, layer.name) for layer in profile.layers if math.isfinite(layer.nc1)]
+    best = min(nc1s) if nc1s else (None, None)
+    return {
+        "nc1": _finite(pen.metrics.nc1),
+        "nc1_best": _finite(best[0]),
+        "trace_ratio": _finite(pen.metrics.trace_ratio),
+        "cdnv": _finite(pen.metrics.cdnv),
+        "ncc": pen.ncc_accuracy,
+    }, best[1]
+
+
+def _score_features(keep: _Keep, knn_k: int) -> dict[str, float | None]:
+    train, val = keep.get("train"), keep.get("val")
+    out: dict[str, float | None] = dict.fromkeys(("logme", "hscore", "knn"))
+    if train is None:
+        return out
+    x, y = train
+    out["logme"] = _finite(logme(x, y))
+    out["hscore"] = _finite(hscore(x, y))
+    if val is not None:
+        out["knn"] = knn_accuracy(x, y, val[0], val[1], k=knn_k)
+    return out
+
+
+def _settings(
+    recipe: Recipe, backbones: list[str] | None, by: str | None, validate: str | None
+) -> Recipe:
+    """The recipe with the call's arguments written into its ``rank`` section, validated."""
+    data = recipe.model_dump(mode="json")
+    changed = []
+    for key, value in (("backbones", backbones), ("by", by), ("validation", validate)):
+        if value is not None:
+            data["rank"][key] = value
+            changed.append(f"rank.{key}")
+    return recipe_from_dict(data, "rank", frozenset(changed))
+
+
+def _check_candidates(recipe: Recipe) -> list[tuple[str, str, bool]]:
+    specs = recipe.rank.backbones
+    if len(specs) < 2:
+        raise ConfigError(
+            f"rank.backbones: ranking needs at least two candidates (got {len(specs)}); "
+            "pass --backbones A,B or list them under rank.backbones"
+        )
+    seen: set[str] = set()
+    out = []
+    for text in specs:
+        name, pretrained = parse_candidate(text)
+        key = f"{name}{'' if pretrained else RANDOM_SUFFIX}"
+        if key in seen:
+            raise ConfigError(f"rank.backbones: {text!r} is listed twice")
+        seen.add(key)
+        out.append((text, name, pretrained))
+    if recipe.data.image_size is None:
+        # Ranked images must be the same for every candidate. Input sizes do not depend on
+        # the weights, so random-init builds answer quickly; a candidate that cannot even
+        # be built is left to fail as its own row.
+        sizes: dict[str, int] = {}
+        for text, name, _ in out:
+            try:
+                sizes[text] = create_backbone(name, pretrained=False).input_config.image_size
+            except BackboneError:
+                continue
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"{t} {s} px" for t, s in sizes.items())
+            raise ConfigError(
+                f"data.image_size: the candidates expect different input sizes ({listed}); "
+                "set one so they are ranked on the same images, e.g. --set data.image_size=224"
+            )
+    return out
+
+
+def _agreement(candidates: list[Candidate], metric: str) -> dict[str, dict[str, Any]]:
+    try:  # scipy is optional (the "rank" extra): only validation needs it
+        from scipy.stats import spearmanr, weightedtau
+    except ImportError:
+        raise ConfigError(
+            '--validate needs scipy for the rank correlations: pip install "nctune[rank]"'
+        ) from None
+    out: dict[str, dict[str, Any]] = {}
+    for name, higher in SCORES.items():
+        pairs = [
+            (c.scores[name] if higher else -c.scores[name], c.accuracy(metric))
+            for c in candidates
+            if c.ok and c.scores.get(name) is not None and c.accuracy(metric) is not None
+        ]
+        tau = rho = None
+        if len(pairs) >= 2:
+            x, y = (np.asarray(v, dtype=np.float64) for v in zip(*pairs, strict=True))
+            if np.ptp(x) > 0 and np.ptp(y) > 0:  # a constant side has no ranking to compare
+                tau = _finite(float(weightedtau(x, y)[0]))
+                rho = _finite(float(spearmanr(x, y)[0]))
+        out[name] = {"weighted_tau": tau, "spearman": rho, "n": len(pairs)}
+    return out
+
+
+def rank(
+    recipe: Recipe,
+    backbones: list[str] | None = None,
+    *,
+    by: str | None = None,
+    validate: str | None = None,
+    progress: Callable[..., None] | None = None,
+) -> Ranking:
+    """Score every candidate backbone on the recipe's data and rank them.
+
+    Per candidate, one streaming pass of :func:`~nctune.analyze.profile_recipe` over the
+    training split (capped at ``analysis.max_samples``), then the validation split, gives
+    every block's collapse statistics and keeps a seeded, class-stratified subsample of
+    ``rank.subsample`` pre-logits features per split:
+
+    - ``nc1``: 1/K tr(Σ_W Σ_B⁺) of the penultimate features (the paper's score);
+      ``nc1_best``: the lowest NC1 over every tapped layer (and which one);
+      ``trace_ratio`` = tr Σ_W / tr Σ_B; ``cdnv`` (Galanti et al.); lower is better;
+    - ``ncc``: nearest-class-centre accuracy on the validation split;
+    - ``logme``, ``hscore`` on the training subsample and ``knn`` (cosine, ``rank.knn_k``
+      neighbours) of the validation subsample against it (:mod:`nctune.scores`).
+
+    With ``validate``, every candidate that ran is fine-tuned by
+    :func:`~nctune.finetune.finetune` with that strategy and the recipe's ``train``
+    settings, and each score's weighted Kendall τ and Spearman ρ against the measured
+    accuracy is reported.
+
+    Args:
+        recipe: data, analysis and train settings shared by all candidates; its
+            ``backbone`` section is replaced by each candidate.
+        backbones: candidate specs (``source:name``, ``@random`` for random init);
+            default ``recipe.rank.backbones``.
+        by: the score to sort by; default ``recipe.rank.by``.
+        validate: a strategy name; default ``recipe.rank.validation``.
+        progress: ``progress(phase, done, total)`` callback.
+
+    Returns:
+        The :class:`Ranking` (failed candidates included, with their reasons).
+
+    Raises:
+        ConfigError: fewer than two candidates, one listed twice, an unknown score or
+            strategy, candidates that need different input sizes while
+            ``data.image_size`` is unset, or ``validate`` without scipy installed.
+        DataError: the recipe's data cannot be loaded.
+    """
+    start = time.perf_counter()
+    recipe = _settings(recipe, backbones, by, validate)
+    cfg = recipe.rank
+    candidates = _check_candidates(recipe)
+    device = resolve_device(recipe.device)
+    data_cfg = recipe.data.model_copy(update={"augment": False})
+    result = Ranking(
+        [], cfg.by, subsample=cfg.subsample, knn_k=cfg.knn_k, validation=cfg.validation
+    )
+
+    for text, name, pretrained in candidates:
+        row = Candidate(text, name, pretrained)
+        result.candidates.append(row)
+        labelled = (lambda p, d, t, text=text: progress(f"{text}: {p}", d, t)) if progress else None
+        t0 = time.perf_counter()
+        try:
+            torch.manual_seed(recipe.seed)  # a random-init candidate is the same in validation
+            backbone = create_backbone(BackboneConfig(name=name, pretrained=pretrained))
+            splits = build_data(data_cfg, backbone.input_config, seed=recipe.seed)
+            result.dataset, result.num_classes = splits.source, splits.num_classes
+            row.image_size = splits.image_size
+            train_y = np.asarray(profiled_train(splits, recipe).targets)
+            positions = {"train": stratified_indices(train_y, cfg.subsample, seed=recipe.seed)}
+            if splits.val is not None:
+                val_y = np.asarray(splits.val.targets)
+                positions["val"] = stratified_indices(val_y, cfg.subsample, seed=recipe.seed)
+            keep = _Keep(positions)
+            t1 = time.perf_counter()
+            profile = profile_recipe(backbone, splits, recipe, device, labelled, features=keep)
+            t2 = time.perf_counter()
+            row.scores, row.best_block = _nc_scores(profile)
+            row.scores.update(_score_features(keep, cfg.knn_k))
+            t3 = time.perf_counter()
+        except CANDIDATE_ERRORS as err:
+            row.ok, row.reason = False, _one_line(err)
+            row.seconds["load"] = time.perf_counter() - t0
+            continue
+        finally:
+            backbone = splits = keep = None  # free this candidate before the next loads
+            gc.collect()
+        row.num_samples, row.dim = profile.num_samples, profile.penultimate.dim
+        row.subsample = len(positions["train"])
+        row.seconds = {"load": t1 - t0, "pass": t2 - t1, "scores": t3 - t2}
+
+    if cfg.validation is not None:
+        for row in result.candidates:
+            if not row.ok:
+                continue
+            run_recipe = recipe.model_copy(deep=True)
+            run_recipe.backbone = BackboneConfig(name=row.backbone, pretrained=row.pretrained)
+            run_recipe.strategy.name = cfg.validation
+            run_recipe.train.profile_after = False
+            labelled = (
+                (lambda p, d, t, info="", s=row.spec: progress(f"{s}: {p}", d, t, info))
+                if progress
+                else None
+            )
+            t0 = time.perf_counter()
+            try:
+                run = finetune(run_recipe, progress=labelled)
+            except (*CANDIDATE_ERRORS, NctuneError) as err:
+                row.validation = {"strategy": cfg.validation, "error": _one_line(err)}
+                continue
+            finally:
+                row.seconds["validate"] = time.perf_counter() - t0
+            row.validation = {
+                "strategy": run.strategy,
+                "test_accuracy": run.test_accuracy,
+                "val_accuracy": run.val_accuracy,
+                "trainable_params": run.trainable_params,
+                "wall_seconds": run.wall_seconds,
+            }
+            del run
+            gc.collect()
+        validated = [c for c in result.candidates if c.validation and "error" not in c.validation]
+        has_test = any(c.validation.get("test_accuracy") is not None for c in validated)
+        result.metric = "test_accuracy" if has_test else "val_accuracy"
+        result.agreement = _agreement(result.candidates, result.metric)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+__all__ = ["Candidate", "Ranking", "parse_candidate", "rank"]
