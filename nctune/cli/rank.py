@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from nctune.artifacts import (
+from nctune._io import (
     atomic_write_json,
     atomic_write_text,
     check_replaceable,
