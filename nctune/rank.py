@@ -319,13 +319,20 @@ def _check_candidates(recipe: Recipe) -> list[tuple[str, str, bool]]:
     return out
 
 
-def _agreement(candidates: list[Candidate], metric: str) -> dict[str, dict[str, Any]]:
-    try:  # scipy is optional (the "rank" extra): only validation needs it
+def _rank_correlations() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """scipy's (weightedtau, spearmanr); scipy is optional (the ``rank`` extra), so it is
+    imported only when validating, and ``nctune rank`` without it starts light."""
+    try:
         from scipy.stats import spearmanr, weightedtau
     except ImportError:
         raise ConfigError(
-            '--validate needs scipy for the rank correlations: pip install "nctune[rank]"'
+            'rank.validation: --validate needs scipy for the rank correlations: pip install "nctune[rank]"'
         ) from None
+    return weightedtau, spearmanr
+
+
+def _agreement(candidates: list[Candidate], metric: str) -> dict[str, dict[str, Any]]:
+    weightedtau, spearmanr = _rank_correlations()
     out: dict[str, dict[str, Any]] = {}
     for name, higher in SCORES.items():
         pairs = [
@@ -392,6 +399,8 @@ def rank(
     recipe = _settings(recipe, backbones, by, validate)
     cfg = recipe.rank
     candidates = _check_candidates(recipe)
+    if cfg.validation is not None:
+        _rank_correlations()  # a missing scipy fails now, not after every pass
     device = resolve_device(recipe.device)
     data_cfg = recipe.data.model_copy(update={"augment": False})
     result = Ranking(

@@ -162,3 +162,14 @@ def test_rank_streams_once_and_scores_the_same_subsample_as_computed_directly():
     assert c.scores["nc1_best"] <= c.scores["nc1"]
     assert set(c.seconds) == {"load", "pass", "scores"}
     assert all(v is not None for v in c.scores.values())
+
+
+def test_validation_without_scipy_is_one_clear_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # import fails as if not installed
+    recipe = load_recipe(None, SETS)
+    with pytest.raises(ConfigError, match=r'pip install "nctune\[rank\]"'):
+        rank(
+            recipe, ["timm:test_resnet@random", "timm:test_efficientnet@random"], validate="linear"
+        )
