@@ -302,10 +302,11 @@ class RankConfig(Section):
         ),
     )
     by: Literal["nc1", "nc1_best", "trace_ratio", "cdnv", "ncc", "logme", "hscore", "knn"] = Field(
-        "nc1",
+        "trace_ratio",
         description=(
             "Score the table is sorted by: nc1 (penultimate pinv NC1), nc1_best (lowest over "
-            "blocks), trace_ratio, cdnv, ncc, logme, hscore, knn."
+            "blocks), trace_ratio, cdnv, ncc, logme, hscore, knn. Default trace_ratio: the "
+            "best weighted tau in benchmarks/rank.py (docs/evidence.md)."
         ),
     )
     subsample: int = Field(

@@ -319,6 +319,10 @@ def _check_candidates(recipe: Recipe) -> list[tuple[str, str, bool]]:
     return out
 
 
+def _varies(v: np.ndarray) -> bool:
+    return bool(np.ptp(v) > 1e-9 * max(float(np.max(np.abs(v))), 1e-300))
+
+
 def _rank_correlations() -> tuple[Callable[..., Any], Callable[..., Any]]:
     """scipy's (weightedtau, spearmanr); scipy is optional (the ``rank`` extra), so it is
     imported only when validating, and ``nctune rank`` without it starts light."""
@@ -343,7 +347,9 @@ def _agreement(candidates: list[Candidate], metric: str) -> dict[str, dict[str, 
         tau = rho = None
         if len(pairs) >= 2:
             x, y = (np.asarray(v, dtype=np.float64) for v in zip(*pairs, strict=True))
-            if np.ptp(x) > 0 and np.ptp(y) > 0:  # a constant side has no ranking to compare
+            # A side that is constant up to rounding (e.g. an H-score saturated at K − 1)
+            # has no ranking to compare: its "order" would be float noise.
+            if _varies(x) and _varies(y):
                 tau = _finite(float(weightedtau(x, y)[0]))
                 rho = _finite(float(spearmanr(x, y)[0]))
         out[name] = {"weighted_tau": tau, "spearman": rho, "n": len(pairs)}

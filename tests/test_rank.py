@@ -97,6 +97,13 @@ def test_agreement_orients_scores_and_skips_failures():
     )
     assert reversed_["nc1"]["weighted_tau"] == pytest.approx(-1.0)
     assert out["logme"] == {"weighted_tau": None, "spearman": None, "n": 0}
+    # a score equal up to rounding everywhere ranks nothing (not float noise)
+    flat = [_cand(f"m{i}", {"hscore": 9.0 + 1e-13 * i}, acc[i]) for i in range(5)]
+    assert _agreement(flat, "test_accuracy")["hscore"] == {
+        "weighted_tau": None,
+        "spearman": None,
+        "n": 5,
+    }
 
 
 def test_ranked_puts_unscored_then_failed_last():
