@@ -175,9 +175,12 @@ class Ranking:
             by: a score name.
 
         Returns:
-            The places; candidates without the score (or failed) are absent.
+            The places; candidates without the score (or failed) are absent, and all are
+            when the score is the same for every candidate up to rounding (no order).
         """
         ranked = [c for c in self.ranked(by) if c.ok and c.scores.get(by) is not None]
+        if len(ranked) > 1 and not _varies(np.array([c.scores[by] for c in ranked])):
+            return {}
         return {c.spec: i + 1 for i, c in enumerate(ranked)}
 
     def to_dict(self) -> dict[str, Any]:

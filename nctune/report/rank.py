@@ -163,7 +163,16 @@ def plot_ranking(ranking: Ranking, path: str | Path) -> Path:
         for i in range(len(ok)):
             for j in range(len(cols)):
                 if not np.isnan(grid[i, j]):
-                    ax.text(j, i, str(int(grid[i, j])), ha="center", va="center", color="w")
+                    # dark text on the light (best) end of viridis_r, light on the dark end
+                    light = grid[i, j] <= (1 + max(2, len(ok))) / 2
+                    ax.text(
+                        j,
+                        i,
+                        str(int(grid[i, j])),
+                        ha="center",
+                        va="center",
+                        color="k" if light else "w",
+                    )
         ax.set_xticks(range(len(cols)), titles, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(ok)), [c.spec for c in ok], fontsize=8)
         tau = ranking.agreement.get(ranking.by, {}).get("weighted_tau")

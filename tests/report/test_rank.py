@@ -48,6 +48,15 @@ def test_table_shows_places_accuracy_and_the_failure():
     assert "-1.000" in _text(agreement_table(_ranking()))
 
 
+def test_a_score_equal_everywhere_gets_no_places():
+    r = _ranking()
+    for i, c in enumerate(r.candidates[:2]):
+        c.scores["hscore"] = 9.0 + 1e-14 * i  # saturated: only rounding differs
+    assert r.positions("hscore") == {}
+    row = next(x for x in _text(ranking_table(r)).splitlines() if "random" in x)
+    assert "9 (" not in row
+
+
 def test_png(tmp_path):
     path = plot_ranking(_ranking(), tmp_path / "ranking.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
