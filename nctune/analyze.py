@@ -22,6 +22,7 @@ from nctune.collapse import (
     ncc_predict,
 )
 from nctune.data import DataSplits, build_data, make_loader, subsample
+from nctune.distributed import all_reduce_sum, reduce_stats, shard_dataset
 from nctune.errors import ConfigError
 from nctune.profile import PRE_LOGITS, CollapseProfile, LayerCollapse
 from nctune.selection import Selection, select_layers
@@ -138,6 +139,11 @@ def analyze(
     against the training class means. Layers wider than ``max_full_dim`` need one more
     pass over ``loader`` (the bounded-memory two-pass statistics).
 
+    Under ``torch.distributed`` each process passes its own shard of the data (every sample
+    in exactly one shard); the sums are added across processes after each pass
+    (:func:`~nctune.collapse.all_reduce_stats`), so every process returns the profile of
+    the union — the single-process numbers up to float64 rounding.
+
     Args:
         model: a :class:`~nctune.backbones.Backbone` or any ``nn.Module`` (its blocks are
             discovered with :func:`~nctune.backbones.list_blocks`). Run in eval mode under
@@ -194,11 +200,15 @@ def analyze(
     with eval_mode(module), torch.inference_mode():
         buffer = _Buffer(stats)
         run("train", loader, specs, buffer.add, buffer)
+        for s in specs:  # the shards' sums → the union's (a no-op in one process)
+            reduce_stats(stats[s.name])
         two_pass = [s for s in specs if stats[s.name].needs_another_pass]
         if two_pass:
             for s in two_pass:
                 stats[s.name].next_pass()
             run("train (pass 2)", loader, two_pass, buffer.add, buffer)
+            for s in two_pass:
+                reduce_stats(stats[s.name])
         metrics = {name: st.compute() for name, st in stats.items()}
         ncc: dict[str, float | None] = dict.fromkeys(metrics)
         if val_loader is not None:
@@ -214,8 +224,9 @@ def analyze(
                     seen[0] += int(labels[0].numel())
 
             run("val", val_loader, specs, score)
-            if seen[0]:
-                ncc = {name: int(correct[name]) / seen[0] for name in metrics}
+            *hits, total = all_reduce_sum(*(int(correct[n]) for n in metrics), seen[0])
+            if total:
+                ncc = {name: hit / total for name, hit in zip(metrics, hits, strict=True)}
     layer_list = [
         LayerCollapse(
             i, s.name, metrics[s.name].dim, metrics[s.name], ncc[s.name], s.name != PRE_LOGITS
@@ -284,11 +295,12 @@ def profile_recipe(
         return make_loader(dataset, recipe.data, train=False, seed=recipe.seed, device=device)
 
     train = profiled_train(splits, recipe)
+    # under torchrun each rank streams its own shard; analyze adds the shards' sums
     profile = analyze(
         backbone,
-        loader(train),
+        loader(shard_dataset(train)),
         recipe.analysis.layers,
-        val_loader=loader(splits.val) if splits.val is not None else None,
+        val_loader=loader(shard_dataset(splits.val)) if splits.val is not None else None,
         num_classes=splits.num_classes,
         token_pool=recipe.analysis.token_pool,
         max_full_dim=recipe.analysis.max_full_dim,

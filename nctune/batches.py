@@ -1,7 +1,9 @@
 """Where training batches come from: images through the whole model, or the prefix cache.
 
 Both sources serve the same batches in the same order (:class:`~nctune.optim.EpochSampler`),
-so a run gives the same numbers with the cache on or off.
+so a run gives the same numbers with the cache on or off. Under ``torchrun`` each process
+serves its part of every global batch: the samples of its shard (index mod world size), the
+ones its prefix cache holds.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from nctune import distributed as dist
 from nctune.optim import EpochSampler
 from nctune.prefix_cache import CacheInfo, PrefixCache, find_cut, remove_stale_caches
 from nctune.taps import to_device
@@ -33,6 +36,9 @@ class ImageBatches:
         if not isinstance(self.data, Dataset):  # a user's DataLoader or any iterable of batches
             yield from self.data
             return
+        if epoch is not None and dist.is_distributed():
+            yield from self._rank_batches(epoch, start_batch)
+            return
         sampler = (
             None
             if epoch is None
@@ -51,11 +57,79 @@ class ImageBatches:
             generator=sampler.generator() if sampler is not None else None,
         )
 
+    def _rank_batches(self, epoch: int, start_batch: int):
+        """This rank's part of each global batch (see :func:`_rank_part`)."""
+        n = len(self.data)
+        parts = [
+            _rank_part(idx, n, local=False)
+            for idx in _global_batches(n, self.batch_size, self.seed, epoch)[start_batch:]
+        ]
+        loader = DataLoader(
+            self.data,
+            batch_sampler=[p.tolist() for p, _ in parts],
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=EpochSampler(n, self.seed, epoch).generator(),
+        )
+        for (x, y), (_, real) in zip(loader, parts, strict=True):
+            yield x, _ignore_after(torch.as_tensor(y), real)
+
     def attached(self):
         return contextlib.nullcontext()
 
     def forward(self, model: nn.Module, x: torch.Tensor):
         return model(to_device(x, self.device), return_features=True)
+
+
+#: Label of a stand-in sample: a rank whose part of a global batch is empty still runs a
+#: step (DDP needs every rank in every gradient all-reduce), and a part of one sample is
+#: padded to two (BatchNorm in training mode cannot normalise a single 1×1 map); the loss,
+#: the accuracy and the tracked statistics ignore it.
+IGNORE = -100
+
+
+def _ignore_after(y: torch.Tensor, real: int) -> torch.Tensor:
+    if real < y.numel():
+        y = y.clone()
+        y[real:] = IGNORE
+    return y
+
+
+def _global_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The epoch's global batches: consecutive slices of the ``(seed, epoch)`` permutation,
+    the very batches a one-process run with this batch size trains on."""
+    order = EpochSampler(n, seed, epoch).order()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _rank_part(idx: torch.Tensor, n: int, local: bool) -> tuple[torch.Tensor, int]:
+    """(indices, how many are real) of this rank's samples of global batch ``idx``.
+
+    A sample belongs to rank ``i mod W`` — the rank whose shard (:func:`~nctune.distributed.
+    shard`) holds it, and so whose prefix cache has it; ``local`` gives its index within
+    that shard (``i // W``). A part of fewer than two samples is completed with stand-ins
+    (labelled :data:`IGNORE`) from the rank's own shard.
+    """
+    world, rank = dist.world_size(), dist.rank()
+    mine = idx[idx % world == rank]
+    real = mine.numel()
+    if real < 2:
+        own = torch.arange(rank, min(n, rank + 2 * world), world)
+        mine = torch.cat([mine, own[: 2 - real]])
+    return (mine // world if local else mine), real
+
+
+class Step(nn.Module):
+    """The model behind one source's forward: what DDP wraps, so the cached path (which
+    may call only the head) still runs inside DDP's forward."""
+
+    def __init__(self, model: nn.Module, source) -> None:
+        super().__init__()
+        self.model = model
+        self.source = source
+
+    def forward(self, x: torch.Tensor):
+        return self.source.forward(self.model, x)
 
 
 class CachedBatches:
@@ -68,6 +142,7 @@ class CachedBatches:
         batch_size: int,
         device: torch.device,
         seed: int = 0,
+        n_global: int | None = None,
     ) -> None:
         self.cache, self.tuned, self.batch_size, self.device, self.seed = (
             cache,
@@ -76,11 +151,19 @@ class CachedBatches:
             device,
             seed,
         )
+        self.n_global = n_global  # under torchrun: the whole split (the cache holds a shard)
 
     def batches(
         self, epoch: int | None = None, start_batch: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.cache)
+        if epoch is not None and dist.is_distributed():
+            n = self.n_global
+            for idx in _global_batches(n, self.batch_size, self.seed, epoch)[start_batch:]:
+                mine, real = _rank_part(idx, n, local=True)
+                x, y = self.cache.batch(mine)
+                yield x, _ignore_after(y, real)
+            return
         order = torch.arange(n) if epoch is None else EpochSampler(n, self.seed, epoch).order()
         for i in range(start_batch * self.batch_size, n, self.batch_size):
             yield self.cache.batch(order[i : i + self.batch_size])
@@ -118,7 +201,11 @@ def try_cache(
     )
     if progress:
         progress("caching frozen prefix", 0, None)
-    remove_stale_caches(run_dir)
+    if dist.is_main():  # another rank's fresh cache is not stale
+        remove_stale_caches(run_dir)
+    dist.check()
+    n_global = len(train_set)
+    train_set = dist.shard_dataset(train_set)  # under torchrun each rank caches its shard
     cache, info = PrefixCache.build(
         tuned, cut, DataLoader(train_set, batch_size=batch_size, shuffle=False), **kw
     )
@@ -130,4 +217,4 @@ def try_cache(
             tuned, cut, DataLoader(val_set, batch_size=batch_size, shuffle=False), **kw
         )
         val = CachedBatches(vcache, tuned, batch_size, device) if vcache is not None else None
-    return CachedBatches(cache, tuned, batch_size, device, seed), val, info
+    return CachedBatches(cache, tuned, batch_size, device, seed, n_global), val, info

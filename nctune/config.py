@@ -280,6 +280,10 @@ class TrainConfig(Section):
         True, description="Measure every block's NC1 again after training (the before/after table)."
     )
     deterministic: bool = Field(True, description="Deterministic algorithms where torch has them.")
+    sync_batchnorm: bool = Field(
+        False,
+        description="Under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm) instead of per process.",
+    )
 
     @field_validator("cache_prefix", mode="before")
     @classmethod

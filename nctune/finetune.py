@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from nctune.analyze import profile_recipe
 from nctune.backbones import Backbone, create_backbone
 from nctune.data import DataSplits, build_data
+from nctune.distributed import shard_dataset
 from nctune.profile import CollapseProfile
 from nctune.strategies import apply_strategy, lora_targets
 from nctune.taps import resolve_device
@@ -112,7 +113,10 @@ def _head_nc1(
     model: nn.Module, dataset, batch_size: int, device: torch.device, num_classes: int, amp: bool
 ) -> tuple[float | None, float]:
     """(NC1 of the head's input, accuracy) on ``dataset`` in eval mode."""
-    acc, stats = evaluate(model, _loader(dataset, batch_size), device, num_classes, amp)
+    # under torchrun each rank measures its shard; evaluate sums the shards
+    acc, stats = evaluate(
+        model, _loader(shard_dataset(dataset), batch_size), device, num_classes, amp
+    )
     return safe_nc1(stats), acc
 
 
@@ -259,7 +263,8 @@ def finetune(
     run.model = model
     run.nc1_after, run.train_accuracy = _head_nc1(model, plain.train, bs, device, k, t.amp)
     if splits.test is not None:
-        run.test_accuracy = evaluate(model, _loader(splits.test, bs), device, amp=t.amp)[0]
+        test = _loader(shard_dataset(splits.test), bs)
+        run.test_accuracy = evaluate(model, test, device, amp=t.amp)[0]
     if before is not None and t.profile_after:
         after = _profile(backbone, plain, recipe, device, progress, "profile after")
         run.layers = [

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from nctune import distributed as dist
+from nctune.distributed import all_gather, local
 from nctune.errors import ConfigError
 from nctune.finetune import _profile, finetune, prepare
 from nctune.selection import list_rules, select_layers
@@ -127,7 +129,9 @@ def layer_sweep(
     """Fine-tune each block in turn (Layer-FT and/or SCL-FT) and score the selection rules.
 
     Every run uses the recipe's data, seed, epochs and learning rate unchanged, so the runs
-    differ only in the tuned block. The rules see one collapse profile of the pretrained
+    differ only in the tuned block. Under ``torchrun`` the profile is measured on shards
+    and summed; the runs are dealt out round-robin to the ranks, each training its runs
+    alone on the whole data, and every rank returns the whole table. The rules see one collapse profile of the pretrained
     backbone, measured once before the sweep.
 
     Args:
@@ -153,6 +157,7 @@ def layer_sweep(
     if bad:
         raise ConfigError(f"--modes: unknown mode {bad[0]!r} (choose from {', '.join(MODES)})")
     start = time.perf_counter()
+    rank, world = dist.rank(), dist.world_size()
     backbone, splits, plain, device = prepare(recipe)
     names = backbone.resolve_layers(blocks, field="--blocks")
     profile = _profile(backbone, plain, recipe, device, progress, "profile")
@@ -164,12 +169,15 @@ def layer_sweep(
         except ConfigError:  # e.g. max_ncc without a validation split
             continue
     by_name = {layer.name: layer for layer in profile.layers}
+    # Under torchrun the runs are dealt out to the ranks; each fine-tunes its own blocks
+    # alone on the whole data (local(): no collectives inside) and rank 0 gathers the table.
+    jobs = [(i, block, mode) for i, block in enumerate(names) for mode in modes]
+    total = len(jobs)
     points: list[SweepPoint] = []
-    total = len(names) * len(modes)
-    for i, block in enumerate(names):
-        for mode in modes:
+    with local():
+        for i, block, mode in jobs[rank::world]:
             if progress:
-                progress("sweep", len(points), total)
+                progress("sweep", len(points), len(jobs[rank::world]))
             run_recipe = recipe.model_copy(deep=True)
             run_recipe.strategy.name = MODES[mode]
             run_recipe.strategy.layers = [block]
@@ -189,6 +197,10 @@ def layer_sweep(
                     wall_seconds=r.wall_seconds,
                 )
             )
+    order = {(i, mode): n for n, (i, _, mode) in enumerate(jobs)}
+    points = sorted(
+        (p for part in all_gather(points) for p in part), key=lambda p: order[p.index, p.mode]
+    )
     if progress:
         progress("sweep", total, total)
     metric = "test_accuracy" if points and points[0].test_accuracy is not None else "val_accuracy"

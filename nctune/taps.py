@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from nctune.distributed import local_device
 from nctune.errors import BackboneError, ConfigError
 
 Layout = Literal["NCHW", "NHWC", "NLC", "NC", "auto"]
@@ -173,7 +174,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` → CUDA if available, else MPS, else CPU; otherwise ``torch.device(device)``."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return local_device(torch.device("cuda"))  # under torchrun: cuda:LOCAL_RANK
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -192,6 +193,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             f"device: {device!r} requested but this machine has "
             f"{torch.cuda.device_count()} CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}"
         )
+    if dev.type == "cuda" and dev.index is None:
+        dev = local_device(dev)
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     ):

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from nctune.batches import CachedBatches, ImageBatches, try_cache
+from nctune import distributed as dist
+from nctune.batches import IGNORE, CachedBatches, ImageBatches, Step, try_cache
 from nctune.checkpoint import (
     CHECKPOINT,
     checkpoint_state,
@@ -38,7 +39,7 @@ from nctune.checkpoint import (
 )
 from nctune.collapse import CollapseStats
 from nctune.config import TrainConfig
-from nctune.errors import CollapseError
+from nctune.errors import CollapseError, ConfigError
 from nctune.optim import lr_at, make_optimizer, no_weight_decay_ids
 from nctune.prefix_cache import CacheInfo
 from nctune.strategies import AppliedStrategy
@@ -127,7 +128,9 @@ def evaluate(
 
     Returns:
         ``(accuracy, statistics or None)``; the accuracy is NaN when ``data`` is empty.
-        The model's train/eval mode is restored.
+        The model's train/eval mode is restored. Under ``torch.distributed`` ``data`` is this
+        process's shard: counts and statistics are summed over the processes, so every
+        process returns the union's accuracy and statistics.
     """
     source = data if hasattr(data, "attached") else ImageBatches(data, 0, device)
     was = model.training
@@ -146,7 +149,8 @@ def evaluate(
                     stats.update(feats.float(), y)
     finally:
         model.train(was)
-    return (correct / seen if seen else float("nan")), stats
+    correct, seen = dist.all_reduce_sum(correct, seen)
+    return (correct / seen if seen else float("nan")), dist.reduce_stats(stats)
 
 
 def _phases(
@@ -213,7 +217,11 @@ def fit(
             case the last epoch is kept.
         cfg: the ``train`` section of the recipe.
         num_classes: K.
-        batch_size: per-step batch size.
+        batch_size: per-step batch size — the *global* batch: under ``torch.distributed``
+            each step trains on the same batch as one process would, split among the
+            processes (each takes the samples of its shard), with gradients averaged by
+            DDP and the loss weighted so the step's gradient is the global batch mean. The
+            learning rate is never rescaled.
         block_names: the backbone's blocks, shallow → deep (where the prefix may be cut).
         num_workers: DataLoader workers for the uncached path.
         seed: seeds initial state, order and dropout.
@@ -231,9 +239,16 @@ def fit(
     Returns:
         The per-epoch history and how the run ended.
 
+    Under ``torch.distributed`` (see docs/scaling.md): DistributedDataParallel over the
+    trainable parameters only; the prefix cache holds this process's shard; losses,
+    accuracies and the tracked NC1 are summed over the processes, so every process returns
+    the same history; rank 0 alone writes checkpoints, which hold nothing that depends on
+    the number of processes (a run resumes on any number).
+
     Raises:
         ArtifactError: the checkpoint to resume from is unreadable or of another format,
             or a checkpoint cannot be written.
+        ConfigError: ``cfg.sync_batchnorm`` under torch.distributed off CUDA.
     """
     start_time = time.perf_counter()
     device = torch.device(device)
@@ -244,6 +259,13 @@ def fit(
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     model.to(device)
+    world = dist.world_size()
+    if world > 1 and cfg.sync_batchnorm:
+        if device.type != "cuda":
+            raise ConfigError(
+                "train.sync_batchnorm: SyncBatchNorm runs on CUDA only; set it false on CPU"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the root
     if device.type == "cuda" and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     use_amp = cfg.amp and device.type == "cuda"
@@ -269,7 +291,7 @@ def fit(
         }
 
     def save(epoch: int, step: int, partial: dict | None) -> None:
-        if run_dir is not None:
+        if run_dir is not None and dist.is_main():  # every rank holds the same state
             save_checkpoint(
                 run_dir / CHECKPOINT,
                 checkpoint_state(
@@ -320,7 +342,8 @@ def fit(
         # The frozen prefix is the same every epoch when nothing random touches the
         # input, so compute it once: later epochs then cost only the trainable suffix.
         source = ImageBatches(train_set, batch_size, device, seed, num_workers)
-        val_source = ImageBatches(val_set, batch_size, device) if val_set is not None else None
+        val_shard = dist.shard_dataset(val_set) if val_set is not None else None
+        val_source = ImageBatches(val_shard, batch_size, device) if val_set is not None else None
         if cfg.cache_prefix != "off":
             if augment:
                 cache_info = CacheInfo(
@@ -331,7 +354,7 @@ def fit(
                     tuned,
                     block_names,
                     train_set,
-                    val_set,
+                    val_shard,
                     cfg,
                     batch_size,
                     seed,
@@ -344,6 +367,10 @@ def fit(
                 val_source = cached_val or val_source
                 caches += [c for c in (cached, cached_val) if c is not None]
 
+        # Under torchrun: DDP over the trainable parameters, around a module that runs this
+        # phase's source's forward (cached or not), so every step's gradients are averaged.
+        ddp = None  # the last phase's wrapper lets go of its gradient hooks first
+        ddp = dist.wrap_ddp(Step(model, source), device) if world > 1 else None
         for epoch in range(
             max(epoch0 if ckpt is not None else phase_start, phase_start), phase_end
         ):
@@ -351,7 +378,7 @@ def fit(
             start_batch = step0 if (ckpt is not None and epoch == epoch0) else 0
             loss_sum, correct, seen = 0.0, 0, 0
             stats = CollapseStats(num_classes) if cfg.track_collapse else None
-            if start_batch and ckpt is not None:
+            if start_batch and ckpt is not None and dist.is_main():  # global sums: once
                 loss_sum, correct, seen = (
                     ckpt["partial"]["loss_sum"],
                     ckpt["partial"]["correct"],
@@ -373,10 +400,27 @@ def fit(
                         group["lr"] = lr
                     y = torch.as_tensor(y).to(device, non_blocking=True)
                     with autocast(device, use_amp):
-                        logits, feats = source.forward(model, x)
-                        loss = F.cross_entropy(
-                            logits.float(), y, label_smoothing=cfg.label_smoothing
-                        )
+                        if ddp is None:
+                            logits, feats = source.forward(model, x)
+                            loss = F.cross_entropy(
+                                logits.float(), y, label_smoothing=cfg.label_smoothing
+                            )
+                        else:
+                            logits, feats = ddp(x)
+                            ce = F.cross_entropy(
+                                logits.float(),
+                                y,
+                                label_smoothing=cfg.label_smoothing,
+                                reduction="sum",
+                                ignore_index=IGNORE,
+                            )
+                            # DDP averages over W ranks: Σ_rank ce·W/B / W = the batch mean
+                            count = min(batch_size, len(train_set) - step * batch_size)
+                            loss = ce * (world / count)
+                    # Under torchrun: before DDP's gradient all-reduce, agree that no rank
+                    # failed fetching its batch or in its forward pass (a corrupt image, out
+                    # of memory); a failed rank sends its error here instead of hanging.
+                    dist.check()
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if cfg.grad_clip:
@@ -385,11 +429,17 @@ def fit(
                     scaler.step(optimizer)
                     scaler.update()
                     # Book-keeping from this same forward pass: no extra pass for NC1.
-                    b = y.numel()
-                    loss_sum += float(loss.detach()) * b
+                    if ddp is not None:  # this rank's samples, without stand-ins
+                        keep = y != IGNORE
+                        b = int(keep.sum())
+                        loss_sum += float(ce.detach())
+                        logits, feats, y = logits[keep], feats[keep], y[keep]
+                    else:
+                        b = y.numel()
+                        loss_sum += float(loss.detach()) * b
                     correct += int((logits.detach().argmax(1) == y).sum())
                     seen += b
-                    if stats is not None:
+                    if stats is not None and b:
                         stats.update(feats.detach().float(), y)
                     step += 1
                     if progress:
@@ -399,9 +449,14 @@ def fit(
                             steps_per_epoch,
                             info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%}",
                         )
-                    if should_stop is not None and should_stop() and step < steps_per_epoch:
+                    if dist.any_rank(should_stop) and step < steps_per_epoch:
                         interrupted = True
                         break
+            if world > 1:  # the shards' sums → the global ones, on every rank
+                loss_sum, correct, seen = dist.all_reduce_sum(loss_sum, correct, seen)
+                correct, seen = int(correct), int(seen)
+                stats = dist.reduce_stats(stats)
+                dist.broadcast_buffers(model)  # BatchNorm running statistics: rank 0's
             if interrupted:  # a stop request mid-epoch: save exactly where we are
                 partial = {
                     "loss_sum": loss_sum,
@@ -438,7 +493,7 @@ def fit(
                 best["bad"] += 1
             ckpt, step0 = None, 0
             save(epoch + 1, 0, None)
-            if should_stop is not None and should_stop() and epoch + 1 < cfg.epochs:
+            if dist.any_rank(should_stop) and epoch + 1 < cfg.epochs:
                 return finish(interrupted=True)
             if cfg.early_stopping and val_set is not None and best["bad"] >= cfg.early_stopping:
                 stopped_early = True

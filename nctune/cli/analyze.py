@@ -15,6 +15,7 @@ from nctune.cli.common import (
     handle_errors,
     progress_bar,
 )
+from nctune.distributed import is_main
 
 
 @handle_errors
@@ -35,6 +36,8 @@ def analyze(
     with progress_bar() as progress:
         result = analyze_recipe(cfg, progress=progress)
     doc = result.to_dict()
+    if not is_main():  # under torchrun every rank holds the same result; rank 0 writes it
+        return
     with staged_dir(out) as tmp:
         atomic_write_json(tmp / "analysis.json", doc)
         atomic_write_text(tmp / "recipe.yaml", cfg.to_yaml())

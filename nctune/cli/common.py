@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from nctune import distributed
 from nctune.errors import NctuneError
 
 # Annotated option aliases, defined once (Typer's one-file-per-command style).
@@ -58,28 +60,53 @@ def handle_errors(fn: F) -> F:
 
     Library warnings are collected and shown as one dim line each after the command.
     Any other exception propagates: it is a bug, Python prints the traceback, exit 1.
+
+    Under ``torchrun`` the command runs inside :func:`nctune.distributed.process_group`:
+    only rank 0 prints (the other ranks' stdout and rich console are silenced; a bug's
+    traceback still reaches their stderr), and a failure on any rank ends every rank with
+    the same one line and exit code.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _quiet_unless_main() as main:
             warnings.simplefilter("default")
             try:
-                return fn(*args, **kwargs)
+                with distributed.process_group():
+                    return fn(*args, **kwargs)
             except NctuneError as err:
                 err_console.print(  # escaped: a message may hold [brackets] (paths, extras)
                     f"[bold red]error:[/] {escape(_one_line(str(err)))}",
                     highlight=False,
                     soft_wrap=True,
                 )
-                raise typer.Exit(2) from None
+                raise typer.Exit(distributed.exit_code(err)) from None
             except KeyboardInterrupt:  # results are staged: nothing half-written is left
                 err_console.print("interrupted; nothing was written to --out", soft_wrap=True)
                 raise typer.Exit(130) from None
             finally:
-                _show_warnings(caught)
+                if main:
+                    _show_warnings(caught)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _quiet_unless_main() -> Iterator[bool]:
+    """Silence stdout and the stderr console on every torchrun rank but 0, so each line
+    (results, progress, the agreed error) appears once. Yields whether this is rank 0."""
+    rank = os.environ.get("RANK", "0")
+    if rank.strip() in ("", "0") or "WORLD_SIZE" not in os.environ:
+        yield True
+        return
+    console = err_console
+    stdout, quiet = sys.stdout, console.quiet
+    sys.stdout, console.quiet = open(os.devnull, "w"), True  # noqa: SIM115
+    try:
+        yield False
+    finally:
+        sys.stdout.close()
+        sys.stdout, console.quiet = stdout, quiet
 
 
 def _one_line(text: str) -> str:

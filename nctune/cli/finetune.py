@@ -25,6 +25,7 @@ from nctune.cli.common import (
     handle_errors,
     progress_bar,
 )
+from nctune.distributed import PeerFailure, check, is_main
 from nctune.errors import ArtifactError, NctuneError
 
 ResumeOpt = Annotated[
@@ -137,6 +138,8 @@ def finetune(
                 f"--out {run_dir}: already holds a run; continue it with --resume {run_dir}, replace it with --overwrite, or pick another folder"
             )
     prepared = prepare(cfg)  # every bad-input check that needs the backbone/data, before writing
+    check()  # under torchrun: every rank checked --out before rank 0 creates it
+    main = is_main()
     from nctune.checkpoint import CHECKPOINT
 
     created, old = False, None
@@ -152,7 +155,7 @@ def finetune(
         ]
     )
     try:
-        if resume is None:
+        if resume is None and main:
             if run_dir.exists():  # --overwrite: set the old run aside until the new one exists
                 old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
                 os.replace(run_dir, old)
@@ -169,11 +172,14 @@ def finetune(
                 prepared=prepared,
             )
     except BaseException as err:
+        if not main:  # rank 0 alone keeps or cleans up the run folder
+            raise
         if (run_dir / CHECKPOINT).exists():
             if isinstance(err, NctuneError) and created:  # e.g. a corrupt test image, late
-                raise type(err)(
-                    f"{err}; the run's checkpoint is kept: fix that and continue with {again}"
-                ) from None
+                hint = f"{err}; the run's checkpoint is kept: fix that and continue with {again}"
+                if isinstance(err, PeerFailure):  # another rank's error, with its exit code
+                    raise PeerFailure(hint, err.code, err.rank) from None
+                raise type(err)(hint) from None
             if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C: abort, keep what is saved
                 err_console.print(
                     f"aborted; the last checkpoint in {run_dir} is kept: continue with {again}",
@@ -197,6 +203,8 @@ def finetune(
             highlight=False,
         )
         raise typer.Exit(128 + (stop.signum or signal.SIGINT))
+    if not main:  # every rank holds the same result; rank 0 writes it
+        return
     save_run(run_dir, result)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # complete: model.safetensors replaces it
     doc = result.to_dict()

@@ -25,6 +25,7 @@ from nctune.cli.common import (
     handle_errors,
     progress_bar,
 )
+from nctune.distributed import is_main
 
 BlocksOpt = Annotated[
     str | None,
@@ -62,6 +63,8 @@ def sweep(
             cfg, blocks=names, modes=tuple(m.strip() for m in modes.split(",")), progress=progress
         )
     doc = result.to_dict()
+    if not is_main():  # under torchrun rank 0 holds the gathered table and writes it
+        return
     with staged_dir(out) as tmp:
         atomic_write_json(tmp / "sweep.json", doc)
         atomic_write_text(tmp / "recipe.yaml", cfg.to_yaml())
