@@ -1,0 +1,342 @@
+"""Running under torchrun: 2 CPU processes with gloo against one process, same numbers.
+
+The slow tests start real process groups: ``python -m torch.distributed.run`` (torchrun),
+or the ranks as plain subprocesses with the variables torchrun sets when a test needs each
+rank's own exit code. Tiny random-init timm test models at 32 px on the vendored
+Fashion-MNIST subset or generated PNGs; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nctune import distributed as dist
+from nctune.config import load_recipe
+from nctune.data import build_data
+from nctune.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A ViT has no BatchNorm: with the same global batches, 2 processes must then match one
+# process up to float32 summation order (BatchNorm would normalise per process).
+VENDORED = [
+    "backbone.pretrained=false",
+    "data.subset=vendored",
+    "data.image_size=32",
+    "device=cpu",
+    "train.profile_after=false",
+]
+
+
+def sets(*pairs: str) -> list[str]:
+    return [arg for p in pairs for arg in ("--set", p)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def torchrun(*args: str, nproc: int = 2) -> list[str]:
+    """The torchrun command line for ``python -m nctune ARGS`` on ``nproc`` CPU processes."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        f"--master-port={free_port()}",
+        "-m",
+        "nctune",
+        *args,
+    ]
+
+
+def launch(*args: str, cwd: Path, world: int = 2, one_group: bool = False, **popen):
+    """``python -m nctune ARGS`` as ``world`` ranks with torchrun's variables, each its own
+    process (so each rank's exit code is seen); ``one_group``: all in one process group."""
+    port, procs = str(free_port()), []
+    for rank in range(world):
+        env = child_env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
+        group = {"process_group": procs[0].pid if procs else 0} if one_group else {}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "nctune", *args], cwd=cwd, env=env, **group, **popen
+            )
+        )
+    return procs
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def nctune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "nctune", *args], cwd)
+
+
+# ------------------------------------------------------------------ in-process units
+def test_without_torchrun_everything_is_one_process(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert dist.read_env() is None
+    with dist.process_group() as env:
+        assert env == dist.DistEnv(0, 1, 0)
+        assert not torch.distributed.is_initialized()
+        assert (dist.rank(), dist.world_size(), dist.is_main()) == (0, 1, True)
+        assert list(dist.shard(5)) == [0, 1, 2, 3, 4]
+        data = list(range(7))
+        assert dist.shard_dataset(data) is data
+        assert dist.all_reduce_sum(1, 2.5) == [1.0, 2.5]
+        assert dist.all_gather("x") == ["x"]
+        dist.check()
+        model = torch.nn.Linear(2, 2)
+        assert dist.wrap_ddp(model, torch.device("cpu")) is model
+
+
+def test_read_env_and_exit_codes():
+    assert dist.read_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == dist.DistEnv(
+        3, 4, 1
+    )
+    with pytest.raises(ConfigError, match="RANK=4"):
+        dist.read_env({"WORLD_SIZE": "4", "RANK": "4"})
+    with pytest.raises(ConfigError, match="integers"):
+        dist.read_env({"WORLD_SIZE": "two"})
+    assert dist.exit_code(ConfigError("x")) == 2
+    assert dist.exit_code(dist.PeerFailure("x", 1, 1)) == 1
+    assert dist.exit_code(RuntimeError("x")) == 1
+    assert dist.exit_code(KeyboardInterrupt()) == 130
+
+
+def test_shards_cover_every_sample_once():
+    # the definition the statistics rely on: disjoint, complete, sizes within one
+    n, world = 11, 3
+    parts = [list(range(r, n, world)) for r in range(world)]
+    assert sorted(i for p in parts for i in p) == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+# ------------------------------------------------------------ multi-process (slow)
+ANALYZE = [
+    *VENDORED,
+    "backbone.name=timm:test_resnet",
+    "data.samples_per_class=8",
+    "data.batch_size=16",
+    "analysis.max_samples=69",  # odd: the two shards differ in size
+]
+
+
+@pytest.mark.slow
+def test_analyze_on_two_processes_matches_one(tmp_path):
+    one = nctune("analyze", *sets(*ANALYZE), "--out", "one", "--json", cwd=tmp_path)
+    two = run(torchrun("analyze", *sets(*ANALYZE), "--out", "two", "--json"), tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)  # rank 0 alone printed
+    assert a["num_samples"] == b["num_samples"] == 69
+    assert [x["name"] for x in a["layers"]] == [x["name"] for x in b["layers"]]
+    for x, y in zip(a["layers"], b["layers"], strict=True):
+        for key in ("nc1", "cdnv", "trace_ratio", "ncc_accuracy"):
+            assert y[key] == pytest.approx(x[key], rel=1e-9, abs=0), (x["name"], key)
+    assert a["recommendation"] == b["recommendation"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )
+
+
+FINETUNE = [
+    *VENDORED,
+    "backbone.name=timm:test_vit",
+    "strategy.name=scl",
+    "data.samples_per_class=9",
+    "data.val_fraction=0.2",
+    "data.max_test_samples=30",
+    "data.batch_size=16",  # the global batch: one process and two train on the same batches
+    "train.epochs=2",
+    "train.lr=0.01",
+]
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("one")
+    proc = nctune("finetune", *sets(*FINETUNE), "--out", "run", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd / "run"
+
+
+def assert_same_run(a: dict, b: dict, n_val: int) -> None:
+    """Stated tolerance: accuracies within one sample, NC1 within 1e-3 relative (measured:
+    equal accuracies, NC1 ~4e-6 apart — float32 gradients summed in another order)."""
+    assert [h["epoch"] for h in a["history"]] == [h["epoch"] for h in b["history"]]
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        assert hb["val_accuracy"] == pytest.approx(ha["val_accuracy"], abs=1.01 / n_val)
+        assert hb["nc1"] == pytest.approx(ha["nc1"], rel=1e-3)
+        assert hb["loss"] == pytest.approx(ha["loss"], rel=1e-3)
+        assert hb["lr"] == pytest.approx(ha["lr"], rel=1e-12)
+    assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1.01 / n_val)
+    assert b["nc1_after"] == pytest.approx(a["nc1_after"], rel=1e-3)
+    assert b["nc1_before"] == pytest.approx(a["nc1_before"], rel=1e-9)
+    assert b["tuned_layers"] == a["tuned_layers"]
+
+
+def _n_val() -> int:
+    recipe = load_recipe(None, FINETUNE)
+    return len(build_data(recipe.data, _input_config(recipe), seed=recipe.seed).val)
+
+
+def _input_config(recipe):
+    from nctune.backbones import create_backbone
+
+    return create_backbone(recipe.backbone).input_config
+
+
+@pytest.mark.slow
+def test_finetune_on_two_processes_matches_one(tmp_path, one_process_run):
+    proc = run(torchrun("finetune", *sets(*FINETUNE), "--out", "run"), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(_report(one_process_run), _report(tmp_path / "run"), _n_val())
+    # exactly one set of artefacts: the one-process files, nothing else beside them
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == sorted(p.name for p in one_process_run.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.slow
+def test_killed_after_epoch_one_resumes_on_one_process(tmp_path, one_process_run):
+    out = tmp_path / "run"
+    # the ranks as torchrun starts them, but in one process group of ours (torchrun puts
+    # each worker in its own session, out of reach of a kill of torchrun's group)
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks = launch(
+        "finetune", *sets(*FINETUNE), "--out", "run", cwd=tmp_path, one_group=True, **quiet
+    )
+    group = ranks[0]
+    ckpt = out / "checkpoint.pt"
+    deadline = time.monotonic() + 240
+    try:
+        while not ckpt.exists():  # written atomically at the end of epoch 1
+            assert all(p.poll() is None for p in ranks), "a rank ended before the checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(group.pid, signal.SIGKILL)
+    finally:
+        if group.poll() is None:
+            os.killpg(group.pid, signal.SIGKILL)
+        for p in ranks:
+            p.wait()
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["epoch"] == 1 and not (out / "report.json").exists()
+    resumed = nctune("finetune", *sets(*FINETUNE), "--resume", "run", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not ckpt.exists()
+    assert_same_run(_report(one_process_run), _report(out), _n_val())
+
+
+@pytest.mark.slow
+def test_an_error_on_rank_one_ends_both_with_exit_2(tmp_path, make_png_folder):
+    folder, bad = make_png_folder
+    recipe = [
+        "backbone.name=timm:test_resnet",
+        "backbone.pretrained=false",
+        "data.source=imagefolder",
+        f"data.path={folder}",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "data.val_fraction=0",
+        "device=cpu",
+    ]
+    splits = build_data(load_recipe(None, recipe).data, _input_config(load_recipe(None, recipe)))
+    index = [Path(p).name for p in splits.train.paths].index(bad)
+    assert index % 2 == 1  # the corrupt image is in rank 1's shard alone
+    ended: dict[int, float] = {}
+    start = time.monotonic()
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = launch("analyze", *sets(*recipe), "--out", "out", cwd=tmp_path, **pipes)
+    try:
+        while len(ended) < 2:
+            for rank, p in enumerate(procs):
+                if rank not in ended and p.poll() is not None:
+                    ended[rank] = time.monotonic()
+            assert time.monotonic() - start < 120, "a rank hangs"
+            time.sleep(0.02)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outs = [p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    assert abs(ended[0] - ended[1]) < 5.0  # together, not after a timeout
+    lines = outs[0][1].splitlines()  # rank 0 prints the one line, naming rank 1's file
+    assert len(lines) == 1 and lines[0].startswith("error: ") and bad in lines[0], outs[0][1]
+    assert outs[1] == ("", "")  # rank 1 stays quiet: one copy of the line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def make_png_folder(tmp_path) -> tuple[Path, str]:
+    """Two classes of PNGs and one corrupt file at an odd position of the training order."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "pngs"
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(("ant", "bee")):
+        (root / cls).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.clip(40 + 60 * k + rng.normal(0, 30, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / cls / f"{i}.png")
+    (root / "ant" / "3.png").write_bytes(b"\x89PNG not really an image" * 20)
+    return root, "3.png"
+
+
+@pytest.mark.slow
+def test_sweep_deals_blocks_to_ranks_and_rank_zero_writes_one_table(tmp_path):
+    recipe = [*ANALYZE, "train.epochs=1", "data.max_test_samples=20"]
+    args = ["sweep", *sets(*recipe), "--blocks", "layer3.0,layer4.0", "--modes", "layer,scl"]
+    one = nctune(*args, "--out", "one", "--json", cwd=tmp_path)
+    two = run(torchrun(*args, "--out", "two", "--json"), tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    # each run trains alone on the whole data: the very numbers of one process
+    keys = ("block", "mode", "test_accuracy", "val_accuracy", "nc1_after")
+    assert [[p[k] for k in keys] for p in a["points"]] == [
+        [p[k] for k in keys] for p in b["points"]
+    ]
+    for p, q in zip(a["points"], b["points"], strict=True):  # the profile: summed shards
+        assert q["nc1_before"] == pytest.approx(p["nc1_before"], rel=1e-9)
+    assert (a["picks"], a["regret"]) == (b["picks"], b["regret"])
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "layer_sweep.png",
+        "recipe.yaml",
+        "sweep.json",
+    ]
