@@ -25,6 +25,7 @@ process group's timeout (``NCTUNE_DIST_TIMEOUT`` seconds, default 1800) bounds t
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -194,6 +195,10 @@ def process_group(device: str = "auto") -> Iterator[DistEnv]:
             raise
         _agree(None)  # a late failure on another rank must end this one too
     finally:
+        # A DDP wrapper left in a reference cycle keeps the group (and gloo's threads)
+        # alive past destroy_process_group; freed at interpreter exit instead, those threads
+        # can abort the process (seen once: "terminate called without an active exception").
+        gc.collect()
         dist.destroy_process_group()
 
 
