@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from nctune.cli.common import JsonOpt, emit_json, handle_errors
+from nctune.distributed import is_main
 
 RunArg = Annotated[
     Path, typer.Argument(help="Run folder of nctune finetune (or its model.safetensors).")
@@ -62,6 +63,8 @@ def export(
     The graph's input is float32 pixels in [0, 1], resized and centre-cropped as the run's
     input config says (stored in the file's metadata).
     """
+    if not is_main():  # one process's work: under torchrun rank 0 alone runs it
+        return
     from nctune._io import to_json
     from nctune.export import export_run
 
