@@ -91,6 +91,21 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def main_process_only(fn: F) -> F:
+    """For a command that is one process's work (``predict``, ``export``, ``rank``): under
+    ``torchrun`` rank 0 runs it alone, as a one-process run (no collectives), and the other
+    ranks return at once and wait for its outcome (put it under :func:`handle_errors`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not distributed.is_main():
+            return None
+        with distributed.local():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 @contextmanager
 def _quiet_unless_main() -> Iterator[bool]:
     """Silence stdout and the stderr console on every torchrun rank but 0, so each line

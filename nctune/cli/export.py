@@ -9,8 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from nctune.cli.common import JsonOpt, emit_json, handle_errors
-from nctune.distributed import is_main
+from nctune.cli.common import JsonOpt, emit_json, handle_errors, main_process_only
 
 RunArg = Annotated[
     Path, typer.Argument(help="Run folder of nctune finetune (or its model.safetensors).")
@@ -46,6 +45,7 @@ ImagesOpt = Annotated[
 
 
 @handle_errors
+@main_process_only
 def export(
     run: RunArg,
     format_: FormatOpt = "onnx",
@@ -63,8 +63,6 @@ def export(
     The graph's input is float32 pixels in [0, 1], resized and centre-cropped as the run's
     input config says (stored in the file's metadata).
     """
-    if not is_main():  # one process's work: under torchrun rank 0 alone runs it
-        return
     from nctune._io import to_json
     from nctune.export import export_run
 

@@ -14,8 +14,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from nctune._io import check_writable, to_json
-from nctune.cli.common import JsonOpt, emit_json, err_console, handle_errors, progress_bar
-from nctune.distributed import is_main
+from nctune.cli.common import (
+    JsonOpt,
+    emit_json,
+    err_console,
+    handle_errors,
+    main_process_only,
+    progress_bar,
+)
 from nctune.errors import ArtifactError, DataError
 
 RunArg = Annotated[
@@ -62,6 +68,7 @@ def _csv_row(p, top_k: int) -> list[str]:
 
 
 @handle_errors
+@main_process_only
 def predict(
     run: RunArg,
     inputs: InputsArg,
@@ -78,8 +85,6 @@ def predict(
     is renamed into place only when every image is done; unreadable images get a row with
     an error and are counted in the summary, the others are still predicted.
     """
-    if not is_main():  # one process's work: under torchrun rank 0 alone runs it
-        return
     from nctune.inference import expand_inputs, iter_predict, load_finetuned
     from nctune.taps import resolve_device
 

@@ -23,6 +23,7 @@ from nctune.cli.common import (
     default_out,
     emit_json,
     handle_errors,
+    main_process_only,
     progress_bar,
 )
 
@@ -61,6 +62,7 @@ ValidateOpt = Annotated[
 
 
 @handle_errors
+@main_process_only
 def rank(
     recipe: RecipeArg = None,
     backbones: BackbonesOpt = None,
