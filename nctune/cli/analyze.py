@@ -10,6 +10,7 @@ from nctune.cli.common import (
     OutOpt,
     RecipeArg,
     SetOpt,
+    claim_out,
     default_out,
     emit_json,
     handle_errors,
@@ -32,7 +33,8 @@ def analyze(
     from nctune.report import plot_profile, profile_table
 
     cfg = load_recipe(recipe, set_)
-    out = check_replaceable(check_writable(out or default_out(recipe, "analyze")), "analysis.json")
+    out = check_writable(out or default_out(recipe, "analyze"))
+    out = check_replaceable(claim_out(out), "analysis.json")
     with progress_bar() as progress:
         result = analyze_recipe(cfg, progress=progress)
     doc = result.to_dict()

@@ -7,7 +7,8 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nctune import distributed
+from nctune._lock import FolderClaim, recover_orphans
 from nctune.errors import NctuneError
 
 # Annotated option aliases, defined once (Typer's one-file-per-command style).
@@ -55,6 +57,41 @@ def default_out(recipe: Path | None, command: str) -> Path:
     return Path("runs") / (recipe.stem if recipe else "default") / command
 
 
+#: The running command's exit stack: folder claims are released when the command ends.
+_command_stack: ContextVar[ExitStack | None] = ContextVar("nctune_command_stack", default=None)
+
+
+def claim_out(folder: Path, option: str = "--out") -> Path:
+    """Claim ``folder`` for the rest of this command, then recover what a killed one left.
+
+    The claim (:class:`nctune._lock.FolderClaim`, a lock file next to the folder) is held
+    until the command returns or fails, so a second command on the same folder is refused
+    with one line naming the holder. Holding it, set-aside folders of a killed command are
+    restored or pointed out (:func:`nctune._lock.recover_orphans`). Call it right after the
+    recipe is validated and before looking at what the folder holds. Under ``torchrun`` only
+    rank 0 claims (the ranks are one command); a refusal reaches every rank through
+    :func:`handle_errors`' agreement on errors.
+
+    Args:
+        folder: the result folder.
+        option: how messages name it (``--out``, ``--resume``).
+
+    Returns:
+        ``folder``, unchanged.
+
+    Raises:
+        FolderBusyError: another live nctune process holds the folder.
+    """
+    stack = _command_stack.get()
+    if stack is None:  # pragma: no cover - every command runs under handle_errors
+        raise RuntimeError("claim_out() outside a command wrapped by handle_errors")
+    if not distributed.is_main():  # under torchrun rank 0 claims for the whole group
+        return folder
+    stack.enter_context(FolderClaim(folder, option))
+    recover_orphans(folder, option)
+    return folder
+
+
 def handle_errors(fn: F) -> F:
     """Bad input (NctuneError) → one red line on stderr and exit code 2, no traceback.
 
@@ -69,8 +106,13 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings(record=True) as caught, _quiet_unless_main() as main:
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            _quiet_unless_main() as main,
+            ExitStack() as held,
+        ):
             warnings.simplefilter("default")
+            token = _command_stack.set(held)
             try:
                 with distributed.process_group():
                     return fn(*args, **kwargs)
@@ -85,6 +127,7 @@ def handle_errors(fn: F) -> F:
                 err_console.print("interrupted; nothing was written to --out", soft_wrap=True)
                 raise typer.Exit(130) from None
             finally:
+                _command_stack.reset(token)
                 if main:
                     _show_warnings(caught)
 

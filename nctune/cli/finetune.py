@@ -19,6 +19,7 @@ from nctune.cli.common import (
     OutOpt,
     RecipeArg,
     SetOpt,
+    claim_out,
     default_out,
     emit_json,
     err_console,
@@ -26,7 +27,7 @@ from nctune.cli.common import (
     progress_bar,
 )
 from nctune.distributed import PeerFailure, check, is_main
-from nctune.errors import ArtifactError, NctuneError
+from nctune.errors import ArtifactError, NctuneError, TrainingError
 
 ResumeOpt = Annotated[
     Path | None,
@@ -129,13 +130,19 @@ def finetune(
 
     cfg = load_recipe(recipe, set_)
     if resume is not None:
-        run_dir = resume
+        run_dir = claim_out(resume, "--resume")
         _check_resume(run_dir, cfg)
     else:
-        run_dir = check_writable(out or default_out(recipe, "finetune"))
+        run_dir = claim_out(check_writable(out or default_out(recipe, "finetune")))
         if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            from nctune.train import CHECKPOINT
+
+            # --resume only where there is a checkpoint to resume from
+            again = (
+                f"continue it with --resume {run_dir}, " if (run_dir / CHECKPOINT).is_file() else ""
+            )
             raise ArtifactError(
-                f"--out {run_dir}: already holds a run; continue it with --resume {run_dir}, replace it with --overwrite, or pick another folder"
+                f"--out {run_dir}: already holds a run; {again}replace it with --overwrite, or pick another folder"
             )
     prepared = prepare(cfg)  # every bad-input check that needs the backbone/data, before writing
     check()  # under torchrun: every rank checked --out before rank 0 creates it
@@ -175,7 +182,9 @@ def finetune(
         if not main:  # rank 0 alone keeps or cleans up the run folder
             raise
         if (run_dir / CHECKPOINT).exists():
-            if isinstance(err, NctuneError) and created:  # e.g. a corrupt test image, late
+            # e.g. a corrupt test image, late (a diverged run names its checkpoint itself:
+            # resuming it with the same recipe would diverge again)
+            if isinstance(err, NctuneError) and created and not isinstance(err, TrainingError):
                 hint = f"{err}; the run's checkpoint is kept: fix that and continue with {again}"
                 if isinstance(err, PeerFailure):  # another rank's error, with its exit code
                     raise PeerFailure(hint, err.code, err.rank) from None

@@ -20,6 +20,7 @@ from nctune.cli.common import (
     OutOpt,
     RecipeArg,
     SetOpt,
+    claim_out,
     default_out,
     emit_json,
     handle_errors,
@@ -56,7 +57,8 @@ def sweep(
     from nctune.sweep import layer_sweep
 
     cfg = load_recipe(recipe, set_)
-    out = check_replaceable(check_writable(out or default_out(recipe, "sweep")), "sweep.json")
+    out = check_writable(out or default_out(recipe, "sweep"))
+    out = check_replaceable(claim_out(out), "sweep.json")
     names = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
     with progress_bar() as progress:
         result = layer_sweep(

@@ -124,8 +124,12 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     res = invoke("finetune", *sets(), "--out", str(out))
-    assert res.exit_code == 2 and "--resume" in res.stderr
+    assert res.exit_code == 2 and "--overwrite" in res.stderr
+    assert "--resume" not in res.stderr  # no checkpoint here: nothing to resume
     assert (out / "keep.txt").read_text() == "precious"
+    (out / "checkpoint.pt").write_bytes(b"x")
+    res = invoke("finetune", *sets(), "--out", str(out))
+    assert res.exit_code == 2 and f"--resume {out}" in res.stderr
 
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path, monkeypatch):
