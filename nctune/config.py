@@ -8,6 +8,7 @@ dotted paths, ``--set data.batch_size=32``, their values parsed as YAML scalars.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,10 +25,34 @@ from nctune.strategies import STRATEGY_REGISTRY
 Device = Literal["auto", "cpu", "cuda", "mps"] | str
 
 
-class Section(BaseModel):
-    """Base of every recipe section: no unknown keys, validated on assignment too."""
+#: Largest seed: numpy's legacy seeding (DataLoader workers, user code) takes 32 bits;
+#: torch takes 64, and the per-epoch seeds derived from it (seed · 100003 + epoch) must fit.
+MAX_SEED = 2**32 - 1
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+def _finite(value: Any, where: str = "") -> Any:
+    """Refuse NaN/±inf anywhere inside free-form values (dicts and lists of YAML scalars)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where or 'value'} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _finite(v, f"{where}[{i}]")
+    return value
+
+
+class Section(BaseModel):
+    """Base of every recipe section: no unknown keys, validated on assignment too.
+
+    Every float field refuses NaN and ±inf (``allow_inf_nan=False``): YAML reads ``.inf``
+    and ``.nan`` as floats, and a non-finite rate or weight would train a NaN model.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
 
 
 class BackboneConfig(Section):
@@ -62,6 +87,11 @@ class BackboneConfig(Section):
         if spec_source(v) not in BACKBONE_SOURCES:  # the registered source modules decide
             raise ValueError(BACKBONE_SOURCES.unknown(spec_source(v), prefix=False))
         return v.strip()
+
+    @field_validator("model_kwargs")
+    @classmethod
+    def _kwargs_finite(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _finite(v)
 
 
 class DataConfig(Section):
@@ -348,7 +378,12 @@ class Recipe(Section):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
-    seed: int = Field(0, ge=0, description="Seed for splits, sampling, initialisation and order.")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed for splits, sampling, initialisation and order (0 to 2**32 - 1).",
+    )
     device: str = Field(
         "auto", description="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."
     )
