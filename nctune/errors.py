@@ -34,3 +34,7 @@ class ArtifactError(NctuneError):
 
 class ExportError(NctuneError):
     """A model cannot be exported, or its export does not reproduce the PyTorch model."""
+
+
+class TrainingError(NctuneError):
+    """Training cannot go on with these settings (the loss or weights became non-finite)."""

@@ -39,7 +39,7 @@ from nctune.checkpoint import (
 )
 from nctune.collapse import CollapseStats
 from nctune.config import TrainConfig
-from nctune.errors import CollapseError, ConfigError
+from nctune.errors import CollapseError, ConfigError, TrainingError
 from nctune.optim import lr_at, make_optimizer, no_weight_decay_ids
 from nctune.prefix_cache import CacheInfo
 from nctune.strategies import AppliedStrategy
@@ -249,6 +249,8 @@ def fit(
         ArtifactError: the checkpoint to resume from is unreadable or of another format,
             or a checkpoint cannot be written.
         ConfigError: ``cfg.sync_batchnorm`` under torch.distributed off CUDA.
+        TrainingError: the loss or a weight became NaN/Inf, or an update overflowed
+            (diverged: the last good checkpoint is kept, nothing non-finite is saved).
     """
     start_time = time.perf_counter()
     device = torch.device(device)
@@ -426,17 +428,27 @@ def fit(
                     if cfg.grad_clip:
                         scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    scaler.step(optimizer)
+                    try:
+                        scaler.step(optimizer)
+                    except RuntimeError as err:  # lr · update beyond float32 (lr=1e300)
+                        if "overflow" not in str(err):
+                            raise
+                        raise _diverged(
+                            epoch, step, f"the step with lr {lr:g} overflows", run_dir, history
+                        ) from None
                     scaler.update()
                     # Book-keeping from this same forward pass: no extra pass for NC1.
+                    value = float((ce if ddp is not None else loss).detach())
+                    if not math.isfinite(value):  # diverged: stop before anything is saved
+                        raise _diverged(epoch, step, f"the loss is {value}", run_dir, history)
                     if ddp is not None:  # this rank's samples, without stand-ins
                         keep = y != IGNORE
                         b = int(keep.sum())
-                        loss_sum += float(ce.detach())
+                        loss_sum += value
                         logits, feats, y = logits[keep], feats[keep], y[keep]
                     else:
                         b = y.numel()
-                        loss_sum += float(loss.detach()) * b
+                        loss_sum += value * b
                     correct += int((logits.detach().argmax(1) == y).sum())
                     seen += b
                     if stats is not None and b:
@@ -457,6 +469,7 @@ def fit(
                 correct, seen = int(correct), int(seen)
                 stats = dist.reduce_stats(stats)
                 dist.broadcast_buffers(model)  # BatchNorm running statistics: rank 0's
+            _check_finite_weights(model, epoch, step, run_dir, history)  # never save NaN weights
             if interrupted:  # a stop request mid-epoch: save exactly where we are
                 partial = {
                     "loss_sum": loss_sum,
@@ -508,6 +521,31 @@ def fit(
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     return finish(interrupted=False)
+
+
+def _diverged(epoch: int, step: int, what: str, run_dir: Path | None, history) -> TrainingError:
+    """The one-line error for a run whose loss or weights stopped being finite."""
+    kept = ""
+    if run_dir is not None and (run_dir / CHECKPOINT).is_file():
+        kept = (
+            f"; the last good checkpoint (epoch {len(history)}) is kept in {run_dir / CHECKPOINT}"
+        )
+    return TrainingError(
+        f"train: diverged at epoch {epoch + 1}, step {step + 1}: {what}; "
+        f"lower train.lr or enable train.grad_clip{kept}"
+    )
+
+
+def _check_finite_weights(
+    model: nn.Module, epoch: int, step: int, run_dir: Path | None, history
+) -> None:
+    """Raise :class:`TrainingError` when a parameter holds NaN/Inf (the last step's update
+    can break the weights after a still-finite loss), so they are never saved."""
+    for name, p in model.named_parameters():
+        if p.requires_grad and not bool(torch.isfinite(p.detach()).all()):
+            raise _diverged(
+                epoch, max(step - 1, 0), f"weight {name} is not finite", run_dir, history
+            )
 
 
 def safe_nc1(stats: CollapseStats | None) -> float | None:

@@ -1,0 +1,226 @@
+"""Nothing lost, nothing silently wrong (issue 10), through the real ``nctune`` entry point.
+
+Two runs on one folder, divergence, a full disk while saving the model, an ``--overwrite``
+run killed with SIGKILL: each exits 2 with one line (or recovers) and leaves the folder in a
+state the next command can use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner, Result
+
+from nctune._lock import lock_path
+from nctune.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "backbone.name=timm:test_resnet",
+    "backbone.pretrained=false",
+    "data.subset=vendored",
+    "data.samples_per_class=10",
+    "data.val_fraction=0.03",
+    "data.max_test_samples=60",
+    "data.image_size=32",
+    "data.batch_size=16",
+    "train.epochs=2",
+    "train.lr=0.01",
+    "strategy.name=linear",
+]
+
+
+def sets(*extra: str) -> list[str]:
+    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line(res: Result, *names: str) -> str:
+    """Exit 2, no traceback, exactly one stderr line naming ``names``; the line."""
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, res.stderr
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def siblings(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir())
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    return {
+        **env,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "NCTUNE_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nctune", *args]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------ two runs, one folder
+LONG = [*TINY[:-3], "train.epochs=200", "train.lr=0.01", "strategy.name=full"]
+
+
+@pytest.mark.slow
+def test_two_finetune_processes_on_one_folder_the_second_is_refused(tmp_path):
+    out = tmp_path / "run"
+    args = [a for s in LONG for a in ("--set", s)]
+    first = subprocess.Popen(
+        _cmd("finetune", *args, "--out", str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    try:
+        _wait_for(out / "checkpoint.pt", first)  # well inside its run
+        second = subprocess.run(
+            _cmd("finetune", *args, "--out", str(out), "--overwrite"),
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=180,
+        )
+        assert first.poll() is None, "the first run ended before the second was checked"
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.splitlines()
+        assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
+        assert f"pid {first.pid}" in lines[0] and "in use by another nctune run" in lines[0]
+        assert str(out) in lines[0] and "nctune finetune" in lines[0]
+        assert second.stdout == ""
+        # the first run's folder was not touched: still its own, still training
+        assert (out / "checkpoint.pt").exists() and (out / "recipe.yaml").exists()
+        assert siblings(out) == [".run.lock", "run"]
+    finally:
+        first.send_signal(signal.SIGTERM)  # finishes the step, checkpoints, exits 143
+        _, err = first.communicate(timeout=180)
+    assert first.returncode == 128 + signal.SIGTERM, err.decode()
+    assert siblings(out) == ["run"]  # the lock is released with the run
+
+
+@pytest.mark.slow
+def test_sigkill_during_overwrite_restores_the_old_run_on_the_next_command(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("finetune", *sets(), "--out", out).exit_code == 0  # a finished run
+    before = (out / "model.safetensors").read_bytes()
+    args = [a for s in LONG for a in ("--set", s)]
+    proc = subprocess.Popen(
+        _cmd("finetune", *args, "--out", str(out), "--overwrite"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    _wait_for(tmp_path / f".run.old-{proc.pid}", proc)  # the old run is set aside
+    proc.kill()
+    proc.communicate()
+    assert not (out / "checkpoint.pt").exists()  # killed before its first checkpoint
+    assert json.loads(lock_path(out).read_text())["pid"] == proc.pid  # a stale lock, too
+
+    res = invoke("finetune", *sets(), "--out", out)  # the next command touching --out
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 2 and "Traceback" not in res.output, res.stderr
+    assert "already holds a run" in lines[0] and "--overwrite" in lines[0]
+    assert "--resume" not in res.stderr  # a finished run has no checkpoint to resume
+    assert f"restored the earlier run from .run.old-{proc.pid}" in lines[1]
+    assert (out / "model.safetensors").read_bytes() == before
+    assert siblings(out) == ["run"]
+
+
+HOLD = """
+import sys, time
+from nctune._lock import FolderClaim
+FolderClaim(sys.argv[1], command="nctune tune other.yaml").acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("command", ["analyze", "sweep", "finetune", "resume"])
+def test_every_command_refuses_a_folder_another_process_holds(tmp_path, command):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        if command == "resume":
+            res = invoke("finetune", *sets(), "--resume", out)
+        elif command == "sweep":
+            res = invoke("sweep", *sets(), "--blocks", "layer1", "--modes", "layer", "--out", out)
+        else:
+            res = invoke(command, *sets(), "--out", out)
+        one_line(res, str(out), f"pid {holder.pid}", "nctune tune other.yaml")
+        assert res.stdout == "" and not out.exists()
+    finally:
+        holder.kill()
+        holder.communicate()
+
+
+# ------------------------------------------------------------------ divergence
+@pytest.mark.parametrize(
+    "lr, what",
+    [("1e30", "the loss is nan"), ("1e300", "overflows")],
+)
+def test_divergence_stops_the_run_with_one_line_and_saves_no_model(tmp_path, lr, what):
+    out = tmp_path / "run"
+    res = invoke(
+        "finetune",
+        *sets(f"train.lr={lr}", "train.optimizer=sgd", "train.grad_clip=null"),
+        "--out",
+        out,
+    )
+    line = one_line(
+        res, "diverged at epoch 1, step", what, "lower train.lr or enable train.grad_clip"
+    )
+    assert "--resume" not in line
+    assert siblings(out) == []  # diverged in the first epoch: nothing worth keeping
+
+
+def test_divergence_after_a_good_epoch_keeps_its_checkpoint_and_writes_no_model(
+    tmp_path, monkeypatch
+):
+    import nctune.train
+
+    real = nctune.train.lr_at
+
+    def explodes_in_epoch_2(step, total, warmup, cfg, base_lr):  # steps_per_epoch is 1 here
+        return 1e30 if step >= total // 2 else real(step, total, warmup, cfg, base_lr)
+
+    monkeypatch.setattr(nctune.train, "lr_at", explodes_in_epoch_2)
+    out = tmp_path / "run"
+    res = invoke(
+        "finetune", *sets("train.optimizer=sgd", "train.grad_clip=null"), "--out", out, "--json"
+    )
+    line = one_line(res, "diverged at epoch 2", "lower train.lr", "epoch 1", "checkpoint.pt")
+    assert "--resume" not in line and res.stdout == ""
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "recipe.yaml"]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
