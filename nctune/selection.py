@@ -21,6 +21,7 @@ helps exactly where the pretrained blocks stop collapsing the downstream classes
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -75,10 +76,26 @@ def _last(blocks: list[LayerCollapse]) -> Selection:
     return Selection("last", [b.name], f"{b.name} is the deepest block")
 
 
+def _undefined(rule: str, blocks: list[LayerCollapse]) -> Selection | None:
+    """The deepest block when no block has a finite NC1 (class means coincide everywhere)."""
+    if any(math.isfinite(b.nc1) for b in blocks):
+        return None
+    b = blocks[-1]
+    return Selection(
+        rule,
+        [b.name],
+        f"NC1 is undefined on every block (the class means coincide: do the images differ?); "
+        f"using the deepest, {b.name}",
+    )
+
+
 @register_rule("knee")
 def _knee(blocks: list[LayerCollapse], threshold: float = 0.1) -> Selection:
     if not 0.0 <= threshold < 1.0:
         raise ConfigError(f"strategy.threshold: must be in [0, 1), got {threshold}")
+    if undefined := _undefined("knee", blocks):
+        return undefined
+    # NaN/inf NC1 (coinciding class means) compare false: never a significant drop
     # NC1 is 0 when every class has one sample (or collapsed fully): nothing left to fall
     drops = [
         (prev.nc1 - cur.nc1) / prev.nc1 if prev.nc1 > 0 else 0.0
@@ -102,7 +119,9 @@ def _knee(blocks: list[LayerCollapse], threshold: float = 0.1) -> Selection:
 
 @register_rule("min_nc1")
 def _min_nc1(blocks: list[LayerCollapse]) -> Selection:
-    b = min(blocks, key=lambda layer: layer.nc1)
+    if undefined := _undefined("min_nc1", blocks):
+        return undefined
+    b = min((b for b in blocks if not math.isnan(b.nc1)), key=lambda layer: layer.nc1)
     return Selection("min_nc1", [b.name], f"{b.name} has the lowest NC1 ({b.nc1:.3g})")
 
 

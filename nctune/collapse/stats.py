@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal
@@ -9,6 +10,7 @@ from typing import Literal
 import torch
 
 from nctune.collapse.functional import (
+    PINV_RTOL,
     _batch_sums,
     _cdnv,
     _geometry,
@@ -123,6 +125,19 @@ class CollapseMetrics:
         return {k: getattr(self, k) for k in keys}
 
 
+def _as_tensor(value: object, what: str) -> torch.Tensor:
+    """A tensor as is; numpy arrays and other array-likes converted (no copy when possible)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CollapseError(
+            f"{what} must be a tensor or a numeric array-like, got {type(value).__name__} "
+            f"({str(err).splitlines()[0][:80]})"
+        ) from None
+
+
 class CollapseStats:
     """Streaming neural-collapse statistics for one layer's features.
 
@@ -151,6 +166,11 @@ class CollapseStats:
     Defined behaviour:
         * declared classes with no samples are left out of every metric (K counts the
           classes present) and a :class:`CollapseWarning` names them;
+        * class means that coincide (tr Σ_B ≤ 1e-10 · (tr Σ_W + mean_k ‖μ_k‖²), e.g. a
+          layer that maps every image alike): NC1, trace ratio and CDNV are ``inf`` (no
+          class separation at all), or ``NaN`` when every feature is also the same
+          (tr Σ_W below that bound too), with a :class:`CollapseWarning`;
+        * numpy arrays and other array-likes are converted with ``torch.as_tensor``;
         * fewer than two classes present, NaN/Inf features, labels outside ``[0, K)``,
           a width ``D`` different from the first batch's: :class:`~nctune.errors.CollapseError`,
           and the state is left exactly as before the offending batch.
@@ -277,8 +297,8 @@ class CollapseStats:
             CollapseError: on invalid input (shapes, label dtype or range, a width other
                 than the first batch's, NaN/Inf); the state is left untouched.
         """
-        features = features.detach()
-        labels = labels.detach()
+        features = _as_tensor(features, "features").detach()
+        labels = _as_tensor(labels, "labels").detach()
         if features.shape[0] == 0:
             return self
         self._check(features, labels)
@@ -515,11 +535,25 @@ class CollapseStats:
             within_proj = (s_u - between) / n
         nc1 = float((within_proj.clamp_min(0.0) / sigma2).sum())
         tr_w, tr_b = _trace_ratio(g)
+        ratio, cdnv = (tr_w / tr_b if tr_b > 0 else math.nan), _cdnv(g)
+        # Class means that coincide (a layer mapping every image alike, e.g. an all-black
+        # image folder) leave Σ_B = 0: NC1 would read 0, "perfectly collapsed". Relative to
+        # the features' own scale, so float32 noise between identical images counts as 0.
+        scale = tr_w + float((g.means + self.shift).square().sum(dim=1).mean())
+        if tr_b <= PINV_RTOL * scale:
+            spread = tr_w > PINV_RTOL * scale
+            nc1 = ratio = cdnv = math.inf if spread else math.nan
+            warnings.warn(
+                "the class means coincide (no between-class spread): NC1, trace ratio and CDNV "
+                + ("are inf" if spread else "are NaN: every feature is the same"),
+                CollapseWarning,
+                stacklevel=2,
+            )
         equinorm, equiangle = nc2_from_means(g.means, g.global_mean)
         return CollapseMetrics(
             nc1=nc1,
-            trace_ratio=tr_w / tr_b,
-            cdnv=_cdnv(g),
+            trace_ratio=ratio,
+            cdnv=cdnv,
             nc2_equinorm=equinorm,
             nc2_equiangle=equiangle,
             num_samples=n,

@@ -224,3 +224,22 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint_and_writes_no_model(
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------ degenerate images
+def test_analyze_on_an_all_black_image_folder_reports_undefined_nc1(tmp_path, write_recipe):
+    from PIL import Image
+
+    for cls in ("ant", "bee", "cat"):
+        (tmp_path / "black" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32)).save(tmp_path / "black" / cls / f"{i}.png")
+    recipe = write_recipe(data={"path": str(tmp_path / "black")})
+    out = tmp_path / "out"
+    res = invoke("analyze", recipe, "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert all(layer["nc1"] is None for layer in doc["layers"])  # NaN: undefined, not 0
+    assert "undefined on every block" in doc["recommendation"]["reason"]
+    assert "class means coincide" in res.stderr and "Traceback" not in res.output
+    assert (out / "analysis.json").exists() and (out / "collapse.png").exists()
