@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nctune._io import atomic_write_bytes
 from nctune.errors import ArtifactError
@@ -35,8 +36,59 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", allow_inf_nan=True)
+
+
+class _EpochRecord(_Strict):
+    epoch: int = Field(ge=1)
+    phase: Literal["main", "probe", "full"]
+    loss: float
+    accuracy: float
+    val_accuracy: float | None
+    nc1: float | None
+    lr: float
+    seconds: float
+
+
+class _Partial(_Strict):
+    loss_sum: float
+    correct: int = Field(ge=0)
+    seen: int = Field(ge=0)
+    stats: dict[str, Any] | None
+
+
+class _Rng(_Strict):
+    torch: torch.Tensor
+    cuda: torch.Tensor | None = None
+
+
+class CheckpointSchema(_Strict):
+    """What :func:`checkpoint_state` writes (checked by :func:`load_checkpoint`)."""
+
+    format: Literal[1]
+    epoch: int = Field(ge=0)
+    step: int = Field(ge=0)
+    phase: Literal["main", "probe", "full"]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+    rng: _Rng
+    history: list[_EpochRecord]
+    best_acc: float | None
+    best_epoch: int = Field(ge=-1)
+    best_state: dict[str, torch.Tensor] | None
+    bad_epochs: int = Field(ge=0)
+    partial: _Partial | None
+
+
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     """The checkpoint in ``run_dir``, or None when there is none.
+
+    Validated against :class:`CheckpointSchema` (every key the training loop reads, with
+    its type), so a truncated, damaged or hand-edited file fails here as one line naming
+    the field, not as a ``KeyError`` in the middle of a run. ``nctune finetune --resume``
+    calls it before building the backbone and data and before the slow profiling pass.
 
     Args:
         run_dir: the run folder holding ``checkpoint.pt``.
@@ -45,7 +97,8 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
         The checkpoint dict (loaded with ``weights_only=True``, on CPU), or None.
 
     Raises:
-        ArtifactError: the file cannot be read, or has another checkpoint format.
+        ArtifactError: the file cannot be read, has another checkpoint format, or lacks a
+            field (or holds one of the wrong type).
     """
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
@@ -56,10 +109,22 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
         raise ArtifactError(
             f"{path}: unreadable checkpoint ({err.__class__.__name__}); start a new run"
         ) from None
+    if not isinstance(ckpt, dict):
+        raise ArtifactError(
+            f"{path}: not an nctune checkpoint (a {type(ckpt).__name__}); start a new run"
+        )
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ArtifactError(
             f"{path}: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}"
         )
+    try:
+        CheckpointSchema.model_validate(ckpt)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ArtifactError(
+            f"{path}: damaged checkpoint ({where}: {first['msg'].lower()}); start a new run"
+        ) from None
     return ckpt
 
 

@@ -39,7 +39,7 @@ from nctune.checkpoint import (
 )
 from nctune.collapse import CollapseStats
 from nctune.config import TrainConfig
-from nctune.errors import CollapseError, ConfigError, TrainingError
+from nctune.errors import ArtifactError, CollapseError, ConfigError, TrainingError
 from nctune.optim import lr_at, make_optimizer, no_weight_decay_ids
 from nctune.prefix_cache import CacheInfo
 from nctune.strategies import AppliedStrategy
@@ -283,7 +283,13 @@ def fit(
         epoch0, step0 = ckpt["epoch"], ckpt["step"]
         if ckpt["phase"] == "full" and applied.phase != "full":
             applied.start_full_phase()
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:  # weights of another architecture or strategy
+            first = str(err).strip().splitlines()[0][:160]
+            raise ArtifactError(
+                f"{run_dir / CHECKPOINT}: its weights do not fit this run's model ({first}); start a new run"
+            ) from None
         history = [EpochStats(**h) for h in ckpt["history"]]
         best = {
             "acc": ckpt["best_acc"],

@@ -57,7 +57,7 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
 def _check_resume(run_dir: Path, cfg) -> None:
     import yaml
 
-    from nctune.checkpoint import CHECKPOINT
+    from nctune.checkpoint import CHECKPOINT, load_checkpoint
 
     saved = run_dir / RECIPE_FILE
     if not saved.is_file():
@@ -79,6 +79,7 @@ def _check_resume(run_dir: Path, cfg) -> None:
         raise ArtifactError(
             f"--resume {run_dir}: the recipe differs from the run's ({diff}); resume with the same recipe and --set values"
         )
+    load_checkpoint(run_dir)  # damaged or truncated: one line now, not after the profiling pass
 
 
 class _StopFlag:

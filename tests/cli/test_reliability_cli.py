@@ -243,3 +243,88 @@ def test_analyze_on_an_all_black_image_folder_reports_undefined_nc1(tmp_path, wr
     assert "undefined on every block" in doc["recommendation"]["reason"]
     assert "class means coincide" in res.stderr and "Traceback" not in res.output
     assert (out / "analysis.json").exists() and (out / "collapse.png").exists()
+
+
+# ------------------------------------------------------------------ damaged checkpoints
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """A run folder holding recipe.yaml and a real checkpoint.pt (the run failed late)."""
+    import nctune.finetune
+    from nctune.errors import DataError
+
+    def fails_after_training(*args, **kwargs):
+        raise DataError("data: test/img.png: cannot read image")
+
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.MonkeyPatch.context() as m:
+        real = nctune.finetune._head_nc1
+        calls = []
+
+        def head_nc1(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs) if len(calls) == 1 else fails_after_training()
+
+        m.setattr(nctune.finetune, "_head_nc1", head_nc1)
+        assert invoke("finetune", *sets(), "--out", out).exit_code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "recipe.yaml"]
+    return out
+
+
+def _damage(ckpt: dict, how: str) -> dict:
+    if how == "missing-step":
+        del ckpt["step"]
+    elif how == "string-epoch":
+        ckpt["epoch"] = "two"
+    elif how == "history-entry":
+        ckpt["history"][0].pop("loss")
+    elif how == "not-a-dict":
+        return [1, 2, 3]
+    return ckpt
+
+
+@pytest.mark.parametrize(
+    "how, names",
+    [
+        ("missing-step", ["checkpoint.pt", "step"]),
+        ("string-epoch", ["checkpoint.pt", "epoch"]),
+        ("history-entry", ["checkpoint.pt", "history.0.loss"]),
+        ("not-a-dict", ["checkpoint.pt", "not an nctune checkpoint"]),
+        ("truncated", ["checkpoint.pt", "unreadable checkpoint"]),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_before_any_slow_work(
+    tmp_path, stopped_run, monkeypatch, how, names
+):
+    import shutil
+
+    import nctune.finetune
+
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    path = out / "checkpoint.pt"
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        torch.save(_damage(torch.load(path, weights_only=True), how), path)
+    before = path.read_bytes()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the backbone and data were built before the checkpoint was checked")
+
+    monkeypatch.setattr(nctune.finetune, "prepare", never)
+    line = one_line(invoke("finetune", *sets(), "--resume", out), *names)
+    assert "continue with" not in line
+    assert path.read_bytes() == before and sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "recipe.yaml",
+    ]
+
+
+def test_the_intact_checkpoint_still_resumes(tmp_path, stopped_run):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    res = invoke("finetune", *sets(), "--resume", out)
+    assert res.exit_code == 0, res.output
+    assert (out / "model.safetensors").exists() and not (out / "checkpoint.pt").exists()
