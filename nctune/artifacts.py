@@ -66,7 +66,13 @@ def save_model(model: TunedModel, path: str | Path, extra: dict[str, Any] | None
     for key, value in (extra or {}).items():
         meta[key] = json.dumps(jsonable(value))
     with replacing(path) as tmp:
-        st_save_model(model, tmp, metadata=meta)
+        try:
+            st_save_model(model, tmp, metadata=meta)
+            with safe_open(tmp, framework="pt"):  # a short write must not become the model
+                pass
+        except SafetensorError as err:  # safetensors reports ENOSPC/EIO as its own error
+            cause = str(err).split(": ")[-1].split(" (os error")[0] or "incomplete file"
+            raise ArtifactError(f"{path}: cannot write ({cause})") from None
     return path
 
 

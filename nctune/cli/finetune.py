@@ -215,7 +215,12 @@ def finetune(
         raise typer.Exit(128 + (stop.signum or signal.SIGINT))
     if not main:  # every rank holds the same result; rank 0 writes it
         return
-    save_run(run_dir, result)
+    try:
+        save_run(run_dir, result)
+    except NctuneError as err:  # e.g. a full disk: the final checkpoint is intact
+        raise type(err)(
+            f"{err}; the run's checkpoint is kept: free space and continue with {again}"
+        ) from None
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # complete: model.safetensors replaces it
     doc = result.to_dict()
     if json_:

@@ -328,3 +328,58 @@ def test_the_intact_checkpoint_still_resumes(tmp_path, stopped_run):
     res = invoke("finetune", *sets(), "--resume", out)
     assert res.exit_code == 0, res.output
     assert (out / "model.safetensors").exists() and not (out / "checkpoint.pt").exists()
+
+
+# ------------------------------------------------------------------ a full disk
+def _no_space_safetensors(model, filename, metadata=None):
+    from safetensors import SafetensorError
+
+    with open(filename, "wb") as f:  # what a full disk leaves: a short file ...
+        f.write(b"\x00" * 16)
+    # ... and the error safetensors raises for ENOSPC (seen on a 1 MiB tmpfs)
+    raise SafetensorError(
+        "Error while serializing: I/O error: No space left on device (os error 28)"
+    )
+
+
+def _no_space_oserror(model, filename, metadata=None):
+    import errno
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+
+def _short_write(model, filename, metadata=None):
+    from safetensors.torch import save_model
+
+    save_model(model, filename, metadata=metadata)  # a device that drops data silently
+    with open(filename, "r+b") as f:
+        f.truncate(os.path.getsize(filename) // 2)
+
+
+@pytest.mark.parametrize("fault", [_no_space_safetensors, _no_space_oserror, _short_write])
+def test_disk_full_while_writing_the_model_keeps_the_checkpoint_and_says_how_to_resume(
+    tmp_path, monkeypatch, fault
+):
+    import shlex
+
+    import nctune.artifacts
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(nctune.artifacts, "st_save_model", fault)
+        res = invoke("finetune", *sets(), "--out", out)
+    line = one_line(res, "model.safetensors", "cannot write", "continue with")
+    if fault is not _short_write:
+        assert "No space left on device" in line
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "recipe.yaml"]
+    assert siblings(out) == ["run"]  # no temporary model file left behind
+    suggested = shlex.split(line.split("continue with ", 1)[1])
+    assert suggested[:2] == ["nctune", "finetune"] and suggested[-2:] == ["--resume", str(out)]
+    res = invoke(*suggested[1:])  # space freed: the suggested command finishes the run
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.safetensors",
+        "recipe.yaml",
+        "report.json",
+        "training.png",
+    ]
