@@ -14,9 +14,11 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nctune.errors import ArtifactError, NctuneError
 
@@ -287,3 +289,113 @@ RUN_CONFIG_KEYS = (
     "head_dropout",
     "input_config",
 )
+
+
+# ------------------------------------------------------------------ run model metadata
+# The schema of what nctune.artifacts.save_model writes into a fine-tuned model's
+# metadata; read back by load_finetuned and by file: backbones (nctune.backbones), so a
+# damaged or hand-edited file fails the same way on both sides, naming the field.
+class _Meta(BaseModel):
+    # JSON metadata: exact types (no "3" for 3), no unknown keys, NaN/inf refused
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class _InputConfigMeta(_Meta):
+    image_size: int = Field(ge=1)
+    mean: list[float] = Field(min_length=1)
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    interpolation: str = "bilinear"
+    crop_pct: float = Field(1.0, gt=0.0, le=1.0)
+    in_chans: int = Field(3, ge=1)
+    crop_mode: Literal["center", "squash"] = "center"
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> _InputConfigMeta:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std {len(self.std)}")
+        return self
+
+
+class _BackboneMeta(_Meta):
+    model_config = ConfigDict(strict=True, extra="allow")  # Backbone.metadata() may grow
+    spec: str = Field(min_length=1)
+    num_classes: str = Field(pattern=r"^[0-9]+$")  # safetensors metadata values are strings
+    model_kwargs: str = "{}"
+
+
+class _ConfigMeta(_Meta):
+    """The ``config`` a :class:`~nctune.strategies.TunedModel` saves (``model.config``)."""
+
+    backbone: _BackboneMeta
+    backbone_spec: str | None = None
+    classifier_name: str | None = None
+    num_classes: int = Field(ge=1)
+    skip_block: str | None
+    token_pool: Literal["cls", "mean"]
+    head_dropout: float = Field(ge=0.0, lt=1.0)
+    input_config: _InputConfigMeta
+
+
+def parse_run_metadata(
+    file: Path, meta: Mapping[str, str]
+) -> tuple[dict[str, Any], list[str] | None]:
+    """Validate a fine-tuned model's safetensors metadata against the run-config schema.
+
+    Args:
+        file: the model file (for messages).
+        meta: its safetensors metadata (string values; JSON under :data:`CONFIG_KEY` and
+            ``classes``).
+
+    Returns:
+        ``(config, classes)``: the config as plain data (``backbone`` with every key it
+        was saved with), and the class names or None.
+
+    Raises:
+        ArtifactError: not an nctune fine-tuned model, bad JSON, or a field that is
+            missing, unknown, of the wrong type or out of range (one line naming it).
+    """
+    if meta.get("kind", "finetuned") != "finetuned" or CONFIG_KEY not in meta:
+        raise ArtifactError(
+            f"{file}: not an nctune fine-tuned model (its metadata has no nctune 'config'); "
+            "pass the model.safetensors of an nctune finetune run"
+        )
+    fields: dict[str, Any] = {}
+    for key in (CONFIG_KEY, "classes"):
+        if key in meta:
+            try:
+                fields[key] = json.loads(meta[key])
+            except ValueError as err:
+                raise ArtifactError(
+                    f"{file}: damaged metadata: {key} is not valid JSON ({err.msg}); restore the original file or fine-tune again"
+                ) from None
+    if not isinstance(fields[CONFIG_KEY], dict):
+        raise ArtifactError(
+            f"{file}: not an nctune fine-tuned model (its metadata config is a "
+            f"{type(fields[CONFIG_KEY]).__name__}, not a mapping)"
+        )
+    try:
+        config = _ConfigMeta.model_validate(fields[CONFIG_KEY]).model_dump()
+        classes = fields.get("classes")
+        if classes is not None and not (
+            isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+        ):
+            raise ArtifactError(
+                f"{file}: damaged metadata: classes must be a list of names, got {classes!r:.60}"
+            )
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in ("config", *first["loc"]))
+        msg = first["msg"].lower().split(" or instance of ")[0]  # no private class names
+        shown = f" (got {first.get('input')!r:.40})"
+        if first["type"] in ("missing", "value_error"):
+            msg, shown = msg.removeprefix("value error, "), ""
+        raise ArtifactError(
+            f"{file}: damaged metadata: {where}: {msg}{shown}; restore the original file or fine-tune again"
+        ) from None
+    if classes is not None and len(classes) != config["num_classes"]:
+        raise ArtifactError(
+            f"{file}: damaged metadata: classes lists {len(classes)} names but "
+            f"config.num_classes is {config['num_classes']}; restore the original file or fine-tune again"
+        )
+    config["backbone"] = dict(fields[CONFIG_KEY]["backbone"])  # with any extra keys
+    return config, classes

@@ -20,10 +20,10 @@ from nctune._io import (
     FORMAT_VERSION,
     MODEL_FILE,
     RECIPE_FILE,
-    RUN_CONFIG_KEYS,
     atomic_write_json,
     atomic_write_text,
     jsonable,
+    parse_run_metadata,
     replacing,
 )
 from nctune.backbones import InputConfig, rebuild_architecture
@@ -36,6 +36,19 @@ if TYPE_CHECKING:
     from nctune.finetune import RunResult
 
 REPORT_FILE = "report.json"
+
+
+def _read_metadata(file: Path) -> tuple[dict[str, Any], list[str] | None]:
+    """(``config``, ``classes``) of a saved model, validated by :func:`parse_run_metadata`."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (OSError, SafetensorError) as err:
+        # not a safetensors file at all (truncated, corrupted, other format)
+        raise ArtifactError(
+            f"{file}: not an nctune fine-tuned model ({err.__class__.__name__})"
+        ) from None
+    return parse_run_metadata(file, meta)
 
 
 def save_model(model: TunedModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -97,8 +110,10 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
 
     Raises:
         ArtifactError: no model file at ``path``, a file that is not an nctune fine-tuned
-            model (unreadable, or its metadata lacks a field), or weights that do not fit
-            the recorded architecture.
+            model (unreadable), metadata that does not match the schema :func:`save_model`
+            writes (a missing, extra or mistyped field, a negative ``num_classes``, bad JSON;
+            the message names the field), or weights that do not fit the recorded
+            architecture.
         BackboneError: the recorded architecture cannot be rebuilt.
     """
     path = Path(path)
@@ -107,19 +122,7 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
         raise ArtifactError(
             f"{file}: no fine-tuned model here (expected {MODEL_FILE} from nctune finetune)"
         )
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            meta = f.metadata() or {}
-        config = json.loads(meta[CONFIG_KEY])
-        # every key the rebuild reads, checked here so a damaged file fails as one line
-        missing = [k for k in RUN_CONFIG_KEYS if k not in config]
-        if missing or not isinstance(config["backbone"], dict):
-            raise KeyError(missing[0] if missing else "backbone")
-    except (KeyError, TypeError, ValueError, OSError, SafetensorError) as err:
-        # SafetensorError: not a safetensors file at all (truncated, corrupted, other format)
-        raise ArtifactError(
-            f"{file}: not an nctune fine-tuned model ({err.__class__.__name__})"
-        ) from None
+    config, classes = _read_metadata(file)
     backbone = rebuild_architecture(config["backbone"], where=str(file))
     backbone.spec = config.get("backbone_spec", backbone.spec)
     model = TunedModel(
@@ -144,7 +147,7 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
         }
     )
     model.transform = eval_transform(model.input_config)
-    model.classes = json.loads(meta["classes"]) if "classes" in meta else None
+    model.classes = classes
     return model.to(device).eval()
 
 

@@ -6,7 +6,6 @@ run folder's fine-tuned model file (whose names :mod:`nctune._io` shares with th
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from nctune._io import CONFIG_KEY, RUN_CONFIG_KEYS
+from nctune._io import parse_run_metadata
 from nctune.errors import ArtifactError, BackboneError
 
 __all__ = [
@@ -179,24 +178,20 @@ def read_run_model(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any],
     another, a metadata entry ``dropped name → kept name``; aliases are restored here.
 
     Raises:
-        ArtifactError: not a safetensors file, or its config lacks a key of
-            :data:`RUN_CONFIG_KEYS` (the same line :func:`nctune.artifacts.load_finetuned`
-            gives).
+        ArtifactError: not a safetensors file, or metadata that fails
+            :func:`nctune._io.parse_run_metadata` (the same line
+            :func:`nctune.artifacts.load_finetuned` gives, naming the field).
     """
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
-        config = json.loads(meta[CONFIG_KEY])
-        # every key the rebuild reads, checked here so a damaged file fails as one line
-        missing = [k for k in RUN_CONFIG_KEYS if k not in config]
-        if missing or not isinstance(config["backbone"], dict):
-            raise KeyError(missing[0] if missing else "backbone")
-    except (KeyError, TypeError, ValueError, OSError, SafetensorError) as err:
+    except (OSError, SafetensorError) as err:
         # SafetensorError: not a safetensors file at all (truncated, corrupted, other format)
         raise ArtifactError(
             f"{file}: not an nctune fine-tuned model ({err.__class__.__name__})"
         ) from None
+    config, _ = parse_run_metadata(file, meta)  # the schema load_finetuned checks too
     for dropped, kept in meta.items():
         if kept in tensors and dropped not in tensors:
             tensors[dropped] = tensors[kept]
