@@ -408,7 +408,10 @@ def _format_error(
     errors = err.errors()
     first = errors[0]
     loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-    if any(loc == key or loc.startswith(f"{key}.") for key in overridden):
+    # the field itself, one inside it, or a section --set created (seed.x=1 makes seed a dict)
+    if any(
+        loc == key or loc.startswith(f"{key}.") or key.startswith(f"{loc}.") for key in overridden
+    ):
         source = "--set"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
