@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from nctune.data.bitdepth import array_to_uint8, to_rgb8
 from nctune.data.transforms import AUG_RATIO, AUG_SCALE, _pil_transform, _resize_uint8, _Spec
 from nctune.errors import DataError
 
@@ -163,7 +164,7 @@ def open_image(path: str) -> Any:
     """
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")  # convert() decodes, so truncation shows up here
+            return to_rgb8(img)  # decodes, so truncation shows up here; 16-bit scaled
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found (was it moved or deleted?)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -270,7 +271,7 @@ class _TorchvisionDataset(ImageDataset):
         if isinstance(img, np.ndarray):
             if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
                 img = img.transpose(1, 2, 0)
-            img = Image.fromarray(np.squeeze(img).astype(np.uint8))
+            img = Image.fromarray(array_to_uint8(np.squeeze(img)))  # scaled, not wrapped
         return img
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

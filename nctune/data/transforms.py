@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from nctune.data.bitdepth import to_rgb8
+
 #: Light augmentation: crops keep at least half the image, so few-shot classes stay visible.
 AUG_SCALE = (0.5, 1.0)
 AUG_RATIO = (3 / 4, 4 / 3)
@@ -142,7 +144,7 @@ def _pil_transform(
     normalize = spec.normalizer()
 
     def transform(img: Any) -> torch.Tensor:
-        return normalize(pipeline(img.convert("RGB")))
+        return normalize(pipeline(to_rgb8(img)))  # 16-bit/float images scaled, not clipped
 
     return transform
 
