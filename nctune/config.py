@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from nctune.backbones.factory import spec_source
 from nctune.backbones.sources import SOURCES as BACKBONE_SOURCES
@@ -28,6 +35,9 @@ Device = Literal["auto", "cpu", "cuda", "mps"] | str
 #: Largest seed: numpy's legacy seeding (DataLoader workers, user code) takes 32 bits;
 #: torch takes 64, and the per-epoch seeds derived from it (seed · 100003 + epoch) must fit.
 MAX_SEED = 2**32 - 1
+
+#: Largest value of any other integer field (counts, sizes, epochs): a C int.
+MAX_INT = 2**31 - 1
 
 
 def _finite(value: Any, where: str = "") -> Any:
@@ -53,6 +63,15 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
     )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int_fits(cls, v: Any, info: ValidationInfo) -> Any:
+        # Counts and sizes end in C APIs (DataLoader's islice, tensor shapes) that take at
+        # most a C long: 10**20 would pass ge=1 and crash there. seed has its own bound.
+        if type(v) is int and v > MAX_INT and info.field_name != "seed":
+            raise ValueError(f"must be at most {MAX_INT}, got {v}")
+        return v
 
 
 class BackboneConfig(Section):
@@ -413,7 +432,7 @@ def _format_error(
         loc == key or loc.startswith(f"{key}.") or key.startswith(f"{loc}.") for key in overridden
     ):
         source = "--set"
-    msg = first["msg"]
+    msg = first["msg"].split(" or instance of ")[0]  # no class names from the code
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; see docs/recipes.md for the fields)"
     elif first["type"] == "value_error":  # our validators' messages already name the value

@@ -394,6 +394,24 @@ CASES: list[tuple[str, Case, tuple[str, ...], Callable[[Env], Path] | None]] = [
         ("backbone.model_kwargs", "finite"),
         None,
     ),
+    (
+        "batch-size-beyond-c-long",
+        lambda e: e.analyze(f"data.batch_size={10**20}"),
+        ("--set: data.batch_size", "at most"),
+        None,
+    ),
+    (
+        "epochs-beyond-c-int",
+        lambda e: e.finetune(f"train.epochs={2**31}"),
+        ("--set: train.epochs", "at most"),
+        None,
+    ),
+    (
+        "section-set-to-null",
+        lambda e: e.analyze("data=null"),
+        ("--set: data", "valid dictionary"),
+        None,
+    ),
     ("seed-negative", lambda e: e.finetune("seed=-1"), ("--set: seed",), None),
     ("seed-2-to-the-70", lambda e: e.finetune(f"seed={2**70}"), ("--set: seed",), None),
     # --- data

@@ -7,7 +7,7 @@ import typing
 import pytest
 from pydantic import BaseModel
 
-from nctune.config import MAX_SEED, Recipe, load_recipe
+from nctune.config import MAX_INT, MAX_SEED, Recipe, load_recipe
 from nctune.errors import ConfigError
 
 
@@ -64,3 +64,28 @@ def test_largest_seed_works_in_torch_numpy_and_the_epoch_sampler():
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
     assert len(list(EpochSampler(5, recipe.seed, epoch=10**6))) == 5
+
+
+def _int_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    out = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += _int_fields(ann, f"{prefix}{name}.")
+        elif ann is int or int in typing.get_args(ann):
+            out.append(f"{prefix}{name}")
+    return out
+
+
+INT_FIELDS = [f for f in _int_fields(Recipe) if f != "seed"]
+
+
+def test_the_walk_finds_the_int_fields():
+    assert {"data.batch_size", "train.epochs", "data.num_workers"} <= set(INT_FIELDS)
+
+
+@pytest.mark.parametrize("field", INT_FIELDS)
+def test_every_int_field_stops_where_c_apis_do(field):
+    # 10**20 passed ge=1 and crashed in DataLoader's islice (exit 1, a traceback)
+    with pytest.raises(ConfigError, match=f"--set: {field}: must be at most {MAX_INT}"):
+        load_recipe(None, [f"{field}={10**20}"])
