@@ -135,6 +135,10 @@ class FolderClaim:
     def __init__(self, folder: str | Path, option: str = "--out", command: str | None = None):
         self.folder = Path(folder)
         self.option = option
+        if not Path(os.path.abspath(folder)).name:  # "/" (or a drive): no name, no sibling
+            raise ArtifactError(
+                f"{option} {folder}: a file-system root cannot be a result folder; pick a folder in it"
+            )
         self.path = lock_path(folder)
         self.command = command or shlex.join(["nctune", *sys.argv[1:]])
         self._fd: int | None = None

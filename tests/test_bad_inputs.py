@@ -521,6 +521,7 @@ CASES: list[tuple[str, Case, tuple[str, ...], Callable[[Env], Path] | None]] = [
         ("--out", "recipe.yaml"),
         None,
     ),
+    ("out-is-the-root", lambda e: [*e.analyze(), "--out", "/"], ("--out /", "root"), None),
     (
         "out-holds-other-files",
         lambda e: e.analyze(),
