@@ -96,3 +96,13 @@ def test_the_untouched_file_loads_with_its_metadata(saved):
     model = load_finetuned(saved)
     assert model.classes == CLASSES and model.num_classes == 3
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_the_metadata_schema_knows_every_input_config_field():
+    # a field added to InputConfig must be added to the schema, or saved runs stop loading
+    import dataclasses
+
+    from nctune._io import _InputConfigMeta
+    from nctune.backbones import InputConfig
+
+    assert set(_InputConfigMeta.model_fields) == {f.name for f in dataclasses.fields(InputConfig)}
