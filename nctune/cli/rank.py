@@ -20,6 +20,7 @@ from nctune.cli.common import (
     OutOpt,
     RecipeArg,
     SetOpt,
+    claim_out,
     default_out,
     emit_json,
     handle_errors,
@@ -81,7 +82,8 @@ def rank(
     from nctune.report.rank import agreement_table, disagreements, plot_ranking, ranking_table
 
     cfg = load_recipe(recipe, set_)
-    out = check_replaceable(check_writable(out or default_out(recipe, "rank")), "ranking.json")
+    out = check_writable(out or default_out(recipe, "rank"))
+    out = check_replaceable(claim_out(out), "ranking.json")
     names = [b.strip() for b in backbones.split(",")] if backbones is not None else None
     with progress_bar() as progress:
         result = rank_backbones(cfg, names, by=by, validate=validate, progress=progress)

@@ -162,7 +162,7 @@ time.sleep(120)
 """
 
 
-@pytest.mark.parametrize("command", ["analyze", "sweep", "finetune", "resume"])
+@pytest.mark.parametrize("command", ["analyze", "sweep", "rank", "finetune", "resume"])
 def test_every_command_refuses_a_folder_another_process_holds(tmp_path, command):
     out = tmp_path / "out"
     holder = subprocess.Popen(
