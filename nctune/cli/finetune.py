@@ -136,14 +136,14 @@ def finetune(
     else:
         run_dir = claim_out(check_writable(out or default_out(recipe, "finetune")))
         if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            from nctune.train import CHECKPOINT
+            from nctune.checkpoint import CHECKPOINT
 
             # --resume only where there is a checkpoint to resume from
-            again = (
+            hint = (
                 f"continue it with --resume {run_dir}, " if (run_dir / CHECKPOINT).is_file() else ""
             )
             raise ArtifactError(
-                f"--out {run_dir}: already holds a run; {again}replace it with --overwrite, or pick another folder"
+                f"--out {run_dir}: already holds a run; {hint}replace it with --overwrite, or pick another folder"
             )
     prepared = prepare(cfg)  # every bad-input check that needs the backbone/data, before writing
     check()  # under torchrun: every rank checked --out before rank 0 creates it
