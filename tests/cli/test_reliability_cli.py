@@ -7,6 +7,7 @@ state the next command can use.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -23,6 +24,10 @@ from nctune._lock import lock_path
 from nctune.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
+# the modules themselves: nctune.finetune (the attribute) is the public function once used
+FINETUNE = importlib.import_module("nctune.finetune")
+TRAIN = importlib.import_module("nctune.train")
+ARTIFACTS = importlib.import_module("nctune.artifacts")
 TINY = [
     "backbone.name=timm:test_resnet",
     "backbone.pretrained=false",
@@ -206,14 +211,12 @@ def test_divergence_stops_the_run_with_one_line_and_saves_no_model(tmp_path, lr,
 def test_divergence_after_a_good_epoch_keeps_its_checkpoint_and_writes_no_model(
     tmp_path, monkeypatch
 ):
-    import nctune.train
-
-    real = nctune.train.lr_at
+    real = TRAIN.lr_at
 
     def explodes_in_epoch_2(step, total, warmup, cfg, base_lr):  # steps_per_epoch is 1 here
         return 1e30 if step >= total // 2 else real(step, total, warmup, cfg, base_lr)
 
-    monkeypatch.setattr(nctune.train, "lr_at", explodes_in_epoch_2)
+    monkeypatch.setattr(TRAIN, "lr_at", explodes_in_epoch_2)
     out = tmp_path / "run"
     res = invoke(
         "finetune", *sets("train.optimizer=sgd", "train.grad_clip=null"), "--out", out, "--json"
@@ -249,7 +252,6 @@ def test_analyze_on_an_all_black_image_folder_reports_undefined_nc1(tmp_path, wr
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory) -> Path:
     """A run folder holding recipe.yaml and a real checkpoint.pt (the run failed late)."""
-    import nctune.finetune
     from nctune.errors import DataError
 
     def fails_after_training(*args, **kwargs):
@@ -257,14 +259,14 @@ def stopped_run(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("stopped") / "run"
     with pytest.MonkeyPatch.context() as m:
-        real = nctune.finetune._head_nc1
+        real = FINETUNE._head_nc1
         calls = []
 
         def head_nc1(*args, **kwargs):
             calls.append(1)
             return real(*args, **kwargs) if len(calls) == 1 else fails_after_training()
 
-        m.setattr(nctune.finetune, "_head_nc1", head_nc1)
+        m.setattr(FINETUNE, "_head_nc1", head_nc1)
         assert invoke("finetune", *sets(), "--out", out).exit_code == 2
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "recipe.yaml"]
     return out
@@ -297,8 +299,6 @@ def test_a_damaged_checkpoint_is_refused_before_any_slow_work(
 ):
     import shutil
 
-    import nctune.finetune
-
     out = tmp_path / "run"
     shutil.copytree(stopped_run, out)
     path = out / "checkpoint.pt"
@@ -311,7 +311,7 @@ def test_a_damaged_checkpoint_is_refused_before_any_slow_work(
     def never(*args, **kwargs):
         raise AssertionError("the backbone and data were built before the checkpoint was checked")
 
-    monkeypatch.setattr(nctune.finetune, "prepare", never)
+    monkeypatch.setattr(FINETUNE, "prepare", never)
     line = one_line(invoke("finetune", *sets(), "--resume", out), *names)
     assert "continue with" not in line
     assert path.read_bytes() == before and sorted(p.name for p in out.iterdir()) == [
@@ -362,11 +362,9 @@ def test_disk_full_while_writing_the_model_keeps_the_checkpoint_and_says_how_to_
 ):
     import shlex
 
-    import nctune.artifacts
-
     out = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(nctune.artifacts, "st_save_model", fault)
+        m.setattr(ARTIFACTS, "st_save_model", fault)
         res = invoke("finetune", *sets(), "--out", out)
     line = one_line(res, "model.safetensors", "cannot write", "continue with")
     if fault is not _short_write:
