@@ -39,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "layer_sweep": "nctune.sweep",
     "rank": "nctune.rank",
     "Ranking": "nctune.rank",
+    "tune": "nctune.tune",
+    "SearchResult": "nctune.tune",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -90,3 +92,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nctune.selection import select_layers
     from nctune.strategies import apply_strategy
     from nctune.sweep import layer_sweep
+    from nctune.tune import SearchResult, tune

@@ -179,9 +179,23 @@ class CachedBatches:
 
 
 def try_cache(
-    tuned, block_names, train_set, val_set, cfg, batch_size, seed, device, run_dir, progress, amp
+    tuned,
+    block_names,
+    train_set,
+    val_set,
+    cfg,
+    batch_size,
+    seed,
+    device,
+    run_dir,
+    progress,
+    amp,
+    shared_dir=None,
 ):
-    """(cached train source, cached val source, info); the sources are None when refused."""
+    """(cached train source, cached val source, info); the sources are None when refused.
+
+    ``shared_dir``: a folder where the caches persist for later runs (a search's trials).
+    """
     cut = find_cut(tuned, block_names)
     if cut is None:
         return (
@@ -198,6 +212,7 @@ def try_cache(
         prefer=cfg.cache_prefix,
         disk_dir=run_dir,
         amp=amp,
+        shared_dir=shared_dir,
     )
     if progress:
         progress("caching frozen prefix", 0, None)

@@ -160,6 +160,9 @@ def finetune(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[..., None] | None = None,
     prepared: tuple | None = None,
+    profile: CollapseProfile | None = None,
+    on_epoch_end: Callable[..., None] | None = None,
+    shared_cache_dir: str | Path | None = None,
 ) -> RunResult:
     """Fine-tune the recipe's backbone with its strategy and measure collapse around it.
 
@@ -176,6 +179,10 @@ def finetune(
             with ``interrupted=True``.
         progress: ``progress(phase, done, total, info=...)`` for a progress display.
         prepared: the result of :func:`prepare` when the caller already built it.
+        profile: the pretrained backbone's profile on this data when the caller already
+            measured it (a search measures it once for all its trials).
+        on_epoch_end, shared_cache_dir: passed to :func:`~nctune.train.fit` (a search's
+            pruning hook, and the prefix-cache folder its trials share).
 
     Returns:
         A :class:`RunResult`; ``result.model`` is the fine-tuned model in eval mode.
@@ -184,9 +191,9 @@ def finetune(
     backbone, splits, plain, device = prepared or prepare(recipe)
     s, t, bs, k = recipe.strategy, recipe.train, recipe.data.batch_size, splits.num_classes
     needs_profile = s.name in ("auto",) or (s.name in ("layers", "scl") and not s.layers)
-    before = None
+    before = profile
     t_profile = time.perf_counter()
-    if needs_profile or t.profile_after:
+    if before is None and (needs_profile or t.profile_after):
         before = _profile(backbone, plain, recipe, device, progress, "profile")
     profile_seconds = time.perf_counter() - t_profile
     rule, rule_params = s.selection_rule()
@@ -232,6 +239,8 @@ def finetune(
         full_lr_scale=s.full_lr_scale,
         should_stop=should_stop,
         progress=progress,
+        on_epoch_end=on_epoch_end,
+        shared_cache_dir=shared_cache_dir,
     )
     run = RunResult(
         strategy=applied.strategy,

@@ -15,6 +15,8 @@ cache is used.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -58,6 +60,8 @@ class CacheInfo:
         megabytes: the cache's size in MiB (the size it would need, when refused as too
             big).
         reason: why the cache is (not) used.
+        shared: ``'written'`` or ``'read'`` when the cache lives in a shared folder (other
+            runs reuse it), else None.
     """
 
     used: bool
@@ -65,6 +69,7 @@ class CacheInfo:
     where: str | None = None
     megabytes: float = 0.0
     reason: str = ""
+    shared: str | None = None
 
     def to_dict(self) -> dict:
         """The report's ``cache`` entry.
@@ -78,6 +83,7 @@ class CacheInfo:
             "where": self.where,
             "megabytes": round(self.megabytes, 1),
             "reason": self.reason,
+            "shared": self.shared,
         }
 
 
@@ -152,6 +158,31 @@ class _Trace:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+def _digest(h, tensor: torch.Tensor) -> None:
+    t = tensor.detach().cpu().contiguous().reshape(-1)
+    h.update(f"{t.dtype}{tuple(tensor.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes())
+
+
+def cache_key(model: nn.Module, cut: str, stubs, x0, y0, a, n: int, amp: bool) -> str:
+    """Name of a shared cache: SHA-256 of what the cut inputs depend on.
+
+    The prefix's weights and buffers (the stubbed modules; the whole backbone for a head
+    cut), the cut, the first batch exactly as the transform delivers it, its labels, the
+    number of samples, and the dtype and autocast the inputs were computed in. The rest
+    of the data is checked when the cache is read (:meth:`PrefixCache.build`).
+    """
+    h = hashlib.sha256(f"{cut}|{n}|{a.dtype}|{amp}|{tuple(a.shape[1:])}".encode())
+    prefix = [model.backbone] if cut == HEAD else [model.get_submodule(s) for s in sorted(stubs)]
+    for module in prefix:
+        for name, t in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            _digest(h, t)
+    _digest(h, torch.as_tensor(x0))
+    _digest(h, torch.as_tensor(y0))
+    return h.hexdigest()
 
 
 class PrefixCache:
@@ -235,6 +266,7 @@ class PrefixCache:
         prefer: str = "auto",
         disk_dir: str | Path | None = None,
         amp: bool = True,
+        shared_dir: str | Path | None = None,
     ) -> tuple[PrefixCache | None, CacheInfo]:
         """Compute the cut inputs of every sample of ``loader`` (unshuffled, un-augmented).
 
@@ -255,6 +287,11 @@ class PrefixCache:
             prefer: ``'auto'`` (memory if it fits, else disk), ``'memory'`` or ``'disk'``.
             disk_dir: the folder for a disk cache (None: the system temporary folder).
             amp: autocast as in training, so cached inputs match the trained ones.
+            shared_dir: a folder where caches persist for other runs (a search's trials),
+                each in a subfolder named by :func:`cache_key` (prefix weights, cut, data
+                and transform). A cache found there is verified like a new one (first
+                batch and last sample recomputed, then the logits check) before use; one
+                computed here is published there atomically once verified.
 
         Returns:
             ``(cache, info)``, or ``(None, info)`` with the reason when caching is
@@ -292,6 +329,16 @@ class PrefixCache:
         n = len(loader.dataset)
         mb = n * a[0].numel() * a.element_size() / 2**20
         disk_mb = mb * (2 if a.dtype == torch.bfloat16 else 1)  # numpy has no bf16: float32
+        published = None
+        if shared_dir is not None and disk_mb <= max_disk_mb:
+            published = Path(shared_dir) / cache_key(model, cut, stubs, x0, y0, a, n, amp)
+            hit = cls._read_shared(published, model, cut, stubs, loader, x0, a, device, amp)
+            if hit is not None:
+                model.train(was_training)
+                return hit, hit.info
+            model.eval()
+            disk_dir, prefer = Path(shared_dir), "disk"  # computed once, here, for every run
+            Path(shared_dir).mkdir(parents=True, exist_ok=True)
         where = "memory" if prefer in ("auto", "memory") and mb <= max_memory_mb else None
         if where is None and prefer in ("auto", "disk") and disk_mb <= max_disk_mb:
             where, mb = "disk", disk_mb
@@ -334,23 +381,82 @@ class PrefixCache:
         info = CacheInfo(True, cut, where, mb, "frozen prefix computed once")
         cache = cls(cut, store, labels, tuple(x0.shape[1:]), stubs, info, tmpdir)
         cache._dtype = a.dtype
-        # The proof that stubbing is sound for this model: on a real batch, in eval mode
-        # (deterministic), the cached path must give the uncached logits.
-        with torch.no_grad():
-            model.eval()
-            with autocast(device, amp):
-                want = model(to_device(x0, device))
-                with cache.attached(model):
-                    got = cache.forward(model, model, a)[0]
+        ok = cls._reproduces(cache, model, x0, a, device, amp)
         model.train(was_training)
-        if not torch.allclose(got.float(), want.float(), rtol=1e-4, atol=1e-5):
+        if not ok:
             cache.close()
             return None, CacheInfo(
                 False,
                 cut,
                 reason=f"running from {cut} does not reproduce the model's output (its forward needs more than that block's input)",
             )
+        if published is not None:
+            cache._publish(published, a.dtype)
         return cache, info
+
+    @staticmethod
+    def _reproduces(cache: PrefixCache, model, x0, a, device, amp) -> bool:
+        """The proof that stubbing is sound for this model: on a real batch, in eval mode
+        (deterministic), the cached path must give the uncached logits."""
+        with torch.no_grad():
+            model.eval()
+            with autocast(device, amp):
+                want = model(to_device(x0, device))
+                with cache.attached(model):
+                    got = cache.forward(model, model, a)[0]
+        return torch.allclose(got.float(), want.float(), rtol=1e-4, atol=1e-5)
+
+    def _publish(self, final: Path, dtype: torch.dtype) -> None:
+        """Move this (verified, disk) cache to ``final`` for other runs; first writer wins."""
+        tmp = Path(self._tmpdir)
+        self.inputs.flush()
+        np.save(tmp / "labels.npy", self.labels.numpy())
+        (tmp / "meta.json").write_text(
+            json.dumps({"cut": self.cut, "dtype": str(dtype), "n": len(self)}), encoding="utf-8"
+        )
+        try:
+            os.rename(tmp, final)  # atomic; fails when another run published first
+        except OSError:
+            return  # theirs is equivalent (same key); ours is deleted on close
+        self._tmpdir = None  # now shared: it outlives this run
+        self.info.shared = "written"
+        self.info.reason = f"frozen prefix computed once and shared ({final.name[:12]})"
+
+    @classmethod
+    def _read_shared(
+        cls, folder: Path, model, cut, stubs, loader, x0, a, device, amp
+    ) -> PrefixCache | None:
+        """A published cache from ``folder``, verified against this model and data, or None."""
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            inputs = np.load(folder / "prefix.npy", mmap_mode="r")
+            labels = torch.from_numpy(np.load(folder / "labels.npy"))
+        except (OSError, ValueError):
+            return None
+        n = len(loader.dataset)
+        if meta.get("cut") != cut or meta.get("n") != n or len(labels) != n:
+            return None
+        b = a.shape[0]
+        # Verified like a new cache: the first batch and the last sample recomputed here
+        # must match what is stored, then the cached path must reproduce the logits.
+        if not torch.equal(torch.from_numpy(np.asarray(inputs[:b])).to(a.dtype), a.cpu()):
+            return None
+        try:
+            x_last, y_last = loader.dataset[n - 1]
+            last = cls._capture(model, cut, torch.as_tensor(x_last)[None], device, amp).cpu()
+        except Exception:  # a dataset that cannot be indexed: no proof, no reuse
+            return None
+        stored_last = torch.from_numpy(np.asarray(inputs[n - 1 : n])).to(torch.float32)
+        if int(labels[-1]) != int(y_last) or not torch.allclose(
+            stored_last, last.float(), rtol=1e-3, atol=1e-4
+        ):
+            return None
+        mb = inputs.nbytes / 2**20
+        info = CacheInfo(True, cut, "disk", mb, f"read from the shared cache ({folder.name[:12]})")
+        info.shared = "read"
+        cache = cls(cut, inputs, labels, tuple(x0.shape[1:]), stubs, info, None)
+        cache._dtype = a.dtype
+        return cache if cls._reproduces(cache, model, x0, a, device, amp) else None
 
     @classmethod
     def _plan_stubs(cls, model, cut, x0, device, amp) -> tuple[dict[str, torch.Tensor] | None, str]:

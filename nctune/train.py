@@ -205,6 +205,8 @@ def fit(
     full_lr_scale: float = 0.1,
     should_stop: Callable[[], bool] | None = None,
     progress: ProgressFn | None = None,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+    shared_cache_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train ``applied.model`` on ``train_set``; keep the weights of the best validation epoch.
 
@@ -235,6 +237,12 @@ def fit(
             remain, else the epoch's own) and returns with ``interrupted=True``, without
             restoring the best epoch's weights.
         progress: ``progress(phase, done, total, info=...)`` callback.
+        on_epoch_end: called with each finished epoch's :class:`EpochStats`, after its
+            checkpoint; whatever it raises (e.g. a search's prune signal) ends the run and
+            propagates, the caches closed first.
+        shared_cache_dir: keep the frozen-prefix cache in this folder, keyed by its
+            content, so later runs on the same prefix and data read it instead of
+            recomputing it (see :meth:`~nctune.prefix_cache.PrefixCache.build`).
 
     Returns:
         The per-epoch history and how the run ended.
@@ -370,6 +378,7 @@ def fit(
                     run_dir,
                     progress,
                     use_amp,
+                    shared_cache_dir,
                 )
                 source = cached or source
                 val_source = cached_val or val_source
@@ -512,6 +521,12 @@ def fit(
                 best["bad"] += 1
             ckpt, step0 = None, 0
             save(epoch + 1, 0, None)
+            if on_epoch_end is not None:
+                try:
+                    on_epoch_end(history[-1])
+                except BaseException:
+                    finish(interrupted=True)  # closes the caches
+                    raise
             if dist.any_rank(should_stop) and epoch + 1 < cfg.epochs:
                 return finish(interrupted=True)
             if cfg.early_stopping and val_set is not None and best["bad"] >= cfg.early_stopping:

@@ -15,6 +15,7 @@ from nctune.cli.finetune import finetune
 from nctune.cli.predict import predict
 from nctune.cli.rank import rank
 from nctune.cli.sweep import sweep
+from nctune.cli.tune import tune
 
 app = typer.Typer(
     name="nctune",
@@ -29,6 +30,7 @@ app.command("sweep")(sweep)
 app.command("predict")(predict)
 app.command("export")(export)
 app.command("rank")(rank)
+app.command("tune")(tune)
 
 
 @app.callback()

@@ -1,0 +1,131 @@
+"""``nctune tune``: a collapse-aware Optuna search whose trials are ``finetune`` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from nctune.artifacts import to_json
+from nctune.cli.common import (
+    JsonOpt,
+    OutOpt,
+    RecipeArg,
+    SetOpt,
+    default_out,
+    emit_json,
+    err_console,
+    handle_errors,
+    progress_bar,
+)
+from nctune.cli.finetune import _StopFlag
+
+TrialsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--trials",
+        "-n",
+        min=1,
+        help="Finished trials the study should hold (default: search.trials).",
+        show_default=False,
+    ),
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="SQLAlchemy URL (postgresql+psycopg://…), journal:PATH or a .log file; default: sqlite in --out.",
+        show_default=False,
+    ),
+]
+StudyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--study", help="Study name (default: the --out folder's name).", show_default=False
+    ),
+]
+
+
+@handle_errors
+def tune(
+    recipe: RecipeArg = None,
+    set_: SetOpt = None,
+    trials: TrialsOpt = None,
+    storage: StorageOpt = None,
+    study: StudyOpt = None,
+    out: OutOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Search the recipe's search.space with Optuna; each trial is a finetune run.
+
+    Writes DIR/search.json, DIR/search.png, DIR/best.yaml (run it with nctune finetune) and
+    DIR/trials/<n>/. Re-running the same command continues the study; workers given the same
+    --storage and --study share it.
+    """
+    from nctune.config import load_recipe
+    from nctune.report.search import search_tables, trials_table
+    from nctune.tune import SearchFailedError
+    from nctune.tune import tune as run_tune
+
+    cfg = load_recipe(recipe, set_)
+    folder = out or default_out(recipe, "tune")
+    rows: dict[int, object] = {}
+    live = Live(trials_table([]), console=err_console, transient=True, auto_refresh=False)
+
+    def on_trial(record) -> None:
+        old = rows.get(record.number)
+        if old is not None:  # an epoch update carries what it knows; keep the rest
+            for key, value in vars(record).items():
+                if value is None:
+                    setattr(record, key, getattr(old, key))
+        rows[record.number] = record
+        if err_console.is_terminal:
+            live.update(trials_table(list(rows.values()), title="Trials"), refresh=True)
+
+    try:
+        with _StopFlag() as stop, progress_bar() as progress:
+            if err_console.is_terminal:
+                live.start()
+            try:
+                result = run_tune(
+                    cfg,
+                    out=folder,
+                    trials=trials,
+                    storage=storage,
+                    study_name=study,
+                    should_stop=stop,
+                    on_trial=on_trial,
+                    progress=progress,
+                )
+            finally:
+                live.stop()
+    except SearchFailedError as err:
+        if err.bad_input:
+            raise
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    doc = result.to_dict()
+    if json_:
+        emit_json(to_json(doc))
+    else:
+        console = Console()
+        for table in search_tables(result):
+            console.print(table)
+        if result.best is not None:
+            console.print(
+                f"Best: trial {result.best.number} ({result.metric} {result.best.value:.4g}); "
+                f"reproduce it with [cyan]nctune finetune {result.best_recipe}[/]"
+            )
+        console.print(
+            f"Results in [cyan]{Path(result.out)}[/] (search.json, search.png, best.yaml, trials/); "
+            f"study {result.study_name} in {result.storage}"
+        )
+    if result.interrupted:
+        err_console.print(
+            "interrupted; finished trials are kept in the study: run the same command to continue",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
