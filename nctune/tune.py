@@ -503,7 +503,7 @@ def tune(
             _claim_study(study, recipe, name)
             if enqueue and not study.get_trials(deepcopy=False):
                 for params in enqueue:
-                    study.enqueue_trial(params, skip_if_exists=True)
+                    study.enqueue_trial(params)
             interrupted = _run(
                 study,
                 recipe,

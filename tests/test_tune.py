@@ -1,0 +1,187 @@
+"""`nctune.tune`: seeded studies, pruning, the shared profile and prefix cache, failures.
+
+Tiny random-init resnet10t at 32 px on a generated three-class image folder; every trial
+is a real ``finetune`` run of one or two epochs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import nctune.tune as tune_mod
+from nctune.config import load_recipe, recipe_from_dict
+from nctune.errors import ConfigError
+from nctune.tune import SearchFailedError, rank_blocks, trial_recipe, tune
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Three classes of 12 noisy 32 px images, each class its own mean colour."""
+    root = tmp_path_factory.mktemp("tune_images")
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate("abc"):
+        (root / cls).mkdir()
+        for i in range(12):
+            base = np.zeros((32, 32, 3))
+            base[..., k] = 200.0
+            pixels = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    return root
+
+
+def _recipe(images: Path, search: dict, **sections):
+    doc = {
+        "backbone": {"name": "timm:resnet10t", "pretrained": False},
+        "data": {
+            "source": "imagefolder",
+            "path": str(images),
+            "image_size": 32,
+            "batch_size": 16,
+            "val_fraction": 0.25,
+        },
+        "strategy": {"name": "linear"},
+        "train": {"epochs": 1, "warmup_epochs": 0, "profile_after": False},
+        "device": "cpu",
+        "search": search,
+    }
+    for key, value in sections.items():
+        doc[key] = {**doc.get(key, {}), **value}
+    return recipe_from_dict(doc)
+
+
+def test_seeded_study_gives_the_same_best_params_twice(images, tmp_path, monkeypatch):
+    measured = []
+    real = tune_mod._profile
+    monkeypatch.setattr(tune_mod, "_profile", lambda *a, **k: measured.append(1) or real(*a, **k))
+    recipe = _recipe(
+        images,
+        {
+            "trials": 4,
+            "pruner": "none",
+            "space": {
+                "train.lr": {"float": [1e-3, 0.1], "log": True},
+                "strategy.layers": {"blocks_from_profile": 2},
+            },
+        },
+        strategy={"name": "layers"},
+    )
+    a = tune(recipe, out=tmp_path / "a")
+    b = tune(recipe, out=tmp_path / "b")
+    assert len(measured) == 2  # one profile per study, shared by its four trials
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+    assert a.best is not None and a.best.params == b.best.params
+    assert a.best.value == b.best.value
+    assert a.count("COMPLETE") == 4
+    # the profile's blocks are the choices, ranked by the recipe's rule
+    assert len(a.space["strategy.layers"]["choices"]) == 2
+    assert {t.params["strategy.layers"] for t in a.trials} <= set(
+        a.space["strategy.layers"]["choices"]
+    )
+    for t in a.trials:  # the user attributes every trial records
+        assert t.tuned_layers == [t.params["strategy.layers"]]
+        assert t.nc1_after is not None and t.wall_seconds > 0 and 0 < t.trainable_percent < 100
+        assert Path(t.run_dir) == tmp_path / "a" / "trials" / str(t.number)
+    # best.yaml is the best trial's resolved, runnable recipe
+    best = load_recipe(tmp_path / "a" / "best.yaml")
+    assert best == trial_recipe(recipe, a.best.params)
+    assert best.strategy.layers == [a.best.params["strategy.layers"]]
+    # keep: best → only the best trial keeps its weights
+    kept = sorted(p.parent.name for p in (tmp_path / "a" / "trials").glob("*/model.safetensors"))
+    assert kept == [str(a.best.number)]
+    doc = json.loads((tmp_path / "a" / "search.json").read_text())
+    assert doc["best"]["number"] == a.best.number and len(doc["trials"]) == 4
+    assert (tmp_path / "a" / "search.png").stat().st_size > 0
+
+
+def test_pruner_stops_a_bad_trial_before_its_last_epoch(images, tmp_path):
+    recipe = _recipe(
+        images,
+        {
+            "trials": 3,
+            "startup_trials": 2,
+            "warmup_epochs": 0,
+            "space": {"train.lr": {"choice": [0.01, 1000.0]}},
+        },
+        train={"epochs": 3},
+    )
+    good, bad = {"train.lr": 0.01}, {"train.lr": 1000.0}
+    result = tune(recipe, out=tmp_path / "s", enqueue=[good, good, bad])
+    states = [(t.params["train.lr"], t.state) for t in result.trials]
+    assert states == [(0.01, "COMPLETE"), (0.01, "COMPLETE"), (1000.0, "PRUNED")]
+    pruned = result.trials[2]
+    assert pruned.epochs is not None and pruned.epochs < 3
+    assert "pruned after epoch" in pruned.reason
+    assert not (tmp_path / "s" / "trials" / "2" / "checkpoint.pt").exists()
+
+
+def test_second_trial_on_a_block_reads_the_shared_prefix_cache(images, tmp_path):
+    recipe = _recipe(
+        images,
+        {"trials": 2, "pruner": "none", "space": {"train.lr": {"float": [1e-3, 0.1]}}},
+        strategy={"name": "layers", "layers": ["layer4.0"]},
+    )
+    out = tmp_path / "s"
+    # a journal file storage, the other kind besides SQL
+    result = tune(recipe, out=out, storage=f"journal:{tmp_path / 'study.log'}")
+    assert result.count("COMPLETE") == 2
+    caches = [
+        json.loads((out / "trials" / str(n) / "report.json").read_text())["cache"] for n in (0, 1)
+    ]
+    assert [c["shared"] for c in caches] == ["written", "read"]
+    assert caches[0]["cut"] == caches[1]["cut"] == "backbone.layer4.0"
+    assert len(list((out / "prefix-cache").iterdir())) == 2  # train and val, once each
+    # re-running with more trials continues the study: the two first stay as they were
+    more = tune(recipe, out=out, storage=f"journal:{tmp_path / 'study.log'}", trials=3)
+    assert [t.params for t in more.trials[:2]] == [t.params for t in result.trials]
+    assert more.count("COMPLETE") == 3
+
+
+def test_every_trial_failing_raises_the_first_reason(images, tmp_path):
+    recipe = _recipe(
+        images,
+        {"trials": 2, "space": {"strategy.layers": {"choice": ["no_such_block"]}}},
+        strategy={"name": "layers"},
+    )
+    with pytest.raises(SearchFailedError, match="no_such_block") as info:
+        tune(recipe, out=tmp_path / "s")
+    assert info.value.bad_input
+    assert "trial 0" in str(info.value) and "\n" not in str(info.value)
+    # the study remembers its recipe: continuing it with another one is refused
+    other = _recipe(images, {"trials": 2, "space": {"train.lr": {"float": [0.01, 0.1]}}})
+    with pytest.raises(ConfigError, match="differs at"):
+        tune(other, out=tmp_path / "s")
+
+
+def test_rank_blocks_follows_the_rule():
+    class Layer:
+        def __init__(self, name, nc1):
+            self.name, self.nc1, self.ncc_accuracy, self.tunable = name, nc1, None, True
+
+    class Profile:
+        def __init__(self, layers, num_samples=10, num_classes=2, seconds=0.0):
+            self.layers, self.num_samples, self.num_classes = layers, num_samples, num_classes
+
+        @property
+        def blocks(self):
+            return self.layers
+
+    profile = Profile([Layer("a", 5.0), Layer("b", 1.0), Layer("c", 3.0)])
+    strategy = recipe_from_dict({"strategy": {"rule": "min_nc1"}}).strategy
+    assert rank_blocks(profile, strategy, 2) == ["b", "c"]
+    strategy = recipe_from_dict({"strategy": {"rule": "last"}}).strategy
+    assert rank_blocks(profile, strategy, 5) == ["c", "b", "a"]
+
+
+def test_trial_recipe_sets_dotted_paths():
+    base = recipe_from_dict({})
+    cfg = trial_recipe(base, {"train.lr": 0.05, "strategy.layers": "blocks.3", "seed": 3})
+    assert cfg.train.lr == 0.05 and cfg.strategy.layers == ["blocks.3"] and cfg.seed == 3
+    with pytest.raises(ConfigError, match="train.epochs"):
+        trial_recipe(base, {"train.epochs": 0})
+    assert yaml.safe_load(cfg.to_yaml())["train"]["lr"] == 0.05
