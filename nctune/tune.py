@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.engine
+import sqlalchemy.exc
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
@@ -302,22 +304,30 @@ def open_storage(url: str, heartbeat: int = 30, grace: int | None = None):
             raise ConfigError(f"--storage {url}: cannot open ({err.strerror or err})") from None
         return optuna.storages.JournalStorage(backend)
     kw: dict[str, Any] = dict(heartbeat_interval=heartbeat, grace_period=grace or 4 * heartbeat)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat is "experimental"; the alias deprecated
-            try:
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_stale_trial_callback=_retry_callback(), **kw
-                )
-            except TypeError:  # Optuna < 4.9 names the callback failed_trial_callback
-                return optuna.storages.RDBStorage(
-                    url, failed_trial_callback=_retry_callback(), **kw
-                )
-    except Exception as err:  # SQLAlchemy / driver errors have no common base worth naming
-        first = " ".join(str(err).split())[:160]
-        raise ConfigError(
-            f"--storage {_shown(url)}: cannot open ({err.__class__.__name__}: {first})"
-        ) from None
+    for attempt in range(4):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # heartbeat is "experimental"; alias deprecated
+                try:
+                    return optuna.storages.RDBStorage(
+                        url, heartbeat_stale_trial_callback=_retry_callback(), **kw
+                    )
+                except TypeError:  # Optuna < 4.9 names the callback failed_trial_callback
+                    return optuna.storages.RDBStorage(
+                        url, failed_trial_callback=_retry_callback(), **kw
+                    )
+        except sqlalchemy.exc.IntegrityError:
+            # Workers starting together on a new database race to create Optuna's tables;
+            # the loser's CREATE fails on a duplicate, and its second try finds them made.
+            if attempt == 3:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as err:  # SQLAlchemy / driver errors have no common base worth naming
+            first = " ".join(str(err).split())[:160]
+            raise ConfigError(
+                f"--storage {_shown(url)}: cannot open ({err.__class__.__name__}: {first})"
+            ) from None
+    raise AssertionError("unreachable")
 
 
 def _shown(url: str) -> str:
@@ -325,9 +335,7 @@ def _shown(url: str) -> str:
     if "://" not in url:
         return url
     try:
-        from sqlalchemy.engine import make_url  # optuna's own dependency
-
-        return make_url(url).render_as_string(hide_password=True)
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url
 

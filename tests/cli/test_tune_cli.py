@@ -1,0 +1,240 @@
+"""`nctune tune` end to end: bad search spaces, --json, SIGKILL + re-run, workers sharing a
+study (SQLite, and a real PostgreSQL server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from nctune.cli import app
+
+TINY = [
+    "backbone.name=timm:test_resnet",
+    "backbone.pretrained=false",
+    "data.subset=vendored",
+    "data.samples_per_class=10",
+    "data.val_fraction=0.03",
+    "data.image_size=32",
+    "data.batch_size=16",
+    "strategy.name=linear",
+    "train.epochs=1",
+    "train.warmup_epochs=0",
+    "train.profile_after=false",
+    "search.space={train.lr: {float: [0.001, 0.1], log: true}}",
+]
+
+
+def sets(*extra: str) -> list[str]:
+    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize(
+    ("space", "named", "why"),
+    [
+        ("{trian.lr: {float: [0.1, 1]}}", "trian.lr", "no recipe field"),
+        ("{train.lr: {float: [0.1, 0.1]}}", "train.lr", "empty range"),
+        ("{train.lr: {int: [3, 1]}}", "train.lr", "empty range"),
+        ("{train.lr: {float: [0, 1], log: true}}", "train.lr", "log: true needs lo > 0"),
+        ("{train.epochs: {float: [1, 3]}}", "train.epochs", "wrong type"),
+        ("{train.optimizer: {choice: [adamw, rmsprop]}}", "train.optimizer", "rmsprop"),
+        ("{train.lr: {choice: []}}", "train.lr", "at least one value"),
+        ("{seed: {blocks_from_profile: 2}}", "seed", "only applies to strategy.layers"),
+        ("{train.lr: {float: [0.1, 1], lgo: true}}", "train.lr.lgo", "unknown key"),
+    ],
+)
+def test_bad_search_space_is_one_line_exit_2(tmp_path, space, named, why):
+    out = tmp_path / "s"
+    res = invoke("tune", *sets(f"search.space={space}"), "--out", str(out))
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "search.space" in lines[0] and named in lines[0] and why in lines[0], lines[0]
+    assert "Traceback" not in res.output and not out.exists()
+
+
+def test_json_result_and_every_trial_failing(tmp_path):
+    out = tmp_path / "s"
+    res = invoke("tune", *sets(), "--trials", "2", "--json", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["counts"]["COMPLETE"] == 2 and doc["study_name"] == "s"
+    assert doc["best"]["run_dir"] == str(out / "trials" / str(doc["best"]["number"]))
+    assert {"best.yaml", "search.json", "search.png", "study.db"} <= {p.name for p in out.iterdir()}
+    # a sampled combination the backbone refuses, every time: exit 2, the first reason
+    res = invoke(
+        "tune",
+        *sets("search.space={strategy.layers: {choice: [no_such_block]}}", "strategy.name=layers"),
+        "--trials",
+        "2",
+        "--out",
+        str(tmp_path / "bad"),
+    )
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and "all 2 trials failed" in lines[0] and "no_such_block" in lines[0]
+
+
+# ------------------------------------------------------------ processes
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nctune", "tune", *args]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=storage)
+    return [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
+
+
+def _finished(trials) -> list:
+    return [t for t in trials if t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED")]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_rerun_keeps_finished_trials(tmp_path):
+    out = tmp_path / "s"
+    args = [
+        *sets(
+            "strategy.name=full",  # no prefix cache: a trial takes long enough to be killed in
+            "data.samples_per_class=30",
+            "train.epochs=2",
+            "search.heartbeat=1",
+            "search.grace=2",
+            "search.pruner=none",
+        ),
+        "--trials",
+        "3",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    end = time.monotonic() + 300
+    while not (out / "trials" / "1" / "recipe.yaml").exists():  # trial 0 done, 1 running
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "trial 1 never started"
+        time.sleep(0.05)
+    time.sleep(1.0)  # into trial 1's training
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    storage = f"sqlite:///{out / 'study.db'}"
+    before = _trials(storage, "s")
+    assert [(t.number, t.state.name) for t in before] == [(0, "COMPLETE"), (1, "RUNNING")]
+
+    done = subprocess.run(_cmd(*args), capture_output=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr.decode()
+    after = _trials(storage, "s")
+    assert after[0].value == before[0].value and after[0].params == before[0].params
+    assert len(_finished(after)) == 3  # the requested number, the kept trial among them
+    assert after[1].state.name == "FAIL"  # the heartbeat marked the killed trial failed …
+    retried = [t for t in after if t.system_attrs.get("failed_trial") == 1]
+    assert len(retried) == 1 and retried[0].params == after[1].params  # … and retried once
+    assert retried[0].state.name == "COMPLETE"
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["counts"]["COMPLETE"] == 3
+
+
+def _two_workers(out: Path, storage: str | None, trials: int) -> None:
+    args = [*sets("search.pruner=none"), "--trials", str(trials), "--out", str(out)]
+    if storage:
+        args += ["--storage", storage, "--study", "shared"]
+    procs = [
+        subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()
+
+
+def _check_shared(out: Path, storage: str, name: str, want: int) -> None:
+    trials = _trials(storage, name)
+    finished = _finished(trials)
+    assert len(finished) == want  # none lost, none extra
+    assert len({t.number for t in trials}) == len(trials)
+    dirs = [t.user_attrs["run_dir"] for t in finished]
+    assert len(set(dirs)) == want  # every trial its own run folder
+    for t in finished:
+        assert (Path(t.user_attrs["run_dir"]) / "report.json").is_file()
+    # both workers ran trials: the storage saw two processes' heartbeats interleave
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["counts"]["COMPLETE"] == want
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    out = tmp_path / "s"
+    _two_workers(out, None, 4)
+    _check_shared(out, f"sqlite:///{out / 'study.db'}", "s", 4)
+
+
+# ------------------------------------------------------------ PostgreSQL
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL 15 server on a loopback port, as an unprivileged user."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL server binaries in {PG_BIN} (apt install postgresql-15)")
+    pytest.importorskip("psycopg", reason="psycopg is in the test extra: pip install -e .[test]")
+    root = Path(tempfile.mkdtemp(prefix="nctune-pg-"))
+    root.chmod(0o777)  # initdb refuses root: the server runs as nobody
+    user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    data, port = root / "data", _free_port()
+    run = dict(check=True, capture_output=True, timeout=120)
+    try:
+        subprocess.run(
+            [*user, PG_BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres"], **run
+        )
+        subprocess.run(
+            [
+                *user,
+                PG_BIN / "pg_ctl",
+                "-D",
+                data,
+                "-l",
+                root / "log",
+                "-w",
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+                "start",
+            ],
+            **run,
+        )
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*user, PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgresql_study(tmp_path, postgres):
+    out = tmp_path / "s"
+    _two_workers(out, postgres, 3)
+    _check_shared(out, postgres, "shared", 3)
+    assert not (out / "study.db").exists()  # the study lives in the server
