@@ -25,10 +25,12 @@ and the result is a :class:`SearchResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shutil
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -39,15 +41,19 @@ from typing import Any
 import optuna
 import sqlalchemy.engine
 import sqlalchemy.exc
+import yaml
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
+from torch.utils.data import DataLoader
 
 from nctune.artifacts import (
     MODEL_FILE,
     RECIPE_FILE,
+    REPORT_FILE,
     atomic_write_json,
     atomic_write_text,
     check_writable,
+    load_finetuned,
     save_run,
 )
 from nctune.config import Recipe, _wants_list, recipe_from_dict
@@ -55,7 +61,7 @@ from nctune.errors import ConfigError, NctuneError
 from nctune.finetune import _profile, finetune, prepare
 from nctune.report.search import plot_search
 from nctune.selection import recipe_rule, select_layers
-from nctune.train import CHECKPOINT, EpochStats
+from nctune.train import CHECKPOINT, EpochStats, evaluate
 
 STUDY_DB = "study.db"
 SEARCH_FILE = "search.json"
@@ -663,6 +669,7 @@ class _Objective:
         values = _suggest(trial, self.space)
         run_dir = _claim_run_dir(self.out / TRIALS_DIR / str(trial.number))
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         self._record(trial, "RUNNING", run_dir=str(run_dir))
         try:
             return self._train(trial, values, run_dir)
@@ -677,7 +684,10 @@ class _Objective:
         metric = self.recipe.search.metric
         cfg = trial_recipe(self.recipe, values, source=f"trial {trial.number}")
         atomic_write_text(run_dir / RECIPE_FILE, cfg.to_yaml())
-        prepared = prepare(cfg)
+        backbone, splits, plain, device = prepare(cfg)
+        # The test split is measured once, on the best trial, when the search ends: choosing
+        # among trials must not see it, and a test pass per trial costs about an epoch.
+        prepared = (backbone, dataclasses.replace(splits, test=None), plain, device)
         st = cfg.strategy  # the profile finetune would measure, measured once per study
         needs = st.name == "auto" or (st.name in ("layers", "scl") and not st.layers)
         needs = needs or cfg.train.profile_after
@@ -773,6 +783,8 @@ def _finish(study, recipe, url, name, direction, want, space, out, start, timing
         for t in complete:
             if t.number != best.number:
                 (out / TRIALS_DIR / str(t.number) / MODEL_FILE).unlink(missing_ok=True)
+    if best_record is not None:
+        best_record.test_accuracy = _best_test_accuracy(out / TRIALS_DIR / str(best.number))
     best_recipe = None
     if best is not None:
         text = (out / TRIALS_DIR / str(best.number) / RECIPE_FILE).read_text(encoding="utf-8")
@@ -804,3 +816,20 @@ def _finish(study, recipe, url, name, direction, want, space, out, start, timing
     atomic_write_json(out / SEARCH_FILE, result.to_dict())
     plot_search(result, out / PLOT_FILE)
     return result
+
+
+def _best_test_accuracy(run_dir: Path) -> float | None:
+    """Test accuracy of a trial's kept model (once: stored in its ``report.json``)."""
+    report = json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    if report.get("test_accuracy") is None:
+        cfg = recipe_from_dict(
+            yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8")), str(run_dir)
+        )
+        _, splits, _, device = prepare(cfg)
+        if splits.test is None:
+            return None
+        model = load_finetuned(run_dir, device=str(device))
+        loader = DataLoader(splits.test, batch_size=cfg.data.batch_size, shuffle=False)
+        report["test_accuracy"] = evaluate(model, loader, device, amp=cfg.train.amp)[0]
+        atomic_write_json(run_dir / REPORT_FILE, report)
+    return report["test_accuracy"]

@@ -70,6 +70,7 @@ def test_seeded_study_gives_the_same_best_params_twice(images, tmp_path, monkeyp
             },
         },
         strategy={"name": "layers"},
+        data={"test_fraction": 0.2},
     )
     a = tune(recipe, out=tmp_path / "a")
     b = tune(recipe, out=tmp_path / "b")
@@ -94,6 +95,14 @@ def test_seeded_study_gives_the_same_best_params_twice(images, tmp_path, monkeyp
     # keep: best → only the best trial keeps its weights
     kept = sorted(p.parent.name for p in (tmp_path / "a" / "trials").glob("*/model.safetensors"))
     assert kept == [str(a.best.number)]
+    # the test split is measured once, for the best trial, after the search
+    tested = {
+        t.number: json.loads(Path(t.run_dir, "report.json").read_text())["test_accuracy"]
+        for t in a.trials
+    }
+    assert a.best.test_accuracy is not None
+    assert tested.pop(a.best.number) == a.best.test_accuracy
+    assert set(tested.values()) == {None}
     doc = json.loads((tmp_path / "a" / "search.json").read_text())
     assert doc["best"]["number"] == a.best.number and len(doc["trials"]) == 4
     assert (tmp_path / "a" / "search.png").stat().st_size > 0
