@@ -336,6 +336,8 @@ class PrefixCache:
             if hit is not None:
                 model.train(was_training)
                 return hit, hit.info
+            # Present but failing verification (damaged, or a key collision): replace it.
+            shutil.rmtree(published, ignore_errors=True)
             model.eval()
             disk_dir, prefer = Path(shared_dir), "disk"  # computed once, here, for every run
             Path(shared_dir).mkdir(parents=True, exist_ok=True)
@@ -439,14 +441,14 @@ class PrefixCache:
         b = a.shape[0]
         # Verified like a new cache: the first batch and the last sample recomputed here
         # must match what is stored, then the cached path must reproduce the logits.
-        if not torch.equal(torch.from_numpy(np.asarray(inputs[:b])).to(a.dtype), a.cpu()):
+        if not torch.equal(torch.from_numpy(np.array(inputs[:b])).to(a.dtype), a.cpu()):
             return None
         try:
             x_last, y_last = loader.dataset[n - 1]
             last = cls._capture(model, cut, torch.as_tensor(x_last)[None], device, amp).cpu()
         except Exception:  # a dataset that cannot be indexed: no proof, no reuse
             return None
-        stored_last = torch.from_numpy(np.asarray(inputs[n - 1 : n])).to(torch.float32)
+        stored_last = torch.from_numpy(np.array(inputs[n - 1 : n])).to(torch.float32)
         if int(labels[-1]) != int(y_last) or not torch.allclose(
             stored_last, last.float(), rtol=1e-3, atol=1e-4
         ):

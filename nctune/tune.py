@@ -379,20 +379,26 @@ class _TrialSeeded(BaseSampler):
         self._inner.reseed_rng()
 
 
+def _grid(space: dict[str, dict]) -> dict[str, list]:
+    """Every value the grid sampler visits, per path (float ranges need a step)."""
+    grid = {}
+    for path, d in space.items():
+        if d["kind"] == "choice":
+            grid[path] = [_encode(c) for c in d["choices"]]
+        elif d["kind"] == "int":
+            grid[path] = list(range(d["low"], d["high"] + 1, int(d["step"] or 1)))
+        else:
+            n = math.floor((d["high"] - d["low"]) / d["step"] + 1e-9)
+            grid[path] = [d["low"] + i * d["step"] for i in range(n + 1)]
+    return grid
+
+
 def _sampler(recipe: Recipe, space: dict[str, dict]) -> BaseSampler:
     s = recipe.search
     if s.sampler == "random":
         return _TrialSeeded(lambda seed: optuna.samplers.RandomSampler(seed=seed), recipe.seed)
     if s.sampler == "grid":
-        grid = {}
-        for path, d in space.items():
-            if d["kind"] == "choice":
-                grid[path] = [_encode(c) for c in d["choices"]]
-            elif d["kind"] == "int":
-                grid[path] = list(range(d["low"], d["high"] + 1, int(d["step"] or 1)))
-            else:
-                n = math.floor((d["high"] - d["low"]) / d["step"] + 1e-9)
-                grid[path] = [d["low"] + i * d["step"] for i in range(n + 1)]
+        grid = _grid(space)
         return _TrialSeeded(lambda seed: optuna.samplers.GridSampler(grid, seed=seed), recipe.seed)
     return _TrialSeeded(lambda seed: optuna.samplers.TPESampler(seed=seed), recipe.seed)
 
@@ -468,7 +474,6 @@ def tune(
     s = recipe.search
     want = trials or s.trials
     out = check_writable(out)
-    out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / STUDY_DB).resolve()}"
     name = study_name or out.resolve().name
     direction = s.direction or ("minimize" if s.metric == "nc1_after" else "maximize")
@@ -500,9 +505,55 @@ def tune(
         return profiles[key]
 
     space = _resolved_space(recipe, profile_of)
-    store = open_storage(url, s.heartbeat, s.grace)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _study(
+            recipe,
+            out,
+            url,
+            name,
+            direction,
+            want,
+            space,
+            profile_of,
+            timing,
+            start,
+            enqueue,
+            should_stop,
+            on_trial,
+            progress,
+        )
+    except NctuneError:
+        # A search that never got going (unreadable storage, another recipe's study) or
+        # whose every trial failed leaves nothing behind in a folder it created.
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _study(
+    recipe,
+    out,
+    url,
+    name,
+    direction,
+    want,
+    space,
+    profile_of,
+    timing,
+    start,
+    enqueue,
+    should_stop,
+    on_trial,
+    progress,
+) -> SearchResult:
+    """Open (or continue) the study, run it, collect it."""
+    store = open_storage(url, recipe.search.heartbeat, recipe.search.grace)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ExperimentalWarning / deprecations from Optuna
+        # Optuna flags the heartbeat as experimental and its retry callback as renamed
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # the library never prints
         try:
@@ -539,13 +590,17 @@ def tune(
 
 
 def _claim_study(study: optuna.Study, recipe: Recipe, name: str) -> None:
-    """Mark a new study with its recipe; refuse to continue one over another recipe."""
+    """Mark a new study with its recipe; refuse to continue one over another recipe (unless
+    none of its trials finished: a search whose every trial failed may be fixed and re-run)."""
     mine = _comparable(recipe)
     theirs = study.user_attrs.get("nctune_recipe")
     if theirs is None:
         study.set_user_attr("nctune_recipe", mine)
         return
-    if theirs != mine:
+    finished = any(t.state in _FINISHED for t in study.get_trials(deepcopy=False))
+    if theirs != mine and not finished:  # nothing came of the old recipe: this one takes over
+        study.set_user_attr("nctune_recipe", mine)
+    elif theirs != mine:
         diff = _first_difference(theirs, mine) or "?"
         raise ConfigError(
             f"--study {name}: this study searches another recipe (differs at {diff}); "
@@ -606,11 +661,10 @@ def _run(
 
 
 def _grid_done(study, space) -> bool:
-    total = 1
-    for d in space.values():
-        total *= len(d["choices"]) if d["kind"] == "choice" else 1
+    """Every grid point has a trial: a grid search ends there, whatever ``trials`` says."""
+    total = math.prod(len(v) for v in _grid(space).values())
     seen = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)}
-    return all(d["kind"] == "choice" for d in space.values()) and len(seen) >= total
+    return len(seen) >= total
 
 
 class _Objective:
@@ -704,6 +758,8 @@ class _Objective:
             trial.report(value, stats.epoch)
             if trial.should_prune():
                 trial.set_user_attr("epochs", stats.epoch)
+                accs = [e.val_accuracy for e in seen if e.val_accuracy is not None]
+                trial.set_user_attr("val_accuracy", max(accs) if accs else None)
                 trial.set_user_attr("fail_reason", f"pruned after epoch {stats.epoch}")
                 self._record(trial, "PRUNED", reason=f"pruned after epoch {stats.epoch}", **info)
                 raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
@@ -791,12 +847,16 @@ def _finish(study, recipe, url, name, direction, want, space, out, start, timing
         best_recipe = atomic_write_text(out / BEST_RECIPE, text)
     importances: dict[str, float] = {}
     if len(complete) >= 2:
-        try:
-            importances = {
-                k: float(v) for k, v in optuna.importance.get_param_importances(study).items()
-            }
-        except (RuntimeError, ValueError):  # nothing varied, or too few distinct values
-            importances = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                importances = {
+                    k: float(v) for k, v in optuna.importance.get_param_importances(study).items()
+                }
+            except (RuntimeError, ValueError):  # nothing varied, or too few distinct values
+                importances = {}
+        if any("will be equal" in str(w.message) for w in caught):
+            importances = {}  # too few trials to tell the parameters apart: say nothing
     result = SearchResult(
         study_name=name,
         storage=_shown(url),

@@ -1,9 +1,11 @@
-"""The frozen-prefix cache: same run as without it, on CNNs and ViTs, in memory and on disk."""
+"""The frozen-prefix cache: same run as without it, on CNNs and ViTs, in memory and on disk,
+and shared across runs (a search's trials) under a content key, verified before reuse."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nctune.prefix_cache import PrefixCache
@@ -70,3 +72,35 @@ def test_cache_refused_when_prefix_trains_or_data_is_augmented():
         "scl", ("layer3.0",), overrides=["train.epochs=1", "data.augment=true"], augment=True
     )
     assert not aug.cache.used and "augment" in aug.cache.reason
+
+
+def test_shared_cache_is_written_once_then_read_and_trains_the_same(tmp_path):
+    shared = tmp_path / "shared"
+    first = run("scl", ("layer3.0",), overrides=["train.epochs=1"], shared_cache_dir=shared)
+    assert first[0].cache.used and first[0].cache.shared == "written"
+    entries = sorted(p.name for p in shared.iterdir())
+    assert len(entries) == 2  # train and validation inputs, each under its content key
+    second = run("scl", ("layer3.0",), overrides=["train.epochs=1"], shared_cache_dir=shared)
+    assert (
+        second[0].cache.shared == "read" and "read from the shared cache" in second[0].cache.reason
+    )
+    assert sorted(p.name for p in shared.iterdir()) == entries  # nothing recomputed
+    plain = run("scl", ("layer3.0",), overrides=["train.epochs=1", "train.cache_prefix=off"])
+    assert_same_run(second, plain, exact=False)
+    # another block is another key
+    other = run("scl", ("layer4.0",), overrides=["train.epochs=1"], shared_cache_dir=shared)
+    assert other[0].cache.shared == "written" and len(list(shared.iterdir())) == 4
+
+
+@pytest.mark.parametrize("row", ["first", "last"])
+def test_a_tampered_shared_cache_is_not_used(tmp_path, row):
+    shared = tmp_path / "shared"
+    run("linear", None, overrides=["train.epochs=1"], shared_cache_dir=shared)
+    for entry in shared.iterdir():  # corrupt what the reader verifies
+        inputs = np.load(entry / "prefix.npy", mmap_mode="r+")
+        inputs[0 if row == "first" else -1] += 1.0
+        inputs.flush()
+    again = run("linear", None, overrides=["train.epochs=1"], shared_cache_dir=shared)
+    assert again[0].cache.used and again[0].cache.shared == "written"  # recomputed, replaced
+    third = run("linear", None, overrides=["train.epochs=1"], shared_cache_dir=shared)
+    assert third[0].cache.shared == "read"

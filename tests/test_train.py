@@ -203,3 +203,26 @@ def test_fit_leaves_torch_global_flags_as_it_found_them():
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.backends.cudnn.benchmark = saved
+
+
+def test_epoch_hook_sees_every_epoch_and_can_stop_the_run(tmp_path):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def hook(stats):
+        seen.append((stats.epoch, stats.val_accuracy))
+        if stats.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(
+            "scl",
+            ("layer3.0",),
+            overrides=["train.cache_prefix=disk"],
+            on_epoch_end=hook,
+            run_dir=tmp_path,
+        )
+    assert [e for e, _ in seen] == [1, 2] and all(v is not None for _, v in seen)
+    assert list(tmp_path.glob("nctune-prefix-*")) == []  # the caches were closed
