@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-import nctune.tune as tune_mod
+import nctune.tune._study as study_mod
 from nctune.config import load_recipe, recipe_from_dict
 from nctune.errors import ConfigError
 from nctune.tune import SearchFailedError, rank_blocks, trial_recipe, tune
@@ -57,8 +57,8 @@ def _recipe(images: Path, search: dict, **sections):
 
 def test_seeded_study_gives_the_same_best_params_twice(images, tmp_path, monkeypatch):
     measured = []
-    real = tune_mod._profile
-    monkeypatch.setattr(tune_mod, "_profile", lambda *a, **k: measured.append(1) or real(*a, **k))
+    real = study_mod._profile
+    monkeypatch.setattr(study_mod, "_profile", lambda *a, **k: measured.append(1) or real(*a, **k))
     recipe = _recipe(
         images,
         {

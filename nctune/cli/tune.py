@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from nctune.artifacts import to_json
+from nctune._io import to_json
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from nctune.artifacts import atomic_write_bytes
+from nctune._io import atomic_write_bytes
 from nctune.report import _fmt, _png
 
 _STATE_STYLE = {

@@ -1,0 +1,189 @@
+"""One trial: sample → recipe → its run folder → ``finetune`` (pruned per epoch) → score."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from nctune._io import atomic_write_json, atomic_write_text
+from nctune.artifacts import RECIPE_FILE, save_run
+from nctune.checkpoint import CHECKPOINT
+from nctune.errors import ConfigError, NctuneError
+from nctune.finetune import finetune, prepare
+from nctune.train import EpochStats
+from nctune.tune._result import TrialRecord
+from nctune.tune._space import suggest, trial_recipe
+
+CACHE_DIR = "prefix-cache"
+TRIALS_DIR = "trials"
+TRIAL_FILE = "trial.json"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class _Interrupted(Exception):
+    """A stop request ended a trial mid-way (it is failed, and re-queued for a re-run)."""
+
+
+class _Surplus(Exception):
+    """Another worker already started the study's last trial; this one never ran."""
+
+
+class Objective:
+    """One trial: sample → recipe → run folder → finetune (pruned per epoch) → score."""
+
+    def __init__(
+        self, recipe, space, want, out, profile_of, should_stop, on_trial, progress, heartbeat
+    ):
+        self.recipe, self.space, self.want, self.out = recipe, space, want, Path(out)
+        self.heartbeat = heartbeat
+        self.profile_of, self.should_stop = profile_of, should_stop
+        self.on_trial, self.progress = on_trial, progress
+        self.failed, self.interrupted = 0, False
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except _Surplus:
+            trial.set_user_attr("surplus", True)
+            raise
+        except _Interrupted:
+            self.interrupted = True
+            self.failed += 1
+            trial.set_user_attr("fail_reason", "interrupted (queued again for a re-run)")
+            trial.study.enqueue_trial(trial.params)
+            raise
+        except Exception as err:
+            self.failed += 1
+            reason = " ".join(f"{err.__class__.__name__}: {err}".split())
+            if isinstance(err, NctuneError):
+                reason = " ".join(str(err).split())
+            trial.set_user_attr("fail_reason", reason[:500])
+            trial.set_user_attr("bad_input", isinstance(err, NctuneError))
+            self._record(trial, "FAIL", reason=reason)
+            raise
+
+    def _surplus(self, trial: optuna.Trial) -> bool:
+        earlier = [
+            t
+            for t in trial.study.get_trials(deepcopy=False)
+            if t.number < trial.number
+            and t.state in (*FINISHED, TrialState.RUNNING)
+            and not t.user_attrs.get("surplus")
+        ]
+        return len(earlier) >= self.want
+
+    def _record(self, trial, state: str, **kw) -> None:
+        if self.on_trial is not None:
+            self.on_trial(TrialRecord(trial.number, state, dict(trial.params), **kw))
+
+    def _run(self, trial: optuna.Trial) -> float:
+        if self.heartbeat and self._surplus(trial):
+            raise _Surplus
+        values = suggest(trial, self.space)
+        run_dir = claim_run_dir(self.out / TRIALS_DIR / str(trial.number))
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        self._record(trial, "RUNNING", run_dir=str(run_dir))
+        try:
+            return self._train(trial, values, run_dir)
+        except BaseException as err:
+            # a stopped trial keeps its recipe and a note of what happened, not its checkpoint
+            (run_dir / CHECKPOINT).unlink(missing_ok=True)
+            state = "PRUNED" if isinstance(err, optuna.TrialPruned) else "FAIL"
+            atomic_write_json(run_dir / TRIAL_FILE, {"state": state, "reason": str(err)})
+            raise
+
+    def _train(self, trial: optuna.Trial, values: dict[str, Any], run_dir: Path) -> float:
+        metric = self.recipe.search.metric
+        cfg = trial_recipe(self.recipe, values, source=f"trial {trial.number}")
+        atomic_write_text(run_dir / RECIPE_FILE, cfg.to_yaml())
+        backbone, splits, plain, device = prepare(cfg)
+        # The test split is measured once, on the best trial, when the search ends: choosing
+        # among trials must not see it, and a test pass per trial costs about an epoch.
+        prepared = (backbone, dataclasses.replace(splits, test=None), plain, device)
+        st = cfg.strategy  # the profile finetune would measure, measured once per study
+        needs = st.name == "auto" or (st.name in ("layers", "scl") and not st.layers)
+        needs = needs or cfg.train.profile_after
+        profile = self.profile_of(cfg, prepared) if needs else None
+        seen: list[EpochStats] = []
+
+        def epoch_end(stats: EpochStats) -> None:
+            seen.append(stats)
+            value = stats.val_accuracy if metric == "val_accuracy" else stats.nc1
+            info = {"val_accuracy": stats.val_accuracy, "epochs": stats.epoch}
+            self._record(trial, "RUNNING", run_dir=str(run_dir), **info)
+            if value is None or not math.isfinite(value):
+                return
+            trial.report(value, stats.epoch)
+            if trial.should_prune():
+                trial.set_user_attr("epochs", stats.epoch)
+                accs = [e.val_accuracy for e in seen if e.val_accuracy is not None]
+                trial.set_user_attr("val_accuracy", max(accs) if accs else None)
+                trial.set_user_attr("fail_reason", f"pruned after epoch {stats.epoch}")
+                self._record(trial, "PRUNED", reason=f"pruned after epoch {stats.epoch}", **info)
+                raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
+
+        t0 = time.perf_counter()
+        result = finetune(
+            cfg,
+            run_dir=run_dir,
+            should_stop=self.should_stop,
+            progress=self.progress,
+            prepared=prepared,
+            profile=profile,
+            on_epoch_end=epoch_end,
+            shared_cache_dir=self.out / CACHE_DIR,
+        )
+        if result.interrupted:
+            raise _Interrupted
+        save_run(run_dir, result)
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+        doc = result.to_dict()
+        attrs = {
+            "val_accuracy": result.val_accuracy,
+            "test_accuracy": result.test_accuracy,
+            "nc1_after": result.nc1_after,
+            "trainable_percent": doc["trainable_percent"],
+            "tuned_layers": result.tuned_layers,
+            "epochs": len(result.history),
+            "wall_seconds": time.perf_counter() - t0,
+            "cache": result.cache,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        score = result.val_accuracy if metric == "val_accuracy" else result.nc1_after
+        if score is None or not math.isfinite(score):
+            raise ConfigError(f"trial {trial.number}: search.metric {metric} is undefined")
+        self._record(
+            trial,
+            "COMPLETE",
+            value=score,
+            run_dir=str(run_dir),
+            **{k: v for k, v in attrs.items() if k != "cache"},
+        )
+        return score
+
+
+def claim_run_dir(run_dir: Path) -> Path:
+    """Create the trial's run folder; trial numbers are unique, so an existing folder is a
+    leftover of a study that was deleted and started again: it is replaced."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        stale = run_dir.with_name(f".{run_dir.name}.stale-{os.getpid()}")
+        os.replace(run_dir, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+        run_dir.mkdir()
+    return run_dir

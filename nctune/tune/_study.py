@@ -1,0 +1,352 @@
+"""The search loop: open or continue the study, run trials until it holds enough, collect."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+from torch.utils.data import DataLoader
+
+from nctune._io import atomic_write_json, atomic_write_text, check_writable
+from nctune.artifacts import MODEL_FILE, RECIPE_FILE, REPORT_FILE, load_finetuned
+from nctune.config import Recipe, recipe_from_dict
+from nctune.errors import ConfigError, NctuneError
+from nctune.finetune import _profile, prepare
+from nctune.report.search import plot_search
+from nctune.train import evaluate
+from nctune.tune._objective import FINISHED, TRIALS_DIR, Objective
+from nctune.tune._result import SearchFailedError, SearchResult, TrialRecord
+from nctune.tune._space import grid, resolved_space
+from nctune.tune._storage import comparable, make_pruner, make_sampler, open_storage, shown
+
+STUDY_DB = "study.db"
+SEARCH_FILE = "search.json"
+BEST_RECIPE = "best.yaml"
+PLOT_FILE = "search.png"
+
+
+def tune(
+    recipe: Recipe,
+    *,
+    out: str | Path,
+    trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    enqueue: list[dict[str, Any]] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_trial: Callable[[TrialRecord], None] | None = None,
+    progress: Callable[..., None] | None = None,
+) -> SearchResult:
+    """Search the recipe's ``search.space`` with Optuna; every trial is a ``finetune`` run.
+
+    The study continues until it holds ``trials`` finished (complete or pruned) trials —
+    counting those of earlier runs and of other workers — or this worker's ``timeout``
+    passes, or this worker has seen ``trials`` of its own trials fail. Each trial's
+    objective is ``search.metric`` of its run (by default the best validation accuracy
+    :math:`\\max_e \\mathrm{acc}_{val}(e)`); after every epoch e it reports
+    :math:`\\mathrm{acc}_{val}(e)` (or the epoch's head-input NC1) as step e, and the pruner
+    stops it when that falls below the median of earlier trials at the same epoch.
+
+    Args:
+        recipe: the base recipe; ``recipe.search`` says what to search and how.
+        out: the search folder: ``study.db`` (default storage), ``trials/<n>/`` run
+            folders, ``prefix-cache/``, ``search.json``, ``best.yaml``, ``search.png``.
+        trials: overrides ``search.trials``.
+        storage: an SQLAlchemy URL, ``journal:PATH`` or a ``.log`` path; default
+            ``sqlite:///OUT/study.db``.
+        study_name: default: the name of ``out``. Workers sharing a study pass the same.
+        enqueue: parameter dicts (dotted path → value) to try first, when the study is new.
+        should_stop: polled during training; True ends the running trial at the next step
+            (failed as interrupted and queued again for a re-run) and the search.
+        on_trial: called with a :class:`TrialRecord` when a trial starts, after each of its
+            epochs, and when it ends.
+        progress: ``progress(phase, done, total, info=...)`` for the running trial.
+
+    Returns:
+        The :class:`SearchResult`; the files above are written.
+
+    Raises:
+        ConfigError: a metric the data cannot give, an unreadable storage, or a study of
+            that name holding a search over another recipe.
+        SearchFailedError: every trial failed (the first one's reason).
+    """
+    start = time.perf_counter()
+    s = recipe.search
+    want = trials or s.trials
+    out = check_writable(out)
+    url = storage or f"sqlite:///{(out / STUDY_DB).resolve()}"
+    name = study_name or out.resolve().name
+    direction = s.direction or ("minimize" if s.metric == "nc1_after" else "maximize")
+
+    # Everything that can fail on bad input fails here, before a trial runs.
+    base = prepare(recipe)
+    if s.metric == "val_accuracy" and base[1].val is None:
+        raise ConfigError(
+            "search.metric: val_accuracy needs a validation split (set data.val_fraction > 0)"
+        )
+    profiles: dict[str, Any] = {}
+    timing = {"profile": 0.0}
+
+    def profile_of(r: Recipe, prepared=None):
+        key = json.dumps(
+            [
+                r.backbone.model_dump(mode="json"),
+                r.data.model_dump(mode="json", exclude={"augment", "batch_size", "num_workers"}),
+                r.analysis.model_dump(mode="json"),
+                r.seed,
+            ],
+            sort_keys=True,
+        )
+        if key not in profiles:
+            backbone, _, plain, device = prepared or (base if r is recipe else prepare(r))
+            t0 = time.perf_counter()
+            profiles[key] = _profile(backbone, plain, r, device, progress, "profile")
+            timing["profile"] += time.perf_counter() - t0
+        return profiles[key]
+
+    space = resolved_space(recipe, profile_of)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _study(
+            recipe,
+            out,
+            url,
+            name,
+            direction,
+            want,
+            space,
+            profile_of,
+            timing,
+            start,
+            enqueue,
+            should_stop,
+            on_trial,
+            progress,
+        )
+    except NctuneError:
+        # A search that never got going (unreadable storage, another recipe's study) or
+        # whose every trial failed leaves nothing behind in a folder it created.
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _study(
+    recipe,
+    out,
+    url,
+    name,
+    direction,
+    want,
+    space,
+    profile_of,
+    timing,
+    start,
+    enqueue,
+    should_stop,
+    on_trial,
+    progress,
+) -> SearchResult:
+    """Open (or continue) the study, run it, collect it."""
+    store = open_storage(url, recipe.search.heartbeat, recipe.search.grace)
+    with warnings.catch_warnings():
+        # Optuna flags the heartbeat as experimental and its retry callback as renamed
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the library never prints
+        try:
+            study = optuna.create_study(
+                storage=store,
+                study_name=name,
+                direction=direction,
+                sampler=make_sampler(recipe, space),
+                pruner=make_pruner(recipe),
+                load_if_exists=True,
+            )
+            _claim_study(study, recipe, name)
+            if enqueue and not study.get_trials(deepcopy=False):
+                for params in enqueue:
+                    study.enqueue_trial(params)
+            interrupted = _run(
+                study,
+                recipe,
+                space,
+                want,
+                out,
+                profile_of,
+                should_stop,
+                on_trial,
+                progress,
+                start,
+                isinstance(store, optuna.storages.RDBStorage),
+            )
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        return _finish(
+            study, recipe, url, name, direction, want, space, out, start, timing, interrupted
+        )
+
+
+def _claim_study(study: optuna.Study, recipe: Recipe, name: str) -> None:
+    """Mark a new study with its recipe; refuse to continue one over another recipe (unless
+    none of its trials finished: a search whose every trial failed may be fixed and re-run)."""
+    mine = comparable(recipe)
+    theirs = study.user_attrs.get("nctune_recipe")
+    if theirs is None:
+        study.set_user_attr("nctune_recipe", mine)
+        return
+    finished = any(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    if theirs != mine and not finished:  # nothing came of the old recipe: this one takes over
+        study.set_user_attr("nctune_recipe", mine)
+    elif theirs != mine:
+        diff = _first_difference(theirs, mine) or "?"
+        raise ConfigError(
+            f"--study {name}: this study searches another recipe (differs at {diff}); "
+            "continue it with the same recipe, or pick another --study or --out"
+        )
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return prefix.rstrip(".") if a != b else None
+
+
+def _run(
+    study, recipe, space, want, out, profile_of, should_stop, on_trial, progress, start, heartbeat
+):
+    """Run trials until the study holds ``want`` finished ones; True when stopped early.
+
+    With a heartbeat (SQL storages) trials other workers are running count toward
+    ``want``, and a worker waits for them rather than starting a surplus trial; a dead
+    worker's trial is failed after the grace period, retried (queued as waiting) and run
+    here. A journal storage has no heartbeat, so only finished trials count there.
+    """
+    s = recipe.search
+    own_failures = 0
+    objective = Objective(
+        recipe, space, want, out, profile_of, should_stop, on_trial, progress, heartbeat
+    )
+    while True:
+        if should_stop is not None and should_stop():
+            return True
+        if s.timeout is not None and time.perf_counter() - start > s.timeout:
+            return False
+        if own_failures >= want:
+            return False
+        if heartbeat:
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, retried
+        ts = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+        done = sum(t.state in FINISHED for t in ts)
+        running = sum(t.state == TrialState.RUNNING for t in ts) if heartbeat else 0
+        waiting = sum(t.state == TrialState.WAITING for t in ts)
+        if done >= want:
+            return False
+        if done + running >= want and not waiting:
+            time.sleep(0.5)  # other workers run the last trials; one may die and need a retry
+            continue
+        before = objective.failed
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        own_failures += objective.failed - before
+        if objective.interrupted:
+            return True
+        if s.sampler == "grid" and _grid_done(study, space):
+            return False
+
+
+def _grid_done(study, space) -> bool:
+    """Every grid point has a trial: a grid search ends there, whatever ``trials`` says."""
+    total = math.prod(len(v) for v in grid(space).values())
+    seen = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)}
+    return len(seen) >= total
+
+
+def _finish(study, recipe, url, name, direction, want, space, out, start, timing, interrupted):
+    """Collect the study, keep the best model, write search.json, best.yaml, search.png."""
+    frozen = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    records = [TrialRecord.from_frozen(t) for t in frozen]
+    complete = [t for t in frozen if t.state == TrialState.COMPLETE]
+    if not complete and not interrupted:
+        failed = [t for t in frozen if t.state == TrialState.FAIL and "fail_reason" in t.user_attrs]
+        if failed and not any(t.state == TrialState.PRUNED for t in frozen):
+            first = failed[0]
+            raise SearchFailedError(
+                f"search: all {len(failed)} trials failed; the first (trial {first.number}): "
+                f"{first.user_attrs['fail_reason']}",
+                bad_input=bool(first.user_attrs.get("bad_input")),
+            )
+    best = study.best_trial if complete else None
+    best_record = next((r for r in records if best and r.number == best.number), None)
+    if recipe.search.keep == "best" and best is not None:
+        for t in complete:
+            if t.number != best.number:
+                (out / TRIALS_DIR / str(t.number) / MODEL_FILE).unlink(missing_ok=True)
+    if best_record is not None:
+        best_record.test_accuracy = _best_test_accuracy(out / TRIALS_DIR / str(best.number))
+    best_recipe = None
+    if best is not None:
+        text = (out / TRIALS_DIR / str(best.number) / RECIPE_FILE).read_text(encoding="utf-8")
+        best_recipe = atomic_write_text(out / BEST_RECIPE, text)
+    importances: dict[str, float] = {}
+    if len(complete) >= 2:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                importances = {
+                    k: float(v) for k, v in optuna.importance.get_param_importances(study).items()
+                }
+            except (RuntimeError, ValueError):  # nothing varied, or too few distinct values
+                importances = {}
+        if any("will be equal" in str(w.message) for w in caught):
+            importances = {}  # too few trials to tell the parameters apart: say nothing
+    result = SearchResult(
+        study_name=name,
+        storage=shown(url),
+        out=str(out),
+        metric=recipe.search.metric,
+        direction=direction,
+        trials_requested=want,
+        space={k: {**v, "choices": v.get("choices")} for k, v in space.items()},
+        trials=records,
+        best=best_record,
+        best_recipe=str(best_recipe) if best_recipe else None,
+        importances=importances,
+        profile_seconds=timing["profile"],
+        seconds=time.perf_counter() - start,
+        interrupted=interrupted,
+    )
+    atomic_write_json(out / SEARCH_FILE, result.to_dict())
+    plot_search(result, out / PLOT_FILE)
+    return result
+
+
+def _best_test_accuracy(run_dir: Path) -> float | None:
+    """Test accuracy of a trial's kept model (once: stored in its ``report.json``)."""
+    report = json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    if report.get("test_accuracy") is None:
+        cfg = recipe_from_dict(
+            yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8")), str(run_dir)
+        )
+        _, splits, _, device = prepare(cfg)
+        if splits.test is None:
+            return None
+        model = load_finetuned(run_dir, device=str(device))
+        loader = DataLoader(splits.test, batch_size=cfg.data.batch_size, shuffle=False)
+        report["test_accuracy"] = evaluate(model, loader, device, amp=cfg.train.amp)[0]
+        atomic_write_json(run_dir / REPORT_FILE, report)
+    return report["test_accuracy"]
