@@ -106,6 +106,7 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, values: dict[str, Any], run_dir: Path) -> float:
         metric = self.recipe.search.metric
+        t0 = time.perf_counter()  # the trial's wall time: data, model, training, saving
         cfg = trial_recipe(self.recipe, values, source=f"trial {trial.number}")
         atomic_write_text(run_dir / RECIPE_FILE, cfg.to_yaml())
         backbone, splits, plain, device = prepare(cfg)
@@ -126,15 +127,16 @@ class Objective:
             if value is None or not math.isfinite(value):
                 return
             trial.report(value, stats.epoch)
-            if trial.should_prune():
+            # Pruning after the last epoch would save nothing and throw the result away.
+            if stats.epoch < cfg.train.epochs and trial.should_prune():
                 trial.set_user_attr("epochs", stats.epoch)
+                trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
                 accs = [e.val_accuracy for e in seen if e.val_accuracy is not None]
                 trial.set_user_attr("val_accuracy", max(accs) if accs else None)
                 trial.set_user_attr("fail_reason", f"pruned after epoch {stats.epoch}")
                 self._record(trial, "PRUNED", reason=f"pruned after epoch {stats.epoch}", **info)
                 raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
 
-        t0 = time.perf_counter()
         result = finetune(
             cfg,
             run_dir=run_dir,
