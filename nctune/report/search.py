@@ -115,8 +115,9 @@ def plot_search(result, path: str | Path) -> Path:
                 [t.val_accuracy if t.val_accuracy is not None else math.nan for t in pruned],
                 "x",
                 color="tab:orange",
-                label="pruned (last val acc)",
+                label="pruned (best val acc so far)",
             )
+        ax1.xaxis.get_major_locator().set_params(integer=True)
         ax1.set_xlabel("trial")
         ax1.set_ylabel(result.metric.replace("_", " "))
         ax1.set_title("Optimisation history", fontsize=9)
@@ -128,16 +129,22 @@ def plot_search(result, path: str | Path) -> Path:
             for t in result.trials
             if t.state == "COMPLETE" and t.nc1_after is not None and t.val_accuracy is not None
         ]
-        for t in pts:
-            acc = t.test_accuracy if t.test_accuracy is not None else t.val_accuracy
+        for t in pts:  # validation accuracy: the test split is measured for the best trial only
+            acc = t.val_accuracy
             star = result.best is not None and t.number == result.best.number
-            ax2.plot(t.nc1_after, 100 * acc, "*" if star else "o", ms=12 if star else 6)
-            ax2.annotate(str(t.number), (t.nc1_after, 100 * acc), fontsize=7)
-        if pts and all(t.nc1_after > 0 for t in pts):
+            ax2.plot(
+                t.nc1_after,
+                100 * acc,
+                "*" if star else "o",
+                ms=14 if star else 6,
+                color="tab:red" if star else "tab:blue",
+            )
+            ax2.annotate(f" {t.number}", (t.nc1_after, 100 * acc), fontsize=7)
+        nc1 = [t.nc1_after for t in pts]
+        if nc1 and min(nc1) > 0 and max(nc1) / min(nc1) > 10:  # log only when it spans decades
             ax2.set_xscale("log")
-        has_test = any(t.test_accuracy is not None for t in pts)
         ax2.set_xlabel("NC1 of the head input after training (train)")
-        ax2.set_ylabel(f"{'test' if has_test else 'val'} accuracy (%)")
+        ax2.set_ylabel("val accuracy (%)")
         ax2.set_title("Collapse versus accuracy across trials (★ best)", fontsize=9)
         ax2.grid(alpha=0.3)
         fig.suptitle(f"nctune tune: {result.study_name}", fontsize=9)
