@@ -75,12 +75,17 @@ def tune(
         The :class:`SearchResult`; the files above are written.
 
     Raises:
-        ConfigError: a metric the data cannot give, an unreadable storage, or a study of
-            that name holding a search over another recipe.
+        ConfigError: an empty search space, a metric the data cannot give, an unreadable
+            storage, or a study of that name holding a search over another recipe.
         SearchFailedError: every trial failed (the first one's reason).
     """
     start = time.perf_counter()
     s = recipe.search
+    if not s.space:
+        raise ConfigError(
+            "search.space: empty; name the recipe fields to search, e.g. "
+            "{train.lr: {float: [0.0003, 0.01], log: true}}"
+        )
     want = trials or s.trials
     out = check_writable(out)
     url = storage or f"sqlite:///{(out / STUDY_DB).resolve()}"

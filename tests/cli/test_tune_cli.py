@@ -56,6 +56,7 @@ def invoke(*args: str):
         ("{train.lr: {choice: []}}", "train.lr", "at least one value"),
         ("{seed: {blocks_from_profile: 2}}", "seed", "only applies to strategy.layers"),
         ("{train.lr: {float: [0.1, 1], lgo: true}}", "train.lr.lgo", "unknown key"),
+        ("{}", "search.space", "empty"),
     ],
 )
 def test_bad_search_space_is_one_line_exit_2(tmp_path, space, named, why):
