@@ -127,14 +127,16 @@ def test_sigkill_mid_trial_then_rerun_keeps_finished_trials(tmp_path):
         str(out),
     ]
     proc = subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-    end = time.monotonic() + 300
-    while not (out / "trials" / "1" / "recipe.yaml").exists():  # trial 0 done, 1 running
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < end, "trial 1 never started"
-        time.sleep(0.05)
-    time.sleep(1.0)  # into trial 1's training
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    try:
+        end = time.monotonic() + 300
+        while not (out / "trials" / "1" / "recipe.yaml").exists():  # trial 0 done, 1 running
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < end, "trial 1 never started"
+            time.sleep(0.05)
+        time.sleep(1.0)  # into trial 1's training
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
     storage = f"sqlite:///{out / 'study.db'}"
     before = _trials(storage, "s")
     assert [(t.number, t.state.name) for t in before] == [(0, "COMPLETE"), (1, "RUNNING")]
@@ -160,9 +162,15 @@ def _two_workers(out: Path, storage: str | None, trials: int) -> None:
         subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
         for _ in range(2)
     ]
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err.decode()
+    try:
+        errors = [p.communicate(timeout=600)[1].decode() for p in procs]
+    finally:
+        for p in procs:  # never leave a worker behind, whatever failed
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, err in zip(procs, errors, strict=True):
+        assert p.returncode == 0, err
 
 
 def _check_shared(out: Path, storage: str, name: str, want: int) -> None:
