@@ -387,6 +387,8 @@ class RankConfig(Section):
         if any(not s for s in specs):
             raise ValueError("an empty backbone spec; use 'source:name[@random]'")
         return specs
+
+
 class Distribution(Section):
     """One searched field: exactly one of ``float``, ``int``, ``choice``, ``blocks_from_profile``."""
 
