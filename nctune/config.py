@@ -20,13 +20,13 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from nctune.backbones.factory import spec_source
 from nctune.backbones.sources import SOURCES as BACKBONE_SOURCES
 from nctune.data.sources import SOURCES, sources_help
 from nctune.errors import ConfigError
+from nctune.search_config import SearchConfig, set_root
 from nctune.selection import DEFAULT_RULE, RULES
 from nctune.strategies import STRATEGY_REGISTRY
 
@@ -389,169 +389,6 @@ class RankConfig(Section):
         return specs
 
 
-class Distribution(Section):
-    """One searched field: exactly one of ``float``, ``int``, ``choice``, ``blocks_from_profile``."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    float_: tuple[float, float] | None = Field(
-        None, alias="float", description="[lo, hi]: a real number between lo and hi."
-    )
-    int_: tuple[int, int] | None = Field(
-        None, alias="int", description="[lo, hi]: an integer from lo to hi, both included."
-    )
-    choice: list[Any] | None = Field(None, description="One of these values.")
-    blocks_from_profile: int | None = Field(
-        None,
-        ge=1,
-        description="strategy.layers only: one of the N blocks the recipe's rule ranks best on the collapse profile.",
-    )
-    log: bool = Field(False, description="float/int: sample on a log scale (needs lo > 0).")
-    step: float | None = Field(None, gt=0, description="float/int: sample on this grid.")
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Distribution:
-        kinds = [
-            k
-            for k, v in (
-                ("float", self.float_),
-                ("int", self.int_),
-                ("choice", self.choice),
-                ("blocks_from_profile", self.blocks_from_profile),
-            )
-            if v is not None
-        ]
-        if len(kinds) != 1:
-            raise ValueError(
-                "give exactly one of float: [lo, hi], int: [lo, hi], choice: [...], blocks_from_profile: N"
-            )
-        bounds = self.float_ or self.int_
-        if bounds is not None:
-            lo, hi = bounds
-            if not lo < hi:
-                raise ValueError(f"empty range [{lo}, {hi}]: lo must be below hi")
-            if self.log and lo <= 0:
-                raise ValueError(f"log: true needs lo > 0 (got [{lo}, {hi}])")
-            if self.log and self.step is not None:
-                raise ValueError("log and step cannot be combined")
-        elif self.log or self.step is not None:
-            raise ValueError(f"log/step apply to float and int ranges, not to {kinds[0]}")
-        if self.choice is not None and not self.choice:
-            raise ValueError("choice: give at least one value")
-        return self
-
-    @property
-    def kind(self) -> str:
-        """``'float'``, ``'int'``, ``'choice'`` or ``'blocks_from_profile'``."""
-        for k in ("float_", "int_", "choice", "blocks_from_profile"):
-            if getattr(self, k) is not None:
-                return k.rstrip("_")
-        raise AssertionError("validated: one kind is set")
-
-
-def _check_space_path(path: str, dist: Distribution) -> None:
-    """Refuse a dotted path that names no recipe field, or values the field would reject."""
-    parts = path.split(".")
-    model: type[BaseModel] = Recipe
-    for i, part in enumerate(parts):
-        field = model.model_fields.get(part)
-        if field is None or part == "search":
-            raise ValueError(f"{path}: no recipe field {'.'.join(parts[: i + 1])!r}")
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, Section):
-            model = ann
-            continue
-        if i != len(parts) - 1:
-            raise ValueError(f"{path}: {'.'.join(parts[: i + 1])} is a value, not a section")
-        break
-    else:
-        raise ValueError(f"{path}: is a section; name one of its fields")
-    if dist.kind == "blocks_from_profile":
-        if path != "strategy.layers":
-            raise ValueError(f"{path}: blocks_from_profile only applies to strategy.layers")
-        return
-    if dist.kind == "float" and ann in (int, int | None):
-        raise ValueError(f"{path}: wrong type: an integer field; use int: [lo, hi]")
-    values = (dist.choice or []) if dist.kind == "choice" else list(dist.float_ or dist.int_ or ())
-    probe = model.model_construct()
-    for value in values:
-        try:
-            setattr(probe, part, [value] if _wants_list(ann) and isinstance(value, str) else value)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise ValueError(f"{path}: wrong type or range for {value!r}: {first['msg']}") from None
-
-
-def _wants_list(annotation: Any) -> bool:
-    """A list-valued field (e.g. strategy.layers): a searched string means a one-item list."""
-    return "list[" in str(annotation)
-
-
-class SearchConfig(Section):
-    """What `nctune tune` searches (Optuna), and how."""
-
-    trials: int = Field(
-        20, ge=1, description="Finished (complete or pruned) trials the study should hold."
-    )
-    timeout: float | None = Field(
-        None, gt=0, description="Stop starting new trials after this many seconds (per worker)."
-    )
-    metric: Literal["val_accuracy", "nc1_after"] = Field(
-        "val_accuracy",
-        description="What a trial scores: best validation accuracy, or NC1 of the head input after training.",
-    )
-    direction: Literal["maximize", "minimize"] | None = Field(
-        None, description="Default: maximize val_accuracy, minimize nc1_after."
-    )
-    sampler: Literal["tpe", "random", "grid"] = Field(
-        "tpe",
-        description="TPE, random or grid (grid needs choice or int/float with step); seeded by the recipe's seed.",
-    )
-    pruner: Literal["median", "hyperband", "none"] = Field(
-        "median", description="Stop poor trials early from their per-epoch validation accuracy."
-    )
-    startup_trials: int = Field(
-        2, ge=0, description="median pruner: trials that always finish before any is pruned."
-    )
-    warmup_epochs: int = Field(
-        1, ge=0, description="median pruner: epochs of every trial that are never pruned."
-    )
-    keep: Literal["best", "all"] = Field(
-        "best", description="Keep model weights of the best trial only, or of every trial."
-    )
-    heartbeat: int = Field(
-        30,
-        ge=1,
-        description="Seconds between a running trial's heartbeats (SQL storages); a trial silent for 'grace' is failed and retried once.",
-    )
-    grace: int | None = Field(
-        None,
-        ge=1,
-        description="Seconds without a heartbeat before a trial counts as dead (default: 4 × heartbeat).",
-    )
-    space: dict[str, Distribution] = Field(
-        default_factory=dict,
-        description="Recipe field (dotted path) → distribution: {float: [lo, hi], log: true}, {int: [lo, hi]}, {choice: [...]}, {blocks_from_profile: N}.",
-    )
-
-    @field_validator("space")
-    @classmethod
-    def _paths(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
-        for path, dist in space.items():
-            _check_space_path(path, dist)
-        return space
-
-    @model_validator(mode="after")
-    def _grid(self) -> SearchConfig:
-        if self.sampler == "grid":
-            for path, dist in self.space.items():
-                if dist.kind == "float" and dist.step is None:
-                    raise ValueError(
-                        f"space: {path}: the grid sampler needs a step for a float range"
-                    )
-        return self
-
-
 class Recipe(Section):
     """A whole nctune run: every section, plus the seed and the device."""
 
@@ -561,7 +398,9 @@ class Recipe(Section):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
-    search: SearchConfig = Field(default_factory=SearchConfig)
+    search: SearchConfig = Field(
+        default_factory=SearchConfig, description="What `nctune tune` searches, and how."
+    )
     seed: int = Field(
         0,
         ge=0,
@@ -579,6 +418,9 @@ class Recipe(Section):
             Every field, defaults included, in declaration order.
         """
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+set_root(Recipe)  # search.space paths are checked against the whole recipe
 
 
 # --------------------------------------------------------------------- loading

@@ -9,7 +9,8 @@ from typing import Any
 
 import optuna
 
-from nctune.config import Recipe, _wants_list, recipe_from_dict
+from nctune.config import Recipe, recipe_from_dict
+from nctune.search_config import _wants_list
 from nctune.selection import select_layers
 
 _PRIMITIVE = (type(None), bool, int, float, str)
