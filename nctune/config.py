@@ -14,14 +14,12 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
 )
 
+from nctune._section import MAX_SEED, Section
 from nctune.backbones.factory import spec_source
 from nctune.backbones.sources import SOURCES as BACKBONE_SOURCES
 from nctune.data.sources import SOURCES, sources_help
@@ -31,14 +29,6 @@ from nctune.selection import DEFAULT_RULE, RULES
 from nctune.strategies import STRATEGY_REGISTRY
 
 Device = Literal["auto", "cpu", "cuda", "mps"] | str
-
-
-#: Largest seed: numpy's legacy seeding (DataLoader workers, user code) takes 32 bits;
-#: torch takes 64, and the per-epoch seeds derived from it (seed · 100003 + epoch) must fit.
-MAX_SEED = 2**32 - 1
-
-#: Largest value of any other integer field (counts, sizes, epochs): a C int.
-MAX_INT = 2**31 - 1
 
 
 def _finite(value: Any, where: str = "") -> Any:
@@ -52,27 +42,6 @@ def _finite(value: Any, where: str = "") -> Any:
         for i, v in enumerate(value):
             _finite(v, f"{where}[{i}]")
     return value
-
-
-class Section(BaseModel):
-    """Base of every recipe section: no unknown keys, validated on assignment too.
-
-    Every float field refuses NaN and ±inf (``allow_inf_nan=False``): YAML reads ``.inf``
-    and ``.nan`` as floats, and a non-finite rate or weight would train a NaN model.
-    """
-
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
-    )
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _int_fits(cls, v: Any, info: ValidationInfo) -> Any:
-        # Counts and sizes end in C APIs (DataLoader's islice, tensor shapes) that take at
-        # most a C long: 10**20 would pass ge=1 and crash there. seed has its own bound.
-        if type(v) is int and v > MAX_INT and info.field_name != "seed":
-            raise ValueError(f"must be at most {MAX_INT}, got {v}")
-        return v
 
 
 class BackboneConfig(Section):

@@ -11,21 +11,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nctune._section import Section
+
 _ROOT: dict[str, type[BaseModel]] = {}
 
 
 def set_root(recipe: type[BaseModel]) -> None:
     """Name the model whose fields ``search.space`` paths address (``nctune.config.Recipe``)."""
     _ROOT["recipe"] = recipe
-
-
-class Section(BaseModel):
-    """Base of the search section's models: no unknown keys, no NaN/inf, validated on
-    assignment (the rules of :class:`nctune.config.Section`, which sits above this module)."""
-
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
-    )
 
 
 class Distribution(Section):

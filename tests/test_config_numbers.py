@@ -7,7 +7,8 @@ import typing
 import pytest
 from pydantic import BaseModel
 
-from nctune.config import MAX_INT, MAX_SEED, Recipe, load_recipe
+from nctune._section import MAX_INT, MAX_SEED
+from nctune.config import Recipe, load_recipe
 from nctune.errors import ConfigError
 
 

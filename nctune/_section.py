@@ -1,0 +1,39 @@
+"""The base every recipe section shares: no unknown keys, finite floats, integers C APIs take.
+
+Ground floor (pydantic only), so the recipe (:mod:`nctune.config`) and the sections that
+live in their own modules (:mod:`nctune.search_config`) apply one set of rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+#: Largest seed: numpy's legacy seeding (DataLoader workers, user code) takes 32 bits;
+#: torch takes 64, and the per-epoch seeds derived from it (seed · 100003 + epoch) must fit.
+MAX_SEED = 2**32 - 1
+
+#: Largest value of any other integer field (counts, sizes, epochs): a C int.
+MAX_INT = 2**31 - 1
+
+
+class Section(BaseModel):
+    """Base of every recipe section: no unknown keys, validated on assignment too.
+
+    Every float field refuses NaN and ±inf (``allow_inf_nan=False``): YAML reads ``.inf``
+    and ``.nan`` as floats, and a non-finite rate or weight would train a NaN model.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int_fits(cls, v: Any, info: ValidationInfo) -> Any:
+        # Counts and sizes end in C APIs (DataLoader's islice, tensor shapes) that take at
+        # most a C long: 10**20 would pass ge=1 and crash there. seed has its own bound.
+        if type(v) is int and v > MAX_INT and info.field_name != "seed":
+            raise ValueError(f"must be at most {MAX_INT}, got {v}")
+        return v
