@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from rich.table import Table
 
 from nctune._io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from nctune.finetune import RunResult
     from nctune.profile import CollapseProfile
     from nctune.selection import Selection
@@ -66,45 +68,75 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _figure(**kw) -> Figure:
+    """A pyplot-free Figure on an Agg canvas: no global state, no display, nothing to close."""
+    fig = Figure(layout="constrained", **kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _plain_ticks(ax, axis: str = "y") -> None:
+    """Plain-decimal tick labels on a log axis (0.5, 2, 10 — not 5×10⁻¹), where they fit."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+#: Axis label of NC1, in mathtext (no raw underscores).
+NC1_LABEL = r"NC1 = tr($\Sigma_W \Sigma_B^{+}$)/K"
+
+
+def profile_figure(profile: CollapseProfile, recommendation: Selection | None = None) -> Figure:
+    """The ``collapse.png`` figure: NC1 (log) and NCC accuracy against depth.
+
+    The recommended blocks are shaded, and the band has its own legend entry.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure` (axes: NC1 first, NCC accuracy twin second).
+    """
+    layers = profile.layers
+    x = list(range(len(layers)))
+    fig = _figure(figsize=(max(6.0, 0.35 * len(layers) + 2), 4.2))
+    ax = fig.subplots()
+    ax.plot(x, [layer.nc1 for layer in layers], "o-", color="tab:blue", label="NC1 (train)")
+    ax.set_yscale("log")
+    _plain_ticks(ax)
+    ax.set_ylabel(NC1_LABEL + "  (log)", color="tab:blue")
+    ax.set_xticks(x, [layer.name for layer in layers], rotation=60, ha="right", fontsize=7)
+    ax.set_xlabel("layer (shallow → deep)")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if any(layer.ncc_accuracy is not None for layer in layers):
+        ax2 = ax.twinx()
+        ncc = [
+            float("nan") if layer.ncc_accuracy is None else 100 * layer.ncc_accuracy
+            for layer in layers
+        ]
+        ax2.plot(x, ncc, "s--", color="tab:orange", label="NCC accuracy (val)")
+        ax2.set_ylabel("NCC accuracy (%)", color="tab:orange")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if recommendation:
+        band = None
+        for i, layer in enumerate(layers):
+            if layer.name in recommendation.layers:
+                band = ax.axvspan(i - 0.3, i + 0.3, color="tab:green", alpha=0.25, lw=0)
+        if band is not None:
+            handles.append(band)
+            labels.append(
+                f"recommended ({recommendation.rule}): {', '.join(recommendation.layers)}"
+            )
+    ax.legend(handles, labels, loc="best", fontsize=8)
+    ax.set_title(f"{profile.backbone or 'model'} on {profile.dataset or 'data'}", fontsize=9)
+    return fig
+
+
 def plot_profile(
     profile: CollapseProfile, path: str | Path, recommendation: Selection | None = None
 ) -> Path:
-    """Save NC1 (log axis) and NCC accuracy against depth as a PNG, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: never needs a display
-    import matplotlib.pyplot as plt
-
-    layers = profile.layers
-    x = list(range(len(layers)))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 4.0))
-    try:
-        ax.plot(x, [layer.nc1 for layer in layers], "o-", color="tab:blue", label="NC1 (train)")
-        ax.set_yscale("log")
-        ax.set_ylabel("NC1 = tr(Σ_W Σ_B⁺)/K  (log)", color="tab:blue")
-        ax.set_xticks(x, [layer.name for layer in layers], rotation=60, ha="right", fontsize=7)
-        ax.set_xlabel("layer (shallow → deep)")
-        ax.grid(alpha=0.3)
-        handles = ax.get_legend_handles_labels()
-        if any(layer.ncc_accuracy is not None for layer in layers):
-            ax2 = ax.twinx()
-            ncc = [
-                float("nan") if layer.ncc_accuracy is None else 100 * layer.ncc_accuracy
-                for layer in layers
-            ]
-            ax2.plot(x, ncc, "s--", color="tab:orange", label="NCC accuracy (val)")
-            ax2.set_ylabel("NCC accuracy (%)", color="tab:orange")
-            h2 = ax2.get_legend_handles_labels()
-            handles = (handles[0] + h2[0], handles[1] + h2[1])
-        if recommendation:
-            for i, layer in enumerate(layers):
-                if layer.name in recommendation.layers:
-                    ax.axvline(i, color="tab:green", alpha=0.5, lw=6, label=None)
-        ax.legend(*handles, loc="center right", fontsize=8)
-        ax.set_title(f"{profile.backbone or 'model'} on {profile.dataset or 'data'}", fontsize=9)
-        return atomic_write_bytes(path, _png(fig))
-    finally:
-        plt.close(fig)
+    """Save :func:`profile_figure` as a PNG, atomically."""
+    return atomic_write_bytes(path, _png(profile_figure(profile, recommendation)))
 
 
 def finetune_tables(result: RunResult) -> list[Table]:
@@ -178,42 +210,61 @@ def finetune_tables(result: RunResult) -> list[Table]:
     return tables
 
 
-def plot_training(result: RunResult, path: str | Path) -> Path:
-    """Accuracy (train, val) and the head input's NC1 per epoch, as a PNG (atomic)."""
-    import matplotlib
+def training_figure(result: RunResult) -> Figure:
+    """The ``training.png`` figure: loss, accuracy and the head input's NC1 per epoch.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Epoch ticks are integers; the kept (best) epoch is a vertical line on every panel, and
+    the NC1 before training (``result.nc1_before``, eval mode) a horizontal reference line.
 
+    Returns:
+        A :class:`matplotlib.figure.Figure` with three axes: loss, accuracy, NC1.
+    """
     h = result.history
     epochs = [e["epoch"] for e in h]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    try:
-        ax1.plot(epochs, [100 * e["accuracy"] for e in h], "o-", label="train (running)")
-        if any(e["val_accuracy"] is not None for e in h):
-            ax1.plot(
-                epochs,
-                [float("nan") if e["val_accuracy"] is None else 100 * e["val_accuracy"] for e in h],
-                "s-",
-                label="val",
-            )
-        ax1.set_xlabel("epoch")
-        ax1.set_ylabel("accuracy (%)")
-        ax1.grid(alpha=0.3)
-        ax1.legend(fontsize=8)
-        nc1 = [float("nan") if e["nc1"] is None else e["nc1"] for e in h]
-        ax2.plot(epochs, nc1, "o-", color="tab:purple")
-        if any(v == v and v > 0 for v in nc1):
-            ax2.set_yscale("log")
-        ax2.set_xlabel("epoch")
-        ax2.set_ylabel("NC1 of head input (train, log)")
-        ax2.grid(alpha=0.3)
-        fig.suptitle(
-            f"{result.strategy} on {result.dataset or 'data'} ({result.backbone})", fontsize=9
+    fig = _figure(figsize=(11, 3.6))
+    ax0, ax1, ax2 = fig.subplots(1, 3)
+    ax0.plot(epochs, [e["loss"] for e in h], "o-", color="tab:red", label="train loss")
+    ax0.set_ylabel("cross-entropy")
+    ax1.plot(epochs, [100 * e["accuracy"] for e in h], "o-", label="train (running)")
+    if any(e["val_accuracy"] is not None for e in h):
+        ax1.plot(
+            epochs,
+            [float("nan") if e["val_accuracy"] is None else 100 * e["val_accuracy"] for e in h],
+            "s-",
+            label="val",
         )
-        return atomic_write_bytes(path, _png(fig))
-    finally:
-        plt.close(fig)
+    ax1.set_ylabel("accuracy (%)")
+    nc1 = [float("nan") if e["nc1"] is None else e["nc1"] for e in h]
+    ax2.plot(epochs, nc1, "o-", color="tab:purple", label="during training")
+    if result.nc1_before is not None:
+        ax2.axhline(
+            result.nc1_before,
+            color="gray",
+            ls=":",
+            label=f"before training ({result.nc1_before:.3g})",
+        )
+    if any(v == v and v > 0 for v in [*nc1, result.nc1_before or float("nan")]):
+        ax2.set_yscale("log")
+        _plain_ticks(ax2)
+    ax2.set_ylabel("NC1 of head input (train, log)", labelpad=8)
+    best = result.best_epoch if result.best_epoch and result.best_epoch > 0 else None
+    for ax in (ax0, ax1, ax2):
+        if best is not None:
+            ax.axvline(best, color="tab:green", alpha=0.6, lw=2, label=f"kept epoch {best}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"{result.strategy} fine-tuning · {result.backbone} on {result.dataset or 'data'}",
+        fontsize=9,
+    )
+    return fig
+
+
+def plot_training(result: RunResult, path: str | Path) -> Path:
+    """Save :func:`training_figure` as a PNG, atomically."""
+    return atomic_write_bytes(path, _png(training_figure(result)))
 
 
 def sweep_table(result: SweepResult) -> Table:
@@ -253,68 +304,83 @@ def sweep_table(result: SweepResult) -> Table:
     return t
 
 
-def plot_sweep(result: SweepResult, path: str | Path) -> Path:
-    """Accuracy and NC1 after tuning against the tuned block; the rules' picks marked."""
-    import matplotlib
+#: Marker shapes of the rules' picks, so picks of one block stay distinguishable.
+_PICK_MARKERS = "v^<>Dp*h"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    blocks = list(dict.fromkeys(p.block for p in result.points))
+def sweep_figure(result: SweepResult) -> Figure:
+    """The ``layer_sweep.png`` figure: score and NC1 after tuning against the tuned block.
+
+    Each selection rule's pick is a vertical line at exactly the x position of the block it
+    picked (block ``i`` of the sweep sits at ``x = i``), plus a marker on the score curve;
+    rules that pick the same block share the line and stack their markers.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure` with two axes (score, NC1) sharing x.
+    """
+    blocks = list(dict.fromkeys(p.block for p in sorted(result.points, key=lambda p: p.index)))
     x = {b: i for i, b in enumerate(blocks)}
-    fig, (ax1, ax2) = plt.subplots(
-        2, 1, figsize=(max(6.0, 0.4 * len(blocks) + 2), 6.0), sharex=True
-    )
-    try:
-        for mode, style in (("layer", "o-"), ("scl", "s-")):
-            pts = [p for p in result.points if p.mode == mode]
-            if not pts:
-                continue
-            label = "Layer-FT" if mode == "layer" else "SCL-FT"
-            xs = [x[p.block] for p in pts]
-            ax1.plot(
-                xs,
-                [100 * (getattr(p, result.metric) or float("nan")) for p in pts],
-                style,
-                label=label,
-            )
-            ax2.plot(
-                xs,
-                [p.nc1_after or float("nan") for p in pts],
-                style,
-                label=f"{label}: head input after",
-            )
-        ax2.plot(
-            range(len(blocks)),
-            [
-                next(p.nc1_before for p in result.points if p.block == b) or float("nan")
-                for b in blocks
-            ],
-            "k:",
-            label="block, pretrained",
+    fig = _figure(figsize=(max(6.0, 0.4 * len(blocks) + 2), 6.0))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
+    for mode, style in (("layer", "o-"), ("scl", "s-")):
+        pts = sorted((p for p in result.points if p.mode == mode), key=lambda p: x[p.block])
+        if not pts:
+            continue
+        label = "Layer-FT" if mode == "layer" else "SCL-FT"
+        xs = [x[p.block] for p in pts]
+        ax1.plot(
+            xs,
+            [100 * (getattr(p, result.metric) or float("nan")) for p in pts],
+            style,
+            label=label,
         )
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, (rule, block) in enumerate(sorted(result.picks.items())):
-            if block not in x:  # the rule picked a block outside the swept subset
-                continue
-            for ax in (ax1, ax2):
-                ax.axvline(
-                    x[block] + 0.06 * (i - 1.5),
-                    color=colors[(i + 2) % len(colors)],
-                    ls="--",
-                    lw=1.2,
-                    label=f"rule {rule}" if ax is ax1 else None,
-                )
-        ax1.set_ylabel(f"{result.metric.replace('_', ' ')} (%)")
-        ax1.grid(alpha=0.3)
-        ax1.legend(fontsize=7, ncol=2)
-        ax2.set_yscale("log")
-        ax2.set_ylabel("NC1 (train, log)")
-        ax2.grid(alpha=0.3)
-        ax2.legend(fontsize=7)
-        ax2.set_xticks(range(len(blocks)), blocks, rotation=60, ha="right", fontsize=7)
-        ax2.set_xlabel("tuned block")
-        fig.suptitle(f"Layer sweep: {result.backbone} on {result.dataset}", fontsize=9)
-        return atomic_write_bytes(path, _png(fig))
-    finally:
-        plt.close(fig)
+        ax2.plot(
+            xs,
+            [p.nc1_after or float("nan") for p in pts],
+            style,
+            label=f"{label}: head input after",
+        )
+    ax2.plot(
+        range(len(blocks)),
+        [next(p.nc1_before for p in result.points if p.block == b) or float("nan") for b in blocks],
+        "k:",
+        label="block, pretrained",
+    )
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    stacked: dict[str, int] = {}
+    for i, (rule, block) in enumerate(sorted(result.picks.items())):
+        if block not in x:  # the rule picked a block outside the swept subset
+            continue
+        color = colors[(i + 2) % len(colors)]
+        k = stacked[block] = stacked.get(block, -1) + 1
+        for ax in (ax1, ax2):
+            ax.axvline(x[block], color=color, ls="--", lw=1.2, alpha=0.7, gid=f"pick:{rule}")
+        # A marker at the block's x, near the top of the score panel, stacked per block.
+        ax1.plot(
+            [x[block]],
+            [0.97 - 0.07 * k],
+            _PICK_MARKERS[i % len(_PICK_MARKERS)],
+            color=color,
+            ms=8,
+            transform=ax1.get_xaxis_transform(),
+            ls="none",
+            label=f"rule {rule} → {block}",
+            gid=f"pick:{rule}",
+        )
+    ax1.set_ylabel(f"{result.metric.replace('_', ' ')} (%)")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=7, ncol=2)
+    ax2.set_yscale("log")
+    _plain_ticks(ax2)
+    ax2.set_ylabel("NC1 (train, log)")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    ax2.set_xticks(range(len(blocks)), blocks, rotation=60, ha="right", fontsize=7)
+    ax2.set_xlabel("tuned block")
+    fig.suptitle(f"Layer sweep: {result.backbone} on {result.dataset}", fontsize=9)
+    return fig
+
+
+def plot_sweep(result: SweepResult, path: str | Path) -> Path:
+    """Save :func:`sweep_figure` as a PNG, atomically."""
+    return atomic_write_bytes(path, _png(sweep_figure(result)))
