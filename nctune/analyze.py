@@ -23,7 +23,7 @@ from nctune.collapse import (
 )
 from nctune.data import DataSplits, build_data, make_loader, subsample
 from nctune.distributed import all_reduce_sum, reduce_stats, shard_dataset
-from nctune.errors import ConfigError
+from nctune.errors import ConfigError, Interrupted
 from nctune.profile import PRE_LOGITS, CollapseProfile, LayerCollapse
 from nctune.selection import Selection, select_layers
 from nctune.taps import (
@@ -128,6 +128,7 @@ def analyze(
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
     features: FeatureFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> CollapseProfile:
     """Measure layer-wise neural collapse in one streaming pass over ``loader``.
 
@@ -159,9 +160,14 @@ def analyze(
         progress: optional ``progress(phase, done, total)`` callback.
         features: optional :data:`FeatureFn` handed each layer's pooled batch of the
             first training pass and of the validation pass (copy what you keep).
+        should_stop: polled after every batch; when it returns True the pass ends with
+            :class:`~nctune.errors.Interrupted` (nothing is returned or kept).
 
     Returns:
         The profile, shallow → deep (``pre_logits`` last when tapped).
+
+    Raises:
+        Interrupted: ``should_stop`` asked to stop.
     """
     start = time.perf_counter()
     k = _num_classes(loader, num_classes)
@@ -194,6 +200,8 @@ def analyze(
                     buffer.end_batch(labels[0])
                 if progress:
                     progress(phase, i + 1, total)
+                if should_stop is not None and should_stop():
+                    raise Interrupted(f"stopped during the {phase} pass of the collapse profile")
         if buffer is not None:
             buffer.flush()
 
@@ -267,6 +275,7 @@ def profile_recipe(
     device: torch.device,
     progress: ProgressFn | None = None,
     features: FeatureFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> CollapseProfile:
     """The collapse profile every nctune command measures for a recipe.
 
@@ -283,6 +292,7 @@ def profile_recipe(
         progress: ``progress(phase, done, total)`` callback.
         features: see :func:`analyze`; the training batches are those of
             :func:`profiled_train` in order.
+        should_stop: polled between batches (see :func:`analyze`).
 
     Returns:
         The profile: the training split, capped at ``analysis.max_samples`` by a seeded,
@@ -307,6 +317,7 @@ def profile_recipe(
         device=device,
         progress=progress,
         features=features,
+        should_stop=should_stop,
     )
     profile.dataset = splits.source
     return profile

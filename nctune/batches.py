@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nctune import distributed as dist
+from nctune.errors import Interrupted
 from nctune.optim import EpochSampler
 from nctune.prefix_cache import CacheInfo, PrefixCache, find_cut, remove_stale_caches
 from nctune.taps import to_device
@@ -191,6 +192,7 @@ def try_cache(
     progress,
     amp,
     shared_dir=None,
+    should_stop=None,
 ):
     """(cached train source, cached val source, info); the sources are None when refused.
 
@@ -213,9 +215,9 @@ def try_cache(
         disk_dir=run_dir,
         amp=amp,
         shared_dir=shared_dir,
+        progress=progress,
+        should_stop=should_stop,
     )
-    if progress:
-        progress("caching frozen prefix", 0, None)
     if dist.is_main():  # another rank's fresh cache is not stale
         remove_stale_caches(run_dir)
     dist.check()
@@ -228,8 +230,16 @@ def try_cache(
         return None, None, info
     val = None
     if val_set is not None:
-        vcache, _ = PrefixCache.build(
-            tuned, cut, DataLoader(val_set, batch_size=batch_size, shuffle=False), **kw
-        )
+        if progress:
+            kw["progress"] = lambda phase, done, total, info="": progress(
+                f"{phase} (val)", done, total
+            )
+        try:
+            vcache, _ = PrefixCache.build(
+                tuned, cut, DataLoader(val_set, batch_size=batch_size, shuffle=False), **kw
+            )
+        except Interrupted:
+            cache.close()  # the train cache must not outlive an interrupted build
+            raise
         val = CachedBatches(vcache, tuned, batch_size, device) if vcache is not None else None
     return CachedBatches(cache, tuned, batch_size, device, seed, n_global), val, info

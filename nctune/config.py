@@ -131,7 +131,11 @@ class DataConfig(Section):
         description="Random augmentation on the training split (off lets frozen prefixes be cached).",
     )
     batch_size: int = Field(64, ge=1, description="Batch size for every loader.")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader worker processes that decode images (0: in the main process). CPU threads of torch itself: the top-level `threads`.",
+    )
 
     @field_validator("source")
     @classmethod
@@ -303,6 +307,10 @@ class TrainConfig(Section):
         False,
         description="Under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm) instead of per process.",
     )
+    tensorboard: bool = Field(
+        False,
+        description="Also log the per-epoch metrics to DIR/tensorboard (needs `pip install tensorboard`; DIR/metrics.csv is always written).",
+    )
 
     @field_validator("cache_prefix", mode="before")
     @classmethod
@@ -378,6 +386,11 @@ class Recipe(Section):
     )
     device: str = Field(
         "auto", description="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op CPU threads (torch.set_num_threads; null: torch's default, one per core). Same as --threads. DataLoader worker processes are data.num_workers.",
     )
 
     def to_yaml(self) -> str:

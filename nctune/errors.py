@@ -38,3 +38,11 @@ class ExportError(NctuneError):
 
 class TrainingError(NctuneError):
     """Training cannot go on with these settings (the loss or weights became non-finite)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop request (a ``should_stop`` callback) ended a pass between two batches.
+
+    A :class:`KeyboardInterrupt`, so code that does not know it treats it as Ctrl-C. The
+    pass that raised it kept nothing half-made (no partial profile or cache).
+    """

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 from nctune.analyze import profile_recipe
 from nctune.backbones import Backbone, create_backbone
 from nctune.data import DataSplits, build_data
-from nctune.distributed import shard_dataset
+from nctune.distributed import is_main, shard_dataset
+from nctune.loggers import epoch_loggers
 from nctune.profile import CollapseProfile
 from nctune.strategies import apply_strategy, lora_targets
 from nctune.taps import resolve_device
@@ -110,22 +111,28 @@ def _loader(dataset, batch_size: int) -> DataLoader:
 
 
 def _head_nc1(
-    model: nn.Module, dataset, batch_size: int, device: torch.device, num_classes: int, amp: bool
+    model: nn.Module,
+    dataset,
+    batch_size: int,
+    device: torch.device,
+    num_classes: int,
+    amp: bool,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[float | None, float]:
     """(NC1 of the head's input, accuracy) on ``dataset`` in eval mode."""
     # under torchrun each rank measures its shard; evaluate sums the shards
     acc, stats = evaluate(
-        model, _loader(shard_dataset(dataset), batch_size), device, num_classes, amp
+        model, _loader(shard_dataset(dataset), batch_size), device, num_classes, amp, should_stop
     )
     return safe_nc1(stats), acc
 
 
 def _profile(
-    backbone, plain: DataSplits, recipe: Recipe, device, progress, phase: str
+    backbone, plain: DataSplits, recipe: Recipe, device, progress, phase: str, should_stop=None
 ) -> CollapseProfile:
     """:func:`~nctune.analyze.profile_recipe`, its progress labelled with ``phase``."""
     labelled = (lambda p, d, t: progress(f"{phase}: {p}", d, t)) if progress else None
-    return profile_recipe(backbone, plain, recipe, device, labelled)
+    return profile_recipe(backbone, plain, recipe, device, labelled, should_stop=should_stop)
 
 
 def prepare(recipe: Recipe) -> tuple[Backbone, DataSplits, DataSplits, torch.device]:
@@ -163,6 +170,7 @@ def finetune(
     profile: CollapseProfile | None = None,
     on_epoch_end: Callable[..., None] | None = None,
     shared_cache_dir: str | Path | None = None,
+    on_epoch: Callable[[list], None] | None = None,
 ) -> RunResult:
     """Fine-tune the recipe's backbone with its strategy and measure collapse around it.
 
@@ -176,13 +184,18 @@ def finetune(
         run_dir: folder for checkpoints (``checkpoint.pt``); None trains without them.
         resume: continue from ``run_dir``'s checkpoint.
         should_stop: polled after each step; True saves a checkpoint and returns early
-            with ``interrupted=True``.
+            with ``interrupted=True``. In the passes before training (profile, head NC1,
+            prefix cache) and after it, it raises :class:`~nctune.errors.Interrupted`
+            between batches instead; the run folder then holds no partial state.
         progress: ``progress(phase, done, total, info=...)`` for a progress display.
         prepared: the result of :func:`prepare` when the caller already built it.
         profile: the pretrained backbone's profile on this data when the caller already
             measured it (a search measures it once for all its trials).
         on_epoch_end, shared_cache_dir: passed to :func:`~nctune.train.fit` (a search's
             pruning hook, and the prefix-cache folder its trials share).
+        on_epoch: called with the history (``EpochStats`` list) after every epoch. With a
+            ``run_dir``, ``metrics.csv`` (and TensorBoard with ``train.tensorboard``) are
+            written from the same hook.
 
     Returns:
         A :class:`RunResult`; ``result.model`` is the fine-tuned model in eval mode.
@@ -194,7 +207,7 @@ def finetune(
     before = profile
     t_profile = time.perf_counter()
     if before is None and (needs_profile or t.profile_after):
-        before = _profile(backbone, plain, recipe, device, progress, "profile")
+        before = _profile(backbone, plain, recipe, device, progress, "profile", should_stop)
     profile_seconds = time.perf_counter() - t_profile
     rule, rule_params = s.selection_rule()
     torch.manual_seed(recipe.seed)  # the head's initialisation depends on the seed alone
@@ -219,7 +232,14 @@ def finetune(
         dataclasses.replace(backbone.input_config, image_size=splits.image_size)
     )
     applied.model.to(device)
-    nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k, t.amp)
+    nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k, t.amp, should_stop)
+    # rank 0 alone writes the run folder's logs (every rank has the same history)
+    log_dir = run_dir if is_main() else None
+    loggers = [*epoch_loggers(log_dir, t.tensorboard), *([on_epoch] if on_epoch else [])]
+
+    def log_epoch(history: list) -> None:
+        for log in loggers:
+            log(history)
 
     result = fit(
         applied,
@@ -241,7 +261,10 @@ def finetune(
         progress=progress,
         on_epoch_end=on_epoch_end,
         shared_cache_dir=shared_cache_dir,
+        on_epoch=log_epoch,
     )
+    for log in loggers:
+        getattr(log, "close", lambda: None)()
     run = RunResult(
         strategy=applied.strategy,
         tuned_layers=applied.tuned_layers,
@@ -270,12 +293,14 @@ def finetune(
 
     model = applied.export().eval()
     run.model = model
-    run.nc1_after, run.train_accuracy = _head_nc1(model, plain.train, bs, device, k, t.amp)
+    run.nc1_after, run.train_accuracy = _head_nc1(
+        model, plain.train, bs, device, k, t.amp, should_stop
+    )
     if splits.test is not None:
         test = _loader(shard_dataset(splits.test), bs)
         run.test_accuracy = evaluate(model, test, device, amp=t.amp)[0]
     if before is not None and t.profile_after:
-        after = _profile(backbone, plain, recipe, device, progress, "profile after")
+        after = _profile(backbone, plain, recipe, device, progress, "profile after", should_stop)
         run.layers = [
             {
                 "name": b.name,

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nctune.errors import Interrupted
 from nctune.taps import _StopForward, autocast, to_device
 
 HEAD = "head"  # cut at the classifier head: the whole backbone is the prefix
@@ -267,6 +269,8 @@ class PrefixCache:
         disk_dir: str | Path | None = None,
         amp: bool = True,
         shared_dir: str | Path | None = None,
+        progress: Callable[..., None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> tuple[PrefixCache | None, CacheInfo]:
         """Compute the cut inputs of every sample of ``loader`` (unshuffled, un-augmented).
 
@@ -292,10 +296,16 @@ class PrefixCache:
                 and transform). A cache found there is verified like a new one (first
                 batch and last sample recomputed, then the logits check) before use; one
                 computed here is published there atomically once verified.
+            progress: ``progress(phase, done, total)`` after every cached batch.
+            should_stop: polled after every batch; True removes the partial cache and
+                raises :class:`~nctune.errors.Interrupted`.
 
         Returns:
             ``(cache, info)``, or ``(None, info)`` with the reason when caching is
             impossible, unsafe or too big.
+
+        Raises:
+            Interrupted: ``should_stop`` asked to stop; no cache file is left behind.
         """
         it = iter(loader)
         try:
@@ -368,8 +378,19 @@ class PrefixCache:
             )
         labels = torch.empty(n, dtype=torch.long)
         pos = 0
+        total = len(loader) if hasattr(loader, "__len__") else None
+        phase = "caching frozen prefix"
         with torch.no_grad():
-            for x, y in [(x0, y0), *it]:
+            for i, (x, y) in enumerate(itertools.chain([(x0, y0)], it)):
+                if should_stop is not None and should_stop():
+                    # nothing half-made: the partial store goes, the model's mode comes back
+                    del store
+                    if tmpdir is not None:
+                        shutil.rmtree(tmpdir, ignore_errors=True)
+                    model.train(was_training)
+                    raise Interrupted("stopped while caching the frozen prefix")
+                if progress:
+                    progress(phase, i, total)
                 feats = cls._capture(model, cut, x, device, amp).cpu()
                 b = feats.shape[0]
                 if where == "memory":
@@ -380,6 +401,8 @@ class PrefixCache:
                     )
                 labels[pos : pos + b] = torch.as_tensor(y)
                 pos += b
+            if progress:
+                progress(phase, total if total is not None else i + 1, total)
         info = CacheInfo(True, cut, where, mb, "frozen prefix computed once")
         cache = cls(cut, store, labels, tuple(x0.shape[1:]), stubs, info, tmpdir)
         cache._dtype = a.dtype

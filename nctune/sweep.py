@@ -172,12 +172,11 @@ def layer_sweep(
     # Under torchrun the runs are dealt out to the ranks; each fine-tunes its own blocks
     # alone on the whole data (local(): no collectives inside) and rank 0 gathers the table.
     jobs = [(i, block, mode) for i, block in enumerate(names) for mode in modes]
-    total = len(jobs)
     points: list[SweepPoint] = []
     with local():
+        if progress:
+            progress("sweep", 0, len(jobs[rank::world]))
         for i, block, mode in jobs[rank::world]:
-            if progress:
-                progress("sweep", len(points), len(jobs[rank::world]))
             run_recipe = recipe.model_copy(deep=True)
             run_recipe.strategy.name = MODES[mode]
             run_recipe.strategy.layers = [block]
@@ -197,12 +196,16 @@ def layer_sweep(
                     wall_seconds=r.wall_seconds,
                 )
             )
+            if progress:  # this rank's runs: a line per finished run, with its score
+                score = r.test_accuracy if r.test_accuracy is not None else r.val_accuracy
+                shown = "–" if score is None else f"{100 * score:.1f}%"
+                progress(
+                    "sweep", len(points), len(jobs[rank::world]), info=f"{mode} {block}: {shown}"
+                )
     order = {(i, mode): n for n, (i, _, mode) in enumerate(jobs)}
     points = sorted(
         (p for part in all_gather(points) for p in part), key=lambda p: order[p.index, p.mode]
     )
-    if progress:
-        progress("sweep", total, total)
     metric = "test_accuracy" if points and points[0].test_accuracy is not None else "val_accuracy"
     result = SweepResult(
         points,

@@ -39,7 +39,7 @@ from nctune.checkpoint import (
 )
 from nctune.collapse import CollapseStats
 from nctune.config import TrainConfig
-from nctune.errors import ArtifactError, CollapseError, ConfigError, TrainingError
+from nctune.errors import ArtifactError, CollapseError, ConfigError, Interrupted, TrainingError
 from nctune.optim import lr_at, make_optimizer, no_weight_decay_ids
 from nctune.prefix_cache import CacheInfo
 from nctune.strategies import AppliedStrategy
@@ -115,6 +115,7 @@ def evaluate(
     device: torch.device,
     num_classes: int | None = None,
     amp: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[float, CollapseStats | None]:
     """Top-1 accuracy of ``model`` in eval mode, and (with ``num_classes``) the statistics of
     the features its head sees.
@@ -125,6 +126,7 @@ def evaluate(
         device: where the model runs.
         num_classes: K for the head-input :class:`~nctune.collapse.CollapseStats`.
         amp: autocast on CUDA (as in training; a cached source must match its cache).
+        should_stop: polled after every batch; True raises :class:`~nctune.errors.Interrupted`.
 
     Returns:
         ``(accuracy, statistics or None)``; the accuracy is NaN when ``data`` is empty.
@@ -147,6 +149,8 @@ def evaluate(
                 seen += int(y.numel())
                 if stats is not None:
                     stats.update(feats.float(), y)
+                if should_stop is not None and should_stop():
+                    raise Interrupted("stopped during an evaluation pass")
     finally:
         model.train(was)
     correct, seen = dist.all_reduce_sum(correct, seen)
@@ -207,6 +211,7 @@ def fit(
     progress: ProgressFn | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     shared_cache_dir: str | Path | None = None,
+    on_epoch: Callable[[list[EpochStats]], None] | None = None,
 ) -> TrainResult:
     """Train ``applied.model`` on ``train_set``; keep the weights of the best validation epoch.
 
@@ -243,6 +248,8 @@ def fit(
         shared_cache_dir: keep the frozen-prefix cache in this folder, keyed by its
             content, so later runs on the same prefix and data read it instead of
             recomputing it (see :meth:`~nctune.prefix_cache.PrefixCache.build`).
+        on_epoch: called with the history after every finished epoch (and its checkpoint),
+            resumed epochs included; metric loggers and progress displays hang here.
 
     Returns:
         The per-epoch history and how the run ended.
@@ -379,6 +386,7 @@ def fit(
                     progress,
                     use_amp,
                     shared_cache_dir,
+                    should_stop,
                 )
                 source = cached or source
                 val_source = cached_val or val_source
@@ -521,6 +529,8 @@ def fit(
                 best["bad"] += 1
             ckpt, step0 = None, 0
             save(epoch + 1, 0, None)
+            if on_epoch is not None:
+                on_epoch(history)
             if on_epoch_end is not None:
                 try:
                     on_epoch_end(history[-1])

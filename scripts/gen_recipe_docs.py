@@ -16,14 +16,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import enum
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "recipes.md"
@@ -49,94 +43,31 @@ the fully resolved recipe as `recipe.yaml`, which loads again as is.
 
 
 # --------------------------------------------------------------------- field tables
-def type_name(annotation: Any) -> str:
-    """A short, readable rendering of a field's annotation."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Literal:
-        return " | ".join(f"`{a}`" for a in args)
-    if origin in (typing.Union, types.UnionType):
-        parts = [a for a in args if a is not type(None)]
-        # Literal[...] | str (the device field): any string, the literals are examples
-        if str in parts:
-            parts = [str]
-        out = " or ".join(type_name(a) for a in parts)
-        return out + (" or null" if type(None) in args else "")
-    if origin in (list, tuple, set):
-        return f"list of {type_name(args[0])}" if args else "list"
-    if origin is dict:
-        return "mapping"
-    if isinstance(annotation, type):
-        if issubclass(annotation, enum.Enum):
-            return " | ".join(f"`{m.value}`" for m in annotation)
-        if issubclass(annotation, Path):
-            return "path"
-        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
-            annotation.__name__, annotation.__name__
-        )
-    return str(annotation)
-
-
-def default_text(field: Any) -> str:
-    if field.default_factory is not None:
-        value = field.default_factory()
-        return "`{}`" if value == {} else ("`[]`" if value == [] else f"`{value!r}`")
-    value = field.default
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    return f"`{value}`"
-
-
 def cell(text: str) -> str:
     """Markdown table cells cannot hold pipes or line breaks; ``<model>`` is not HTML."""
     text = " ".join(str(text).split())
     return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def constraints(field: Any) -> str:
-    """``ge``/``gt``/``le``/``lt`` bounds pydantic enforces, as a short suffix."""
-    marks = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
-    found = []
-    for meta in field.metadata:
-        for attr, sign in marks.items():
-            value = getattr(meta, attr, None)
-            if value is not None:
-                found.append(f"{sign} {value}")
-    return f" ({', '.join(found)})" if found else ""
-
-
-def section_table(model: type[BaseModel]) -> list[str]:
+def _table(rows) -> list[str]:
     lines = ["| field | type | default | description |", "|---|---|---|---|"]
-    for name, field in model.model_fields.items():
-        lines.append(
-            f"| `{name}` | {cell(type_name(field.annotation))} | {cell(default_text(field))} "
-            f"| {cell((field.description or '') + constraints(field))} |"
-        )
+    for r in rows:
+        lines.append(f"| `{r.name}` | {cell(r.type)} | {cell(r.default)} | {cell(r.description)} |")
     return lines
 
 
 def fields_doc() -> list[str]:
-    from nctune.config import Recipe
+    # The rows come from nctune.recipe_fields, which `nctune init --fields` prints too.
+    from nctune.recipe_fields import field_rows, sections
 
     out = ["## Fields", ""]
-    top = []
-    for name, field in Recipe.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            doc = (annotation.__doc__ or "").strip().splitlines()[0]
-            out += [f"### `{name}`", "", doc, "", *section_table(annotation), ""]
+    for name, model in sections():
+        if model is None:
+            out += ["### Top level", "", *_table(field_rows("")), ""]
         else:
-            top.append((name, field))
-    out += ["### Top level", ""]
-    out += ["| field | type | default | description |", "|---|---|---|---|"]
-    for name, field in top:
-        out.append(
-            f"| `{name}` | {cell(type_name(field.annotation))} | {cell(default_text(field))} "
-            f"| {cell(field.description or '')} |"
-        )
-    return [*out, ""]
+            doc = (model.__doc__ or "").strip().splitlines()[0]
+            out += [f"### `{name}`", "", doc, "", *_table(field_rows(name)), ""]
+    return out
 
 
 # --------------------------------------------------------------------- recipe list

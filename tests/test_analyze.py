@@ -411,3 +411,21 @@ def test_analyze_and_finetune_profile_the_same_samples():
     assert analysed.num_samples == profiled.num_samples == 30
     for a, b in zip(analysed.layers, profiled.layers, strict=True):
         assert a.name == b.name and a.nc1 == pytest.approx(b.nc1, rel=1e-9)
+
+
+def test_a_stop_request_ends_the_pass_between_batches_and_leaves_the_model_as_found():
+    from nctune.errors import Interrupted
+
+    model = torchvision.models.resnet18()
+    model.train()
+    polled: list[int] = []
+
+    def stop_after_two() -> bool:
+        polled.append(1)
+        return len(polled) >= 2
+
+    with pytest.raises(Interrupted, match="train pass"):
+        analyze(model, TRAIN, ["layer1.0"], num_classes=K, should_stop=stop_after_two)
+    assert len(polled) == 2  # polled once per batch, and it stopped at the second
+    assert model.training and all(not m._forward_hooks for m in model.modules())
+    assert isinstance(Interrupted(), KeyboardInterrupt)  # unknown to a caller: plain Ctrl-C

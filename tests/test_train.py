@@ -10,7 +10,7 @@ import torch
 
 from nctune.checkpoint import CHECKPOINT, load_checkpoint
 from nctune.config import load_recipe
-from nctune.errors import ArtifactError
+from nctune.errors import ArtifactError, Interrupted
 from nctune.finetune import prepare
 from nctune.strategies import apply_strategy
 from nctune.train import fit
@@ -226,3 +226,27 @@ def test_epoch_hook_sees_every_epoch_and_can_stop_the_run(tmp_path):
         )
     assert [e for e, _ in seen] == [1, 2] and all(v is not None for _, v in seen)
     assert list(tmp_path.glob("nctune-prefix-*")) == []  # the caches were closed
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+def test_a_stop_while_caching_leaves_no_cache_behind(tmp_path, where):
+    polled = []
+
+    def stop_on_third_batch() -> bool:
+        polled.append(1)
+        return len(polled) >= 3
+
+    with pytest.raises(Interrupted, match="caching"):
+        run(
+            overrides=[f"train.cache_prefix={where}", "train.epochs=1"],
+            run_dir=tmp_path,
+            should_stop=stop_on_third_batch,
+        )
+    assert len(polled) == 3
+    assert list(tmp_path.iterdir()) == []  # no cache folder, no checkpoint
+
+
+def test_on_epoch_sees_the_growing_history():
+    seen = []
+    result, _ = run(overrides=["train.epochs=2"], on_epoch=lambda h: seen.append(len(h)))
+    assert seen == [1, 2] and len(result.history) == 2

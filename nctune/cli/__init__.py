@@ -5,13 +5,20 @@ Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import sys
+from typing import Annotated
 
 import typer
 
+from nctune import __version__
 from nctune.cli.analyze import analyze
+from nctune.cli.common import EPILOG
 from nctune.cli.export import export
 from nctune.cli.finetune import finetune
+from nctune.cli.init import init
 from nctune.cli.predict import predict
 from nctune.cli.rank import rank
 from nctune.cli.sweep import sweep
@@ -24,17 +31,34 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,  # internal errors: a plain traceback to paste in a bug report
 )
-app.command("analyze")(analyze)
-app.command("finetune")(finetune)
-app.command("sweep")(sweep)
-app.command("predict")(predict)
+app.command("init", epilog=EPILOG)(init)
+app.command("analyze", epilog=EPILOG)(analyze)
+app.command("finetune", epilog=EPILOG)(finetune)
+app.command("sweep", epilog=EPILOG)(sweep)
+app.command("predict")(predict)  # a run folder, not a recipe: no recipe-field epilog
 app.command("export")(export)
 app.command("rank")(rank)
 app.command("tune")(tune)
 
 
-@app.callback()
-def _root() -> None:
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"nctune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(epilog=EPILOG)
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
     """Fine-tune pretrained vision backbones guided by neural collapse (Li et al., arXiv 2212.12206)."""
 
 
@@ -59,5 +83,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {where}: {message}; see '{where} --help'", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        code = 130
+    code = code if isinstance(code, int) else 0
+    if argv is None:  # the console script itself, not a caller in the same process
+        _exit_now(code)
+    sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's final garbage collection.
+
+    After torch and timm are loaded, tearing the interpreter down walks ~400k objects:
+    seconds on a loaded machine, after the results are written — a Ctrl-C that is
+    honoured at once would still take that long to return the prompt. Everything is
+    written atomically before this point; the exit handlers (multiprocessing's worker
+    clean-up among them) still run, and the streams are flushed.
+    """
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to add
+                stream.flush()
+        os._exit(code)

@@ -8,20 +8,31 @@ from nctune._io import atomic_write_json, atomic_write_text, staged_dir, to_json
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
+    QuietOpt,
     RecipeArg,
     SetOpt,
+    ThreadsOpt,
+    VerboseOpt,
+    apply_threads,
     claim_out,
     default_out,
     emit_json,
     handle_errors,
     progress_bar,
+    set_verbosity,
 )
 from nctune.distributed import is_main
 
 
 @handle_errors
 def analyze(
-    recipe: RecipeArg = None, set_: SetOpt = None, out: OutOpt = None, json_: JsonOpt = False
+    recipe: RecipeArg = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    json_: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Measure how collapsed each block's features already are on your training data.
 
@@ -32,11 +43,12 @@ def analyze(
     from nctune.config import load_recipe
     from nctune.report import plot_profile, profile_table
 
-    cfg = load_recipe(recipe, set_)
+    set_verbosity(quiet, verbose, json_)
+    cfg = apply_threads(load_recipe(recipe, set_), threads)
     out = check_writable(out or default_out(recipe, "analyze"))
     out = check_replaceable(claim_out(out), "analysis.json")
     with progress_bar() as progress:
-        result = analyze_recipe(cfg, progress=progress)
+        result = analyze_recipe(cfg, progress=lambda p, d, t: progress(f"profile: {p}", d, t))
     doc = result.to_dict()
     if not is_main():  # under torchrun every rank holds the same result; rank 0 writes it
         return

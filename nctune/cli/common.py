@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -15,7 +16,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from nctune import distributed
 from nctune._lock import FolderClaim, recover_orphans
@@ -45,6 +53,33 @@ OutOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result JSON alone on stdout.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="torch CPU threads (recipe field `threads`; DataLoader workers: data.num_workers).",
+        show_default=False,
+    ),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress output (errors and warnings only).")
+]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="More progress output (batch lines off a terminal).")
+]
+
+#: The end of every command's --help: where the fields live, and the overrides used most.
+EPILOG = """\b
+Recipe fields: docs/recipes.md, or nctune init --fields
+Your own images: nctune init --data PATH/TO/IMAGEFOLDER  (writes recipe.yaml)
+Most used overrides, --set key.path=value (repeatable):
+  data.source=imagefolder data.path=DIR  your images (class folders)
+  device=cuda                            auto, cpu, cuda, cuda:1, mps
+  train.epochs=5                         epochs
+  strategy.name=scl                      auto, linear, full, layers, scl, lora
+  strategy.layers=\\[layer3.1]             blocks to tune (see nctune analyze)
+"""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -189,31 +224,186 @@ def emit_json(text: str) -> None:
     sys.stdout.flush()
 
 
-@contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int | None], None]]:
-    """A rich progress bar on stderr, driven by the library's ``progress(phase, done, total)``.
+#: Output level of the progress display: -1 quiet, 0 normal, 1 verbose (-q / -v).
+_verbosity = 0
 
-    Only on a terminal: redirected, rich renders nothing but still ends with a blank line,
-    which would break "an error is one line on stderr" for logs and scripts.
+
+#: ``--json`` off a terminal: scripts read stdout and expect a quiet stderr (``-v`` overrides).
+_json_mode = False
+
+
+def set_verbosity(quiet: bool = False, verbose: bool = False, json_: bool = False) -> None:
+    """``-q`` silences progress (errors and warnings still show); ``-v`` adds batch lines.
+
+    With ``--json`` and stderr not a terminal, progress lines are off unless ``-v``.
     """
-    if not enabled or not err_console.is_terminal:
-        yield lambda phase, done, total, info="": None
-        return
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=err_console,
-        transient=True,
+    global _verbosity, _json_mode
+    _verbosity = -1 if quiet else 1 if verbose else 0
+    _json_mode = json_
+
+
+def apply_threads(cfg: Any, threads: int | None) -> Any:
+    """``--threads N`` (or the recipe's ``threads``) → ``torch.set_num_threads``.
+
+    The flag wins over the recipe and is written into it, so the saved recipe.yaml says
+    what ran.
+    """
+    if threads is not None:
+        cfg = cfg.model_copy(update={"threads": threads})
+    if cfg.threads:
+        import torch  # here, not at the top: `nctune --help` stays free of torch
+
+        torch.set_num_threads(cfg.threads)
+    return cfg
+
+
+def _seconds(s: float) -> str:
+    s = max(0, round(s))
+    return (
+        f"{s // 3600}h{s % 3600 // 60:02d}m"
+        if s >= 3600
+        else f"{s // 60}m{s % 60:02d}s"
+        if s >= 60
+        else f"{s}s"
     )
-    tasks: dict[str, Any] = {}
 
-    def update(phase: str, done: int, total: int | None, info: str = "") -> None:
-        if phase not in tasks:
-            tasks[phase] = bar.add_task(phase, total=total, info=info)
-        bar.update(tasks[phase], completed=done, total=total, info=info)
 
-    with bar:
-        yield update
+def epoch_line(e: Any, total_epochs: int | None, eta: float | None) -> str:
+    """One plain log line for a finished epoch (the fields docs/cli.md documents).
+
+    ``epoch 2/4 loss=0.6931 acc=51.2% val_acc=48.0% nc1=2.314 time=12.3s eta=37s``; a
+    field without a value (no validation split, NC1 not tracked) shows ``-``.
+    """
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    of = f"/{total_epochs}" if total_epochs else ""
+    return (
+        f"epoch {e.epoch}{of} loss={e.loss:.4f} acc={pct(e.accuracy)} "
+        f"val_acc={pct(e.val_accuracy)} nc1={'-' if e.nc1 is None else format(e.nc1, '.4g')} "
+        f"time={e.seconds:.1f}s eta={'-' if eta is None else _seconds(eta)}"
+    )
+
+
+#: Phases whose steps are whole runs (a sweep's fine-tunings, a search's trials): off a
+#: terminal every step gets its line.
+RUN_PHASES = ("sweep", "trial", "trials", "rank")
+
+
+class Reporter:
+    """Renders the library's progress callbacks: rich bars on a terminal, log lines elsewhere.
+
+    The library reports through two hooks and never prints:
+
+    * ``reporter(phase, done, total, info="")`` — a pass advanced (``progress=``);
+    * ``reporter.epoch(history)`` — an epoch finished (``on_epoch=``).
+
+    On a terminal each phase gets a bar with its total, and each finished epoch a line
+    above the bars. Otherwise (CI, ``nohup``, notebooks) stderr gets one line when a
+    phase starts, one when it ends, one per epoch (:func:`epoch_line`) and one per run of
+    a :data:`RUN_PHASES` phase; with ``-v``
+    also a line at most every 5 s inside a phase. ``-q`` shows nothing.
+    """
+
+    def __init__(self, enabled: bool = True, epochs: int | None = None) -> None:
+        # under torchrun rank 0 alone shows progress (every rank runs the same passes)
+        self.level = _verbosity if enabled and distributed.is_main() else -1
+        self.epochs = epochs
+        self.console = err_console
+        self.tty = self.console.is_terminal
+        if _json_mode and not self.tty and self.level == 0:
+            self.level = -1
+        self.bar: Progress | None = None
+        self.tasks: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+        self.announced: set[str] = set()
+        self.last_line = 0.0
+        self.epoch_seconds: list[float] = []
+        self.seen_epochs = 0
+
+    def __enter__(self) -> Reporter:
+        if self.level >= 0 and self.tty:
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
+                transient=True,
+            )
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def _line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def __call__(self, phase: str, done: int, total: int | None, info: str = "") -> None:
+        if self.level < 0:
+            return
+        now = time.monotonic()
+        if self.bar is not None:
+            if phase not in self.tasks:
+                self.tasks[phase] = self.bar.add_task(phase, total=total, info=info)
+            self.bar.update(self.tasks[phase], completed=done, total=total, info=info)
+            return
+        of = f"/{total}" if total else ""
+        runs = phase.split(" ")[0] in RUN_PHASES
+        unit = "runs" if runs else "batches"
+        epoch = phase.startswith("epoch ")  # epochs get their own line, with the metrics
+        if phase not in self.started or (done == 0 and not runs):
+            # no line yet: the first finished step tells how long the pass will take (and a
+            # pass that fails on its first batch leaves the error as the only line)
+            self.started[phase] = now
+            self.announced.discard(phase)
+            return
+        elapsed = now - self.started[phase]
+        if runs:  # each step is a whole run: a line each, with what it gave
+            self._line(f"{phase}: {done}{of} {unit} in {_seconds(elapsed)} {info}".rstrip())
+        elif total is not None and done >= total:
+            if not epoch:
+                self._line(f"{phase}: done {done}{of} {unit} in {elapsed:.1f}s")
+        elif phase not in self.announced and (not epoch or self.level > 0):
+            self.announced.add(phase)
+            eta = f", eta {_seconds(elapsed / done * (total - done))}" if total and done else ""
+            self._line(f"{phase}: started, {done}{of} {unit}{eta}")
+        elif self.level > 0 and now - self.last_line >= 5.0:
+            self._line(f"{phase}: {done}{of} {unit} {info}".rstrip())
+        else:
+            return
+        self.last_line = now
+
+    def epoch(self, history: list) -> None:
+        """An epoch finished: one line with its metrics and the time left."""
+        if not history:
+            return
+        new = history[self.seen_epochs :] if self.seen_epochs else history[-1:]
+        self.seen_epochs = len(history)
+        for e in new:
+            self.epoch_seconds.append(e.seconds)
+            if self.level < 0:
+                continue
+            eta = None
+            if self.epochs:
+                mean = sum(self.epoch_seconds) / len(self.epoch_seconds)
+                eta = mean * max(0, self.epochs - e.epoch)
+            self._line(epoch_line(e, self.epochs, eta))
+
+
+@contextmanager
+def progress_bar(enabled: bool = True, epochs: int | None = None) -> Iterator[Reporter]:
+    """A :class:`Reporter` on stderr, driven by the library's ``progress(phase, done, total)``.
+
+    Args:
+        enabled: False shows nothing (as ``-q``).
+        epochs: the run's epoch count, for the epoch lines and their ETA.
+    """
+    with Reporter(enabled, epochs) as reporter:
+        yield reporter

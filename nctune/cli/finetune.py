@@ -17,17 +17,22 @@ from nctune.artifacts import RECIPE_FILE, save_run
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
+    QuietOpt,
     RecipeArg,
     SetOpt,
+    ThreadsOpt,
+    VerboseOpt,
+    apply_threads,
     claim_out,
     default_out,
     emit_json,
     err_console,
     handle_errors,
     progress_bar,
+    set_verbosity,
 )
 from nctune.distributed import PeerFailure, check, is_main
-from nctune.errors import ArtifactError, NctuneError, TrainingError
+from nctune.errors import ArtifactError, Interrupted, NctuneError, TrainingError
 
 ResumeOpt = Annotated[
     Path | None,
@@ -62,10 +67,11 @@ def _check_resume(run_dir: Path, cfg) -> None:
     saved = run_dir / RECIPE_FILE
     if not saved.is_file():
         raise ArtifactError(f"--resume {run_dir}: not an nctune run folder (no {RECIPE_FILE})")
-    if not (run_dir / CHECKPOINT).is_file():
+    if (run_dir / "report.json").is_file() and not (run_dir / CHECKPOINT).is_file():
         raise ArtifactError(
-            f"--resume {run_dir}: no checkpoint to resume from (the run finished or never started)"
+            f"--resume {run_dir}: that run finished — use --out {run_dir} --overwrite to replace it, or another folder"
         )
+    # No checkpoint and no report: stopped before the first epoch ended; it starts afresh.
     try:
         old = yaml.safe_load(saved.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -118,26 +124,33 @@ def finetune(
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Fine-tune with the recipe's strategy; report NC1 before/after and accuracy.
 
     Writes DIR/report.json, DIR/model.safetensors, DIR/training.png and DIR/recipe.yaml;
     checkpoints every epoch so an interrupted run continues with --resume DIR.
     """
+    from nctune.checkpoint import CHECKPOINT
     from nctune.config import load_recipe
     from nctune.finetune import finetune as run_finetune
     from nctune.finetune import prepare
     from nctune.report import finetune_tables
 
-    cfg = load_recipe(recipe, set_)
+    set_verbosity(quiet, verbose, json_)
+    cfg = apply_threads(load_recipe(recipe, set_), threads)
     if resume is not None:
         run_dir = claim_out(resume, "--resume")
         _check_resume(run_dir, cfg)
     else:
         run_dir = claim_out(check_writable(out or default_out(recipe, "finetune")))
         if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            from nctune.checkpoint import CHECKPOINT
-
+            if (run_dir / "report.json").is_file() and not (run_dir / CHECKPOINT).is_file():
+                raise ArtifactError(
+                    f"--out {run_dir}: holds a finished run — use --overwrite to replace it, or another folder"
+                )
             # --resume only where there is a checkpoint to resume from
             hint = (
                 f"continue it with --resume {run_dir}, " if (run_dir / CHECKPOINT).is_file() else ""
@@ -148,9 +161,8 @@ def finetune(
     prepared = prepare(cfg)  # every bad-input check that needs the backbone/data, before writing
     check()  # under torchrun: every rank checked --out before rank 0 creates it
     main = is_main()
-    from nctune.checkpoint import CHECKPOINT
 
-    created, old = False, None
+    created, old, stop = False, None, _StopFlag()
     # the command that continues this run: the same recipe and --set values, checked on resume
     again = shlex.join(
         [
@@ -170,7 +182,7 @@ def finetune(
             run_dir.mkdir(parents=True)
             created = True
             atomic_write_text(run_dir / RECIPE_FILE, cfg.to_yaml())
-        with _StopFlag() as stop, progress_bar() as progress:
+        with stop, progress_bar(epochs=cfg.train.epochs) as progress:
             result = run_finetune(
                 cfg,
                 run_dir=run_dir,
@@ -178,6 +190,7 @@ def finetune(
                 should_stop=stop,
                 progress=progress,
                 prepared=prepared,
+                on_epoch=progress.epoch,
             )
     except BaseException as err:
         if not main:  # rank 0 alone keeps or cleans up the run folder
@@ -190,13 +203,23 @@ def finetune(
                 if isinstance(err, PeerFailure):  # another rank's error, with its exit code
                     raise PeerFailure(hint, err.code, err.rank) from None
                 raise type(err)(hint) from None
-            if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C: abort, keep what is saved
+            if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C, or a stop between batches
+                what = "interrupted" if isinstance(err, Interrupted) else "aborted"
                 err_console.print(
-                    f"aborted; the last checkpoint in {run_dir} is kept: continue with {again}",
+                    f"{what}; the last checkpoint in {run_dir} is kept: continue with {again}",
                     soft_wrap=True,
                     highlight=False,
                 )
-                raise typer.Exit(130) from None
+                raise typer.Exit(128 + (stop.signum or signal.SIGINT)) from None
+        elif isinstance(err, Interrupted) and (old is None or not created):
+            # stopped between batches before the first epoch ended: nothing half-made is in
+            # the folder (recipe.yaml, no checkpoint), and --resume starts it afresh
+            err_console.print(
+                f"interrupted before the first checkpoint. Continue with: {again}",
+                soft_wrap=True,
+                highlight=False,
+            )
+            raise typer.Exit(128 + (stop.signum or signal.SIGINT)) from None
         elif created:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: restore the old run
             if old is not None:
@@ -230,5 +253,5 @@ def finetune(
     for table in finetune_tables(result):
         console.print(table)
     console.print(
-        f"Results in [cyan]{run_dir}[/] (report.json, model.safetensors, training.png, recipe.yaml)"
+        f"Results in [cyan]{run_dir}[/] (report.json, model.safetensors, metrics.csv, training.png, recipe.yaml)"
     )

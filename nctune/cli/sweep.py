@@ -18,13 +18,18 @@ from nctune._io import (
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
+    QuietOpt,
     RecipeArg,
     SetOpt,
+    ThreadsOpt,
+    VerboseOpt,
+    apply_threads,
     claim_out,
     default_out,
     emit_json,
     handle_errors,
     progress_bar,
+    set_verbosity,
 )
 from nctune.distributed import is_main
 
@@ -47,6 +52,9 @@ def sweep(
     modes: ModesOpt = "layer,scl",
     out: OutOpt = None,
     json_: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Which block should I tune on my data? Fine-tune each one and compare with the rules.
 
@@ -56,7 +64,8 @@ def sweep(
     from nctune.report import plot_sweep, sweep_table
     from nctune.sweep import layer_sweep
 
-    cfg = load_recipe(recipe, set_)
+    set_verbosity(quiet, verbose, json_)
+    cfg = apply_threads(load_recipe(recipe, set_), threads)
     out = check_writable(out or default_out(recipe, "sweep"))
     out = check_replaceable(claim_out(out), "sweep.json")
     names = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
@@ -75,7 +84,7 @@ def sweep(
         emit_json(to_json(doc))
         return
     console = Console()
-    console.print(sweep_table(result))
+    console.print(sweep_table(result, width=console.width))
     for rule, regret in result.regret.items():
         if all(g is None for g in regret.values()):
             console.print(f"rule [bold]{rule}[/] picks {result.picks[rule]} (not swept)")

@@ -40,7 +40,7 @@ def profile_table(profile: CollapseProfile, recommendation: Selection | None = N
         ("CDNV", "right"),
         ("NCC acc", "right"),
     ]:
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=justify, no_wrap=col == "layer")  # names stay whole
     chosen = set(recommendation.layers) if recommendation else set()
     for layer in profile.layers:
         m = layer.metrics
@@ -156,7 +156,7 @@ def finetune_tables(result: RunResult) -> list[Table]:
             ("NCC before", "right"),
             ("NCC after", "right"),
         ]:
-            t.add_column(col, justify=justify)
+            t.add_column(col, justify=justify, no_wrap=col == "layer")
         for row in result.layers:
             b, a = row["nc1_before"], row["nc1_after"]
             change = "–" if not (b and a) else f"{(a - b) / b:+.0%}"
@@ -267,22 +267,35 @@ def plot_training(result: RunResult, path: str | Path) -> Path:
     return atomic_write_bytes(path, _png(training_figure(result)))
 
 
-def sweep_table(result: SweepResult) -> Table:
-    """One row per swept block: accuracy and NC1 after for each mode, and which rules picked it."""
+#: Below this console width the sweep table drops its secondary columns (NC1 after, params).
+SWEEP_FULL_WIDTH = 130
+
+
+def sweep_table(result: SweepResult, width: int | None = None) -> Table:
+    """One row per swept block: accuracy and NC1 after for each mode, and which rules picked it.
+
+    Args:
+        result: a :class:`~nctune.sweep.SweepResult`.
+        width: the console width; below :data:`SWEEP_FULL_WIDTH` the per-mode "NC1 after"
+            and "params" columns are left out (they stay in sweep.json). Block names never
+            wrap or get cut, at any width.
+    """
     modes = sorted({p.mode for p in result.points}, key=["layer", "scl"].index)
-    t = Table(
-        title=f"Layer sweep: {result.backbone} on {result.dataset}",
-        header_style="bold",
-        caption=f"{result.metric.replace('_', ' ')} per tuned block; ◀ best per mode",
-    )
+    compact = width is not None and width < SWEEP_FULL_WIDTH
+    caption = f"{result.metric.replace('_', ' ')} per tuned block; ◀ best per mode"
+    if compact:
+        caption += "; NC1 after and trainable params: sweep.json (or a wider terminal)"
+    t = Table(title=f"Layer sweep: {result.backbone} on {result.dataset}", header_style="bold",
+              caption=caption)  # fmt: skip
     t.add_column("#", justify="right")
-    t.add_column("block")
-    t.add_column("NC1 (pretrained)", justify="right")
+    t.add_column("block", no_wrap=True)
+    t.add_column("NC1 pre" if compact else "NC1 (pretrained)", justify="right")
     for m in modes:
         label = "Layer-FT" if m == "layer" else "SCL-FT"
-        t.add_column(f"{label} acc", justify="right")
-        t.add_column(f"{label} NC1 after", justify="right")
-        t.add_column(f"{label} params", justify="right")
+        t.add_column(label if compact else f"{label} acc", justify="right", no_wrap=True)
+        if not compact:
+            t.add_column(f"{label} NC1 after", justify="right")
+            t.add_column(f"{label} params", justify="right")
     t.add_column("picked by")
     best = {m: getattr(result.best(m), "block", None) for m in modes}
     blocks = list(dict.fromkeys(p.block for p in result.points))
@@ -294,11 +307,12 @@ def sweep_table(result: SweepResult) -> Table:
             p = row_pts.get(m)
             score = None if p is None else getattr(p, result.metric)
             mark = " ◀" if best[m] == block else ""
-            cells += [
-                "–" if score is None else f"{100 * score:.2f}%{mark}",
-                _fmt(p.nc1_after if p else None),
-                "–" if p is None else f"{100 * p.trainable_params / p.total_params:.1f}%",
-            ]
+            cells.append("–" if score is None else f"{100 * score:.2f}%{mark}")
+            if not compact:
+                cells += [
+                    _fmt(p.nc1_after if p else None),
+                    "–" if p is None else f"{100 * p.trainable_params / p.total_params:.1f}%",
+                ]
         cells.append(", ".join(r for r, b in result.picks.items() if b == block))
         t.add_row(*cells)
     return t

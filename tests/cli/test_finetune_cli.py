@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import os
@@ -82,11 +83,17 @@ def test_finetune_writes_the_contract_and_load_finetuned_reproduces_it(tmp_path)
     assert set(doc) >= REPORT_KEYS
     assert doc == json.loads((out / "report.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.csv",
         "model.safetensors",
         "recipe.yaml",
         "report.json",
         "training.png",
     ]
+    # metrics.csv: one row per epoch, the same numbers as report.json's history
+    with (out / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [h["epoch"] for h in doc["history"]] == [1, 2]
+    assert [float(r["loss"]) for r in rows] == [h["loss"] for h in doc["history"]]
     assert doc["strategy"] == "scl" and doc["tuned_layers"] == ["layer3.0"]
     assert 0 < doc["trainable_params"] < doc["total_params"]
     assert len(doc["history"]) == 2 and {"loss", "accuracy", "nc1"} <= set(doc["history"][0])
@@ -157,7 +164,11 @@ def test_resume_refuses_a_different_recipe_and_a_finished_run(tmp_path):
     out = tmp_path / "run"
     assert invoke("finetune", *sets("strategy.name=linear"), "--out", str(out)).exit_code == 0
     res = invoke("finetune", *sets("strategy.name=linear"), "--resume", str(out))
-    assert res.exit_code == 2 and "no checkpoint" in res.stderr
+    assert res.exit_code == 2 and "that run finished" in res.stderr and "--overwrite" in res.stderr
+    # a finished run in --out: replace it or pick another folder; resuming is no option
+    res = invoke("finetune", *sets("strategy.name=linear"), "--out", str(out))
+    assert res.exit_code == 2 and "finished run" in res.stderr and "--overwrite" in res.stderr
+    assert "--resume" not in res.stderr
     (out / "checkpoint.pt").write_bytes(b"x")
     res = invoke("finetune", *sets("strategy.name=linear", "train.lr=0.5"), "--resume", str(out))
     assert res.exit_code == 2 and "train.lr" in res.stderr
@@ -183,9 +194,9 @@ def test_bad_input_found_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_
 
     monkeypatch.setattr(finetune_mod, "_head_nc1", corrupt_after_training)
     out = tmp_path / "run"
-    res = invoke("finetune", *sets("strategy.name=linear"), "--out", str(out))
+    res = invoke("finetune", *sets("strategy.name=linear"), "--out", str(out), "-q")
     assert res.exit_code == 2, res.output
-    lines = res.stderr.splitlines()
+    lines = res.stderr.splitlines()  # -q: no epoch lines, the error alone
     assert len(lines) == 1 and "img.png" in lines[0] and f"--resume {out}" in lines[0]
     assert (out / "checkpoint.pt").exists()
     monkeypatch.setattr(finetune_mod, "_head_nc1", real)  # the user fixed the image

@@ -1,0 +1,98 @@
+"""``nctune init``: a commented starter recipe for your own images, checked on the spot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nctune.cli.common import JsonOpt, SetOpt, emit_json, handle_errors
+from nctune.errors import ArtifactError, ConfigError
+
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Your image folder: one sub-folder per class (or train/ and val/ inside).",
+        show_default=False,
+    ),
+]
+BackboneOpt = Annotated[
+    str,
+    typer.Option(
+        "--backbone",
+        "-b",
+        help="source:name, e.g. timm:resnet50, torchvision:resnet18 (default needs no download).",
+    ),
+]
+RecipeOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write the recipe.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")]
+FieldsOpt = Annotated[
+    bool,
+    typer.Option("--fields", help="Print every recipe field (type, default, meaning) and exit."),
+]
+
+
+def _fields(json_: bool) -> None:
+    from nctune._io import to_json
+    from nctune.recipe_fields import field_rows
+
+    rows = field_rows()
+    if json_:
+        emit_json(to_json([{"key": r.key, "type": r.type, "default": r.default,
+                            "description": r.description} for r in rows]))  # fmt: skip
+        return
+    table = Table(title="Recipe fields (also in docs/recipes.md)", header_style="bold")
+    table.add_column("field", no_wrap=True, style="cyan")
+    table.add_column("type")
+    table.add_column("default")
+    table.add_column("description", ratio=1)
+    for r in rows:
+        table.add_row(r.key, r.type.replace("`", ""), r.default.replace("`", ""), r.description)
+    Console().print(table)
+
+
+@handle_errors
+def init(
+    data: DataOpt = None,
+    backbone: BackboneOpt = "packaged:efficientnet_lite0",
+    out: RecipeOutOpt = Path("recipe.yaml"),
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+    fields: FieldsOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Write a commented starter recipe for your own images, checked on the spot.
+
+    nctune init --data PATH/TO/IMAGEFOLDER --backbone timm:resnet50 writes recipe.yaml;
+    then `nctune analyze recipe.yaml` and `nctune finetune recipe.yaml`.
+    """
+    from nctune._io import atomic_write_text, to_json
+    from nctune.starter import starter_recipe
+
+    if fields:
+        _fields(json_)
+        return
+    if data is None:
+        raise ConfigError(
+            "--data: give your image folder (one sub-folder per class), or --fields to list the fields"
+        )
+    if out.exists() and not overwrite:
+        raise ArtifactError(f"--out {out}: already exists; use --overwrite or another file")
+    if out.is_dir():
+        raise ArtifactError(f"--out {out}: is a folder; give the recipe file's path")
+    starter = starter_recipe(data, backbone, set_)
+    atomic_write_text(out, starter.text.replace("THIS_FILE", str(out)))
+    if json_:
+        emit_json(to_json(starter.recipe.model_dump(mode="json")))
+        return
+    console = Console(highlight=False)
+    console.print(
+        f"Wrote [cyan]{out}[/]: {starter.recipe.backbone.name} on {len(starter.classes)} classes, "
+        f"{starter.images} images in {data}."
+    )
+    console.print(f"Next: nctune analyze {out}   then   nctune finetune {out}")

@@ -1,0 +1,132 @@
+"""A commented starter recipe for the user's own image folder (``nctune init``).
+
+The text is written from a validated :class:`~nctune.config.Recipe`, each key with its
+field's own description (:mod:`nctune.recipe_fields`) as the comment, and then checked on
+the spot: it must load back into the same recipe, and the image folder must give at least
+two classes with images (the real data source's listing; no image is decoded and no
+weights are loaded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nctune.backbones import InputConfig
+from nctune.config import Recipe, apply_overrides, recipe_from_dict
+from nctune.data import build_data
+from nctune.errors import ConfigError
+from nctune.recipe_fields import field_rows
+
+#: The keys the starter spells out, per section (everything else keeps its default and
+#: is listed by ``nctune init --fields`` and docs/recipes.md).
+STARTER_KEYS: dict[str, list[str]] = {
+    "backbone": ["name", "pretrained"],
+    "data": [
+        "source",
+        "path",
+        "image_size",
+        "batch_size",
+        "val_fraction",
+        "test_fraction",
+        "augment",
+        "num_workers",
+    ],
+    "strategy": ["name", "layers"],
+    "train": ["epochs", "lr", "optimizer", "early_stopping", "tensorboard"],
+    "": ["device", "threads", "seed"],
+}
+
+
+@dataclass
+class Starter:
+    """A starter recipe and what the check found.
+
+    Attributes:
+        text: the commented YAML.
+        recipe: the validated recipe it loads as.
+        classes: the class names found in the image folder.
+        images: training images found (before any validation/test hold-out).
+    """
+
+    text: str
+    recipe: Recipe
+    classes: list[str]
+    images: int
+
+
+def _value(v: Any) -> str:
+    return (
+        yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    )
+
+
+def _comment(description: str) -> str:
+    first = description.split(". ")[0].rstrip(".")
+    return " ".join(first.split())
+
+
+def starter_recipe(
+    data: str | Path,
+    backbone: str = "packaged:efficientnet_lite0",
+    overrides: list[str] | None = None,
+) -> Starter:
+    """Write and check a commented recipe that fine-tunes ``backbone`` on an image folder.
+
+    Args:
+        data: a folder of class folders (or with ``train/`` and ``val/``/``test/`` inside).
+        backbone: ``source:name`` (default: the packaged Lite0, which needs no download).
+        overrides: ``key.path=value`` strings applied on top of the starter values.
+
+    Returns:
+        The :class:`Starter`.
+
+    Raises:
+        ConfigError: an invalid override or backbone name.
+        DataError: the folder is missing or has fewer than two classes with images.
+    """
+    base: dict[str, Any] = {
+        "backbone": {"name": backbone},
+        "data": {
+            "source": "imagefolder",
+            "path": str(Path(data).expanduser().resolve()),
+            "test_fraction": 0.1,
+        },
+    }
+    recipe = recipe_from_dict(apply_overrides(base, list(overrides or [])), "nctune init")
+    dumped = recipe.model_dump(mode="json")
+    rows = {r.key: r for r in field_rows()}
+    lines = [
+        "# nctune recipe for your own images, written by `nctune init`.",
+        "# Every field: docs/recipes.md or `nctune init --fields`; any of them can be",
+        "# overridden with --set key.path=value. Next:",
+        "#   nctune analyze THIS_FILE    # which blocks are already collapsed on your data",
+        "#   nctune finetune THIS_FILE   # fine-tune; report NC1 before/after and accuracy",
+    ]
+    if recipe.backbone.pretrained and recipe.backbone.name.split(":")[0] in ("timm", "torchvision"):
+        lines.append(
+            "# Pretrained timm/torchvision weights download on first use (network or the local hub cache)."
+        )
+    for section, keys in STARTER_KEYS.items():
+        lines.append("")
+        if section:
+            lines.append(f"{section}:")
+        node = dumped[section] if section else dumped
+        pad = "  " if section else ""
+        for key in keys:
+            row = rows[f"{section}.{key}" if section else key]
+            lines.append(f"{pad}# {_comment(row.description)}")
+            lines.append(f"{pad}{key}: {_value(node[key])}")
+    text = "\n".join(lines) + "\n"
+    # The check: the text loads back into the very recipe it was written from.
+    back = recipe_from_dict(yaml.safe_load(text) or {}, "nctune init")
+    if back != recipe:  # pragma: no cover - a bug in the writer, not bad input
+        raise ConfigError("nctune init: the starter recipe did not load back as written")
+    # The folder, through the real imagefolder source (lists files; decodes nothing).
+    size = recipe.data.image_size or 224
+    splits = build_data(recipe.data, InputConfig(size, (0.5,) * 3, (0.5,) * 3), seed=recipe.seed)
+    images = sum(len(s) for s in (splits.train, splits.val, splits.test) if s is not None)
+    return Starter(text, recipe, list(splits.classes), images)
