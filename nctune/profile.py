@@ -41,6 +41,14 @@ class LayerCollapse:
     def nc1(self) -> float:
         return self.metrics.nc1
 
+    def __repr__(self) -> str:
+        # the metrics object is long; NC1 is the number a reader wants next to the name
+        ncc = "None" if self.ncc_accuracy is None else f"{self.ncc_accuracy:.4g}"
+        return (
+            f"LayerCollapse(index={self.index}, name={self.name!r}, dim={self.dim}, "
+            f"nc1={self.nc1:.4g}, ncc_accuracy={ncc}, tunable={self.tunable})"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         m = self.metrics
         return {

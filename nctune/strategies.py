@@ -505,8 +505,14 @@ register_strategy("scl", selects_layers=True, skip=True)(_layers)
 def _lora_adapters(
     model: TunedModel, layers: list[str] | None, options: dict
 ) -> tuple[nn.Module, list[str]]:
-    # peft imports transformers and accelerate (seconds): only LoRA runs pay for it
-    from peft import LoraConfig, get_peft_model
+    # peft imports transformers and accelerate (seconds), and is an optional extra: only
+    # LoRA runs pay for it
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError(
+            "strategy.name: lora needs the peft package: pip install 'nctune[lora]'"
+        ) from None
 
     targets = [
         f"backbone.{n}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import sys
 
 import pytest
 import torch
@@ -682,3 +683,11 @@ def test_save_model_keeps_every_strategy_name_in_config(make):
         assert model.config["num_classes"] == K
         keys = list(model.state_dict())
         assert not any(fnmatch.fnmatch(k, "*lora*") or "base_model" in k for k in keys)
+
+
+def test_lora_without_peft_is_one_clear_line(make, monkeypatch):
+    from nctune.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if the [lora] extra were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'nctune\[lora\]'"):
+        apply_strategy(make("resnet"), "lora", K, layers=["layer3.0"])

@@ -141,13 +141,16 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path, overrides, head_dropou
     assert load_checkpoint(tmp_path / "a")["epoch"] == 3
 
     spe = steps_per_epoch()
-    calls = {"n": 0}
+    calls = {"n": 0, "training": False}
+
+    def progress(phase, *args, **kwargs):  # the caching passes poll too: count epochs only
+        calls["training"] = phase.startswith("epoch")
 
     def mid_epoch_2():  # polled after every step and once more at the end of each epoch
-        calls["n"] += 1
+        calls["n"] += calls["training"]
         return calls["n"] >= spe + 1 + 2  # epoch 2, after its second step (sticky, like a signal)
 
-    first = run(run_dir=tmp_path / "b", should_stop=mid_epoch_2, **kw)
+    first = run(run_dir=tmp_path / "b", should_stop=mid_epoch_2, progress=progress, **kw)
     assert first[0].interrupted and len(first[0].history) == 1
     ckpt = load_checkpoint(tmp_path / "b")
     assert ckpt["epoch"] == 1 and ckpt["step"] == 2

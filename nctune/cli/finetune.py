@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 
 from nctune._io import atomic_write_text, check_writable, to_json
-from nctune.artifacts import RECIPE_FILE, save_run
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
@@ -62,6 +61,7 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
 def _check_resume(run_dir: Path, cfg) -> None:
     import yaml
 
+    from nctune.artifacts import RECIPE_FILE
     from nctune.checkpoint import CHECKPOINT, load_checkpoint
 
     saved = run_dir / RECIPE_FILE
@@ -133,6 +133,8 @@ def finetune(
     Writes DIR/report.json, DIR/model.safetensors, DIR/training.png and DIR/recipe.yaml;
     checkpoints every epoch so an interrupted run continues with --resume DIR.
     """
+    # Here, not at the top: `nctune --help` must not load torch (artifacts → safetensors.torch).
+    from nctune.artifacts import RECIPE_FILE, save_run
     from nctune.checkpoint import CHECKPOINT
     from nctune.config import load_recipe
     from nctune.finetune import finetune as run_finetune

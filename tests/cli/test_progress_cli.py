@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -171,3 +172,31 @@ def test_sigint_during_profiling_exits_130_fast_and_resumes(tmp_path):
     done = subprocess.run([*cmd, "--resume", str(out)], capture_output=True, text=True, env=_env())
     assert done.returncode == 0, done.stderr
     assert (out / "report.json").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_readme_first_screen_command_runs_on_your_own_images(tmp_path, make_image_folder):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    first_screen = "\n".join(readme.splitlines()[:40])
+    command = next(
+        line
+        for line in first_screen.splitlines()
+        if "PATH/TO/IMAGEFOLDER" in line and "--set" in line
+    )
+    images = make_image_folder("mine", {"a": 5, "b": 5})
+    argv = shlex.split(command.replace("PATH/TO/IMAGEFOLDER", str(images)))
+    assert argv[0] == "nctune"
+    out = tmp_path / "out"
+    res = invoke(*argv[1:], "--out", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    assert (out / "analysis.json").exists()
+
+
+def test_help_and_version_do_not_load_torch():
+    code = (
+        "import sys; from nctune.cli import app; "
+        "heavy = [m for m in ('torch', 'timm', 'matplotlib', 'peft', 'transformers') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
