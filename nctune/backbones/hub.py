@@ -86,9 +86,15 @@ def hf_offline() -> Iterator[None]:
 
 def no_weights(spec: str, cache: str, host: str) -> BackboneError:
     """The one-line error for pretrained weights neither cached nor downloadable."""
+    # NCTUNE_OFFLINE skips the probe: say so, not that a host nobody tried is unreachable
+    why = (
+        "downloads are off (NCTUNE_OFFLINE is set; unset it to download)"
+        if env_true("NCTUNE_OFFLINE")
+        else f"no network to download them ({host} unreachable)"
+    )
     return BackboneError(
         f"backbone.name: no pretrained weights for {spec} on this machine: not in the local "
-        f"cache ({cache}) and no network to download them ({host} unreachable); pass a local "
+        f"cache ({cache}) and {why}; pass a local "
         "file with backbone.weights=PATH (--set backbone.weights=PATH) or set "
         "backbone.pretrained=false"
     )
