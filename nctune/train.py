@@ -116,6 +116,8 @@ def evaluate(
     num_classes: int | None = None,
     amp: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    progress: ProgressFn | None = None,
+    phase: str = "evaluate",
 ) -> tuple[float, CollapseStats | None]:
     """Top-1 accuracy of ``model`` in eval mode, and (with ``num_classes``) the statistics of
     the features its head sees.
@@ -127,6 +129,7 @@ def evaluate(
         num_classes: K for the head-input :class:`~nctune.collapse.CollapseStats`.
         amp: autocast on CUDA (as in training; a cached source must match its cache).
         should_stop: polled after every batch; True raises :class:`~nctune.errors.Interrupted`.
+        progress, phase: ``progress(phase, done, total)`` after every batch.
 
     Returns:
         ``(accuracy, statistics or None)``; the accuracy is NaN when ``data`` is empty.
@@ -139,9 +142,12 @@ def evaluate(
     model.eval()
     stats = CollapseStats(num_classes) if num_classes else None
     correct = seen = 0
+    total = _num_batches(source)
+    if progress:
+        progress(phase, 0, total)
     try:
         with source.attached():
-            for x, y in source.batches():
+            for i, (x, y) in enumerate(source.batches()):
                 y = torch.as_tensor(y).to(device)
                 with autocast(device, amp):
                     logits, feats = source.forward(model, x)
@@ -149,12 +155,24 @@ def evaluate(
                 seen += int(y.numel())
                 if stats is not None:
                     stats.update(feats.float(), y)
+                if progress:
+                    progress(phase, i + 1, total)
                 if should_stop is not None and should_stop():
                     raise Interrupted("stopped during an evaluation pass")
     finally:
         model.train(was)
     correct, seen = dist.all_reduce_sum(correct, seen)
     return (correct / seen if seen else float("nan")), dist.reduce_stats(stats)
+
+
+def _num_batches(source) -> int | None:
+    """How many batches ``source.batches()`` yields, when that is known (for progress)."""
+    if isinstance(source, CachedBatches):
+        return math.ceil(len(source.cache) / source.batch_size)
+    data = source.data
+    if isinstance(data, Dataset) and source.batch_size:
+        return math.ceil(len(data) / source.batch_size)
+    return len(data) if hasattr(data, "__len__") and not isinstance(data, Dataset) else None
 
 
 def _phases(
@@ -504,7 +522,14 @@ def fit(
                 return finish(interrupted=True)
 
             val_acc = (
-                evaluate(model, val_source, device, amp=use_amp)[0]
+                evaluate(
+                    model,
+                    val_source,
+                    device,
+                    amp=use_amp,
+                    progress=progress,
+                    phase=f"epoch {epoch + 1}/{cfg.epochs} validation",
+                )[0]
                 if val_source is not None
                 else None
             )

@@ -249,7 +249,23 @@ def test_a_stop_while_caching_leaves_no_cache_behind(tmp_path, where):
     assert list(tmp_path.iterdir()) == []  # no cache folder, no checkpoint
 
 
-def test_on_epoch_sees_the_growing_history():
-    seen = []
-    result, _ = run(overrides=["train.epochs=2"], on_epoch=lambda h: seen.append(len(h)))
+def test_on_epoch_sees_the_growing_history_and_every_pass_has_a_total():
+    seen, calls = [], []
+    result, _ = run(
+        overrides=["train.epochs=2"],
+        on_epoch=lambda h: seen.append(len(h)),
+        progress=lambda phase, done, total, info="": calls.append((phase, done, total)),
+    )
     assert seen == [1, 2] and len(result.history) == 2
+    phases = list(dict.fromkeys(c[0] for c in calls))
+    assert phases == [
+        "caching frozen prefix",
+        "caching frozen prefix (val)",
+        "epoch 1/2",
+        "epoch 1/2 validation",
+        "epoch 2/2",
+        "epoch 2/2 validation",
+    ]
+    for phase in phases:  # a total from the start (no "0/?"), and the pass reaches it
+        mine = [c for c in calls if c[0] == phase]
+        assert mine[0][1] == 0 and all(c[2] for c in mine) and mine[-1][1] == mine[-1][2], mine

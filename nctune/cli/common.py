@@ -351,6 +351,10 @@ class Reporter:
         now = time.monotonic()
         if self.bar is not None:
             if phase not in self.tasks:
+                for name, task in list(self.tasks.items()):  # finished passes make room
+                    if self.bar.tasks[self.bar.task_ids.index(task)].finished:
+                        self.bar.remove_task(task)
+                        del self.tasks[name]
                 self.tasks[phase] = self.bar.add_task(phase, total=total, info=info)
             self.bar.update(self.tasks[phase], completed=done, total=total, info=info)
             return
