@@ -37,8 +37,8 @@ app.command("finetune", epilog=EPILOG)(finetune)
 app.command("sweep", epilog=EPILOG)(sweep)
 app.command("predict")(predict)  # a run folder, not a recipe: no recipe-field epilog
 app.command("export")(export)
-app.command("rank")(rank)
-app.command("tune")(tune)
+app.command("rank", epilog=EPILOG)(rank)
+app.command("tune", epilog=EPILOG)(tune)
 
 
 def _print_version(value: bool) -> None:

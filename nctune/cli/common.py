@@ -141,6 +141,10 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # each command starts from its own flags: no output level left over from an earlier
+        # command in the same process (tests, notebooks); commands without -q/-v get 0
+        set_verbosity(kwargs.get("quiet", False), kwargs.get("verbose", False),
+                      kwargs.get("json_", False))  # fmt: skip
         with (
             warnings.catch_warnings(record=True) as caught,
             _quiet_unless_main() as main,

@@ -71,7 +71,7 @@ def test_version():
 
 
 def test_help_points_to_the_fields_and_the_common_overrides():
-    for command in ("analyze", "finetune", "sweep", "init"):
+    for command in ("analyze", "finetune", "sweep", "init", "rank"):
         res = invoke(command, "--help")
         assert res.exit_code == 0
         text = " ".join(res.stdout.split())
