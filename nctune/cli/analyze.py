@@ -21,7 +21,6 @@ from nctune.cli.common import (
     progress_bar,
     set_verbosity,
 )
-from nctune.distributed import is_main
 
 
 @handle_errors
@@ -41,6 +40,7 @@ def analyze(
     from nctune._io import check_replaceable, check_writable
     from nctune.analyze import analyze_recipe
     from nctune.config import load_recipe
+    from nctune.distributed import is_main
     from nctune.report import plot_profile, profile_table
 
     set_verbosity(quiet, verbose, json_)

@@ -25,7 +25,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from nctune import distributed
 from nctune._lock import FolderClaim, recover_orphans
 from nctune.errors import NctuneError
 
@@ -120,7 +119,7 @@ def claim_out(folder: Path, option: str = "--out") -> Path:
     stack = _command_stack.get()
     if stack is None:  # pragma: no cover - every command runs under handle_errors
         raise RuntimeError("claim_out() outside a command wrapped by handle_errors")
-    if not distributed.is_main():  # under torchrun rank 0 claims for the whole group
+    if not _dist().is_main():  # under torchrun rank 0 claims for the whole group
         return folder
     stack.enter_context(FolderClaim(folder, option))
     recover_orphans(folder, option)
@@ -153,7 +152,7 @@ def handle_errors(fn: F) -> F:
             warnings.simplefilter("default")
             token = _command_stack.set(held)
             try:
-                with distributed.process_group():
+                with _dist().process_group():
                     return fn(*args, **kwargs)
             except NctuneError as err:
                 err_console.print(  # escaped: a message may hold [brackets] (paths, extras)
@@ -161,7 +160,7 @@ def handle_errors(fn: F) -> F:
                     highlight=False,
                     soft_wrap=True,
                 )
-                raise typer.Exit(distributed.exit_code(err)) from None
+                raise typer.Exit(_dist().exit_code(err)) from None
             except KeyboardInterrupt:  # results are staged: nothing half-written is left
                 err_console.print("interrupted; nothing was written to --out", soft_wrap=True)
                 raise typer.Exit(130) from None
@@ -180,9 +179,9 @@ def main_process_only(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not distributed.is_main():
+        if not _dist().is_main():
             return None
-        with distributed.local():
+        with _dist().local():
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -204,6 +203,14 @@ def _quiet_unless_main() -> Iterator[bool]:
     finally:
         sys.stdout.close()
         sys.stdout, console.quiet = stdout, quiet
+
+
+def _dist():
+    """:mod:`nctune.distributed`, imported when a command runs: it loads torch, and
+    ``nctune --help`` must not."""
+    from nctune import distributed
+
+    return distributed
 
 
 def _one_line(text: str) -> str:
@@ -309,7 +316,7 @@ class Reporter:
 
     def __init__(self, enabled: bool = True, epochs: int | None = None) -> None:
         # under torchrun rank 0 alone shows progress (every rank runs the same passes)
-        self.level = _verbosity if enabled and distributed.is_main() else -1
+        self.level = _verbosity if enabled and _dist().is_main() else -1
         self.epochs = epochs
         self.console = err_console
         self.tty = self.console.is_terminal

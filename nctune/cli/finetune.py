@@ -30,7 +30,6 @@ from nctune.cli.common import (
     progress_bar,
     set_verbosity,
 )
-from nctune.distributed import PeerFailure, check, is_main
 from nctune.errors import ArtifactError, Interrupted, NctuneError, TrainingError
 
 ResumeOpt = Annotated[
@@ -137,6 +136,7 @@ def finetune(
     from nctune.artifacts import RECIPE_FILE, save_run
     from nctune.checkpoint import CHECKPOINT
     from nctune.config import load_recipe
+    from nctune.distributed import PeerFailure, check, is_main
     from nctune.finetune import finetune as run_finetune
     from nctune.finetune import prepare
     from nctune.report import finetune_tables

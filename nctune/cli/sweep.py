@@ -31,7 +31,6 @@ from nctune.cli.common import (
     progress_bar,
     set_verbosity,
 )
-from nctune.distributed import is_main
 
 BlocksOpt = Annotated[
     str | None,
@@ -61,6 +60,7 @@ def sweep(
     Writes DIR/sweep.json, DIR/layer_sweep.png and DIR/recipe.yaml.
     """
     from nctune.config import load_recipe
+    from nctune.distributed import is_main
     from nctune.report import plot_sweep, sweep_table
     from nctune.sweep import layer_sweep
 
