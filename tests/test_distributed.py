@@ -280,7 +280,8 @@ def test_an_error_on_rank_one_ends_both_with_exit_2(tmp_path, make_png_folder):
     ended: dict[int, float] = {}
     start = time.monotonic()
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    procs = launch("analyze", *sets(*recipe), "--out", "out", cwd=tmp_path, **pipes)
+    # -q: no progress lines (rank 0 logs its finished pass off a terminal), the error alone
+    procs = launch("analyze", *sets(*recipe), "--out", "out", "-q", cwd=tmp_path, **pipes)
     try:
         while len(ended) < 2:
             for rank, p in enumerate(procs):
