@@ -151,7 +151,7 @@ def finetune(
         if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
             if (run_dir / "report.json").is_file() and not (run_dir / CHECKPOINT).is_file():
                 raise ArtifactError(
-                    f"--out {run_dir}: holds a finished run — use --overwrite to replace it, or another folder"
+                    f"--out {run_dir}: already holds a run, and it finished — use --overwrite to replace it, or another folder"
                 )
             # --resume only where there is a checkpoint to resume from
             hint = (

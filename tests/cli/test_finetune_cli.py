@@ -167,7 +167,7 @@ def test_resume_refuses_a_different_recipe_and_a_finished_run(tmp_path):
     assert res.exit_code == 2 and "that run finished" in res.stderr and "--overwrite" in res.stderr
     # a finished run in --out: replace it or pick another folder; resuming is no option
     res = invoke("finetune", *sets("strategy.name=linear"), "--out", str(out))
-    assert res.exit_code == 2 and "finished run" in res.stderr and "--overwrite" in res.stderr
+    assert res.exit_code == 2 and "it finished" in res.stderr and "--overwrite" in res.stderr
     assert "--resume" not in res.stderr
     (out / "checkpoint.pt").write_bytes(b"x")
     res = invoke("finetune", *sets("strategy.name=linear", "train.lr=0.5"), "--resume", str(out))
