@@ -48,7 +48,10 @@ def sets(*extra: str) -> list[str]:
 
 
 def invoke(*args: object) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args])
+    argv = [str(a) for a in args]
+    if argv and argv[0] in ("analyze", "finetune", "sweep"):
+        argv.insert(1, "-q")  # no pass/epoch log lines (issue 15): stderr is the error alone
+    return CliRunner().invoke(app, argv)
 
 
 def one_line(res: Result, *names: str) -> str:
@@ -223,7 +226,7 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint_and_writes_no_model(
     )
     line = one_line(res, "diverged at epoch 2", "lower train.lr", "epoch 1", "checkpoint.pt")
     assert "--resume" not in line and res.stdout == ""
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "recipe.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.csv", "recipe.yaml"]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -268,7 +271,7 @@ def stopped_run(tmp_path_factory) -> Path:
 
         m.setattr(FINETUNE, "_head_nc1", head_nc1)
         assert invoke("finetune", *sets(), "--out", out).exit_code == 2
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "recipe.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.csv", "recipe.yaml"]
     return out
 
 
@@ -316,6 +319,7 @@ def test_a_damaged_checkpoint_is_refused_before_any_slow_work(
     assert "continue with" not in line
     assert path.read_bytes() == before and sorted(p.name for p in out.iterdir()) == [
         "checkpoint.pt",
+        "metrics.csv",
         "recipe.yaml",
     ]
 
@@ -369,13 +373,14 @@ def test_disk_full_while_writing_the_model_keeps_the_checkpoint_and_says_how_to_
     line = one_line(res, "model.safetensors", "cannot write", "continue with")
     if fault is not _short_write:
         assert "No space left on device" in line
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "recipe.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.csv", "recipe.yaml"]
     assert siblings(out) == ["run"]  # no temporary model file left behind
     suggested = shlex.split(line.split("continue with ", 1)[1])
     assert suggested[:2] == ["nctune", "finetune"] and suggested[-2:] == ["--resume", str(out)]
     res = invoke(*suggested[1:])  # space freed: the suggested command finishes the run
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.csv",
         "model.safetensors",
         "recipe.yaml",
         "report.json",
