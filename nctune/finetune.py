@@ -168,9 +168,8 @@ def finetune(
     progress: Callable[..., None] | None = None,
     prepared: tuple | None = None,
     profile: CollapseProfile | None = None,
-    on_epoch_end: Callable[..., None] | None = None,
+    on_epoch_end: Callable[[list], None] | None = None,
     shared_cache_dir: str | Path | None = None,
-    on_epoch: Callable[[list], None] | None = None,
 ) -> RunResult:
     """Fine-tune the recipe's backbone with its strategy and measure collapse around it.
 
@@ -191,11 +190,12 @@ def finetune(
         prepared: the result of :func:`prepare` when the caller already built it.
         profile: the pretrained backbone's profile on this data when the caller already
             measured it (a search measures it once for all its trials).
-        on_epoch_end, shared_cache_dir: passed to :func:`~nctune.train.fit` (a search's
-            pruning hook, and the prefix-cache folder its trials share).
-        on_epoch: called with the history (``EpochStats`` list) after every epoch. With a
-            ``run_dir``, ``metrics.csv`` (and TensorBoard with ``train.tensorboard``) are
-            written from the same hook.
+        on_epoch_end: called with the history (``EpochStats`` list) after every epoch
+            (a progress display, a search's pruning hook); with a ``run_dir``,
+            ``metrics.csv`` (and TensorBoard with ``train.tensorboard``) are written first,
+            from the same place. See :func:`~nctune.train.fit`.
+        shared_cache_dir: the prefix-cache folder a search's trials share (see
+            :func:`~nctune.train.fit`).
 
     Returns:
         A :class:`RunResult`; ``result.model`` is the fine-tuned model in eval mode.
@@ -235,7 +235,7 @@ def finetune(
     nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k, t.amp, should_stop)
     # rank 0 alone writes the run folder's logs (every rank has the same history)
     log_dir = run_dir if is_main() else None
-    loggers = [*epoch_loggers(log_dir, t.tensorboard), *([on_epoch] if on_epoch else [])]
+    loggers = [*epoch_loggers(log_dir, t.tensorboard), *([on_epoch_end] if on_epoch_end else [])]
 
     def log_epoch(history: list) -> None:
         for log in loggers:
@@ -259,9 +259,8 @@ def finetune(
         full_lr_scale=s.full_lr_scale,
         should_stop=should_stop,
         progress=progress,
-        on_epoch_end=on_epoch_end,
+        on_epoch_end=log_epoch,
         shared_cache_dir=shared_cache_dir,
-        on_epoch=log_epoch,
     )
     for log in loggers:
         getattr(log, "close", lambda: None)()

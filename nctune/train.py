@@ -227,9 +227,8 @@ def fit(
     full_lr_scale: float = 0.1,
     should_stop: Callable[[], bool] | None = None,
     progress: ProgressFn | None = None,
-    on_epoch_end: Callable[[EpochStats], None] | None = None,
+    on_epoch_end: Callable[[list[EpochStats]], None] | None = None,
     shared_cache_dir: str | Path | None = None,
-    on_epoch: Callable[[list[EpochStats]], None] | None = None,
 ) -> TrainResult:
     """Train ``applied.model`` on ``train_set``; keep the weights of the best validation epoch.
 
@@ -260,14 +259,13 @@ def fit(
             remain, else the epoch's own) and returns with ``interrupted=True``, without
             restoring the best epoch's weights.
         progress: ``progress(phase, done, total, info=...)`` callback.
-        on_epoch_end: called with each finished epoch's :class:`EpochStats`, after its
-            checkpoint; whatever it raises (e.g. a search's prune signal) ends the run and
-            propagates, the caches closed first.
+        on_epoch_end: called with the history (resumed epochs included) after every
+            finished epoch and its checkpoint; metric loggers, progress displays and a
+            search's pruning hang here. Whatever it raises (e.g. a prune signal) ends the
+            run and propagates, the caches closed first.
         shared_cache_dir: keep the frozen-prefix cache in this folder, keyed by its
             content, so later runs on the same prefix and data read it instead of
             recomputing it (see :meth:`~nctune.prefix_cache.PrefixCache.build`).
-        on_epoch: called with the history after every finished epoch (and its checkpoint),
-            resumed epochs included; metric loggers and progress displays hang here.
 
     Returns:
         The per-epoch history and how the run ended.
@@ -554,11 +552,9 @@ def fit(
                 best["bad"] += 1
             ckpt, step0 = None, 0
             save(epoch + 1, 0, None)
-            if on_epoch is not None:
-                on_epoch(history)
             if on_epoch_end is not None:
                 try:
-                    on_epoch_end(history[-1])
+                    on_epoch_end(history)
                 except BaseException:
                     finish(interrupted=True)  # closes the caches
                     raise

@@ -214,7 +214,8 @@ def test_epoch_hook_sees_every_epoch_and_can_stop_the_run(tmp_path):
     class Stop(Exception):
         pass
 
-    def hook(stats):
+    def hook(history):
+        stats = history[-1]
         seen.append((stats.epoch, stats.val_accuracy))
         if stats.epoch == 2:
             raise Stop
@@ -249,11 +250,11 @@ def test_a_stop_while_caching_leaves_no_cache_behind(tmp_path, where):
     assert list(tmp_path.iterdir()) == []  # no cache folder, no checkpoint
 
 
-def test_on_epoch_sees_the_growing_history_and_every_pass_has_a_total():
+def test_on_epoch_end_sees_the_growing_history_and_every_pass_has_a_total():
     seen, calls = [], []
     result, _ = run(
         overrides=["train.epochs=2"],
-        on_epoch=lambda h: seen.append(len(h)),
+        on_epoch_end=lambda h: seen.append(len(h)),
         progress=lambda phase, done, total, info="": calls.append((phase, done, total)),
     )
     assert seen == [1, 2] and len(result.history) == 2

@@ -305,7 +305,7 @@ class Reporter:
     The library reports through two hooks and never prints:
 
     * ``reporter(phase, done, total, info="")`` — a pass advanced (``progress=``);
-    * ``reporter.epoch(history)`` — an epoch finished (``on_epoch=``).
+    * ``reporter.epoch(history)`` — an epoch finished (``on_epoch_end=``).
 
     On a terminal each phase gets a bar with its total, and each finished epoch a line
     above the bars. Otherwise (CI, ``nohup``, notebooks) stderr gets one line when a

@@ -192,7 +192,7 @@ def finetune(
                 should_stop=stop,
                 progress=progress,
                 prepared=prepared,
-                on_epoch=progress.epoch,
+                on_epoch_end=progress.epoch,
             )
     except BaseException as err:
         if not main:  # rank 0 alone keeps or cleans up the run folder

@@ -117,10 +117,9 @@ class Objective:
         needs = st.name == "auto" or (st.name in ("layers", "scl") and not st.layers)
         needs = needs or cfg.train.profile_after
         profile = self.profile_of(cfg, prepared) if needs else None
-        seen: list[EpochStats] = []
 
-        def epoch_end(stats: EpochStats) -> None:
-            seen.append(stats)
+        def epoch_end(history: list[EpochStats]) -> None:
+            stats = history[-1]
             value = stats.val_accuracy if metric == "val_accuracy" else stats.nc1
             info = {"val_accuracy": stats.val_accuracy, "epochs": stats.epoch}
             self._record(trial, "RUNNING", run_dir=str(run_dir), **info)
@@ -131,7 +130,7 @@ class Objective:
             if stats.epoch < cfg.train.epochs and trial.should_prune():
                 trial.set_user_attr("epochs", stats.epoch)
                 trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
-                accs = [e.val_accuracy for e in seen if e.val_accuracy is not None]
+                accs = [e.val_accuracy for e in history if e.val_accuracy is not None]
                 trial.set_user_attr("val_accuracy", max(accs) if accs else None)
                 trial.set_user_attr("fail_reason", f"pruned after epoch {stats.epoch}")
                 self._record(trial, "PRUNED", reason=f"pruned after epoch {stats.epoch}", **info)
