@@ -234,6 +234,11 @@ class StrategyConfig(Section):
             raise ValueError(RULES.unknown(v, prefix=False))
         return v
 
+    def needs_profile(self) -> bool:
+        """Whether choosing this strategy's blocks needs the collapse profile: always for
+        ``auto``, for ``layers``/``scl`` when no ``layers`` are named."""
+        return self.name == "auto" or (self.name in ("layers", "scl") and not self.layers)
+
     def selection_rule(self, rule: str | None = None) -> tuple[str, dict[str, Any]]:
         """This section → (rule name, that rule's parameters) for :func:`~nctune.selection.select_layers`.
 

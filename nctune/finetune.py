@@ -203,7 +203,7 @@ def finetune(
     start = time.perf_counter()
     backbone, splits, plain, device = prepared or prepare(recipe)
     s, t, bs, k = recipe.strategy, recipe.train, recipe.data.batch_size, splits.num_classes
-    needs_profile = s.name in ("auto",) or (s.name in ("layers", "scl") and not s.layers)
+    needs_profile = s.needs_profile()
     before = profile
     t_profile = time.perf_counter()
     if before is None and (needs_profile or t.profile_after):

@@ -113,9 +113,8 @@ class Objective:
         # The test split is measured once, on the best trial, when the search ends: choosing
         # among trials must not see it, and a test pass per trial costs about an epoch.
         prepared = (backbone, dataclasses.replace(splits, test=None), plain, device)
-        st = cfg.strategy  # the profile finetune would measure, measured once per study
-        needs = st.name == "auto" or (st.name in ("layers", "scl") and not st.layers)
-        needs = needs or cfg.train.profile_after
+        # the profile finetune would measure, measured once per study
+        needs = cfg.strategy.needs_profile() or cfg.train.profile_after
         profile = self.profile_of(cfg, prepared) if needs else None
 
         def epoch_end(history: list[EpochStats]) -> None:
