@@ -18,8 +18,12 @@ from nctune._io import (
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
+    QuietOpt,
     RecipeArg,
     SetOpt,
+    ThreadsOpt,
+    VerboseOpt,
+    apply_threads,
     claim_out,
     default_out,
     emit_json,
@@ -72,6 +76,9 @@ def rank(
     set_: SetOpt = None,
     out: OutOpt = None,
     json_: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Which backbone should I start from? Score candidates on your data in one pass each.
 
@@ -81,7 +88,7 @@ def rank(
     from nctune.rank import rank as rank_backbones
     from nctune.report.rank import agreement_table, disagreements, plot_ranking, ranking_table
 
-    cfg = load_recipe(recipe, set_)
+    cfg = apply_threads(load_recipe(recipe, set_), threads)
     out = check_writable(out or default_out(recipe, "rank"))
     out = check_replaceable(claim_out(out), "ranking.json")
     names = [b.strip() for b in backbones.split(",")] if backbones is not None else None

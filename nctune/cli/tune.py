@@ -13,8 +13,12 @@ from nctune._io import to_json
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
+    QuietOpt,
     RecipeArg,
     SetOpt,
+    ThreadsOpt,
+    VerboseOpt,
+    apply_threads,
     default_out,
     emit_json,
     err_console,
@@ -58,6 +62,9 @@ def tune(
     study: StudyOpt = None,
     out: OutOpt = None,
     json_: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Search the recipe's search.space with Optuna; each trial is a finetune run.
 
@@ -70,7 +77,7 @@ def tune(
     from nctune.tune import SearchFailedError
     from nctune.tune import tune as run_tune
 
-    cfg = load_recipe(recipe, set_)
+    cfg = apply_threads(load_recipe(recipe, set_), threads)
     folder = out or default_out(recipe, "tune")
     rows: dict[int, object] = {}
     live = Live(trials_table([]), console=err_console, transient=True, auto_refresh=False)
