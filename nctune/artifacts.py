@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
@@ -31,9 +31,6 @@ from nctune.data import eval_transform
 from nctune.errors import ArtifactError
 from nctune.report import plot_training
 from nctune.strategies import TunedModel
-
-if TYPE_CHECKING:
-    from nctune.finetune import RunResult
 
 REPORT_FILE = "report.json"
 
@@ -151,7 +148,7 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
     return model.to(device).eval()
 
 
-def save_run(run_dir: str | Path, result: RunResult, recipe_yaml: str | None = None) -> Path:
+def save_run(run_dir: str | Path, result: Any, recipe_yaml: str | None = None) -> Path:
     """Write a finished run: ``model.safetensors``, ``report.json``, ``training.png``.
 
     Each file is atomic; ``recipe.yaml`` (already written when the run started) is

@@ -1,7 +1,8 @@
-"""The floors of docs/architecture.md hold: no upward import, no cycle, runtime imports included.
+"""The floors of docs/architecture.md hold: no upward import, no cycle.
 
-Every ``import`` statement in ``nctune/`` is read with ``ast`` — inside functions too —
-except those under ``if TYPE_CHECKING:``, which annotations alone use.
+Every ``import`` statement in ``nctune/`` is read with ``ast``: inside functions and under
+``if TYPE_CHECKING:`` too (an annotation that names a higher floor is a dependency all the
+same; a lower module takes such a value duck-typed, by a Protocol or ``Any``).
 """
 
 from __future__ import annotations
@@ -42,15 +43,8 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def runtime_imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """nctune modules that ``name`` imports when it runs (at import time or in a function)."""
+    """nctune modules that ``name`` imports: at import time, in a function, or for annotations."""
     tree = ast.parse(path.read_text(), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -62,10 +56,6 @@ def runtime_imports(name: str, path: Path, known: set[str]) -> set[str]:
             found.add(target)
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("nctune"):
@@ -181,8 +171,8 @@ def test_modules_stay_readable(module):
     assert lines <= 650, f"{module} has {lines} lines; split it by concept"
 
 
-def test_the_checker_sees_function_level_imports(tmp_path):
-    """The walker must count an import inside a function, and skip TYPE_CHECKING ones."""
+def test_the_checker_sees_function_level_and_annotation_imports(tmp_path):
+    """The walker must count an import inside a function and one under TYPE_CHECKING."""
     src = tmp_path / "m.py"
     src.write_text(
         "from typing import TYPE_CHECKING\n"
@@ -190,4 +180,4 @@ def test_the_checker_sees_function_level_imports(tmp_path):
         "def f():\n    from nctune.analyze import analyze\n    return analyze\n"
     )
     found = runtime_imports("nctune.m", src, {"nctune.analyze", "nctune.config"})
-    assert found == {"nctune.analyze"}
+    assert found == {"nctune.analyze", "nctune.config"}

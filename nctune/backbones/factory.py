@@ -15,7 +15,7 @@ import difflib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -23,8 +23,16 @@ from nctune._registry import Registry
 from nctune.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, InputConfig
 from nctune.errors import BackboneError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from nctune.config import BackboneConfig
+
+class BackboneSection(Protocol):
+    """What :func:`create_backbone` reads from a recipe's ``backbone`` section
+    (:class:`nctune.config.BackboneConfig` satisfies it; backbones never import the recipe)."""
+
+    name: str
+    pretrained: bool
+    weights: Path | None
+    model_kwargs: dict[str, Any]
+
 
 __all__ = [
     "SOURCES",
@@ -171,7 +179,7 @@ def rebuild_architecture(
 
 
 def create_backbone(
-    spec: BackboneConfig | str,
+    spec: BackboneSection | str,
     *,
     pretrained: bool | None = None,
     weights: str | Path | None = None,

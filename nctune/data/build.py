@@ -24,8 +24,8 @@ from nctune.data.splits import _SALT_TESTCAP, DataSplits, _cap, _few_shot, _hold
 from nctune.data.transforms import _Spec
 from nctune.errors import ConfigError, DataError
 
-if TYPE_CHECKING:  # annotations only: config sits above data and imports it
-    from nctune.config import DataConfig
+if TYPE_CHECKING:
+    from nctune.data.section import DataSection
 
 
 def _dataset(src: _Source, pool: _Pool, spec: _Spec, *, augment: bool) -> ImageDataset:
@@ -39,7 +39,7 @@ def _dataset(src: _Source, pool: _Pool, spec: _Spec, *, augment: bool) -> ImageD
     )
 
 
-def build_data(cfg: DataConfig, input_config: Any, *, seed: int = 0) -> DataSplits:
+def build_data(cfg: DataSection, input_config: Any, *, seed: int = 0) -> DataSplits:
     """Load ``cfg.source``, make the splits and wrap them in transforming datasets.
 
     Splits: an official validation/test split is used when the source has one; otherwise

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from nctune.errors import DataError
 
-if TYPE_CHECKING:  # annotations only: config sits above data and imports it
-    from nctune.config import DataConfig
+if TYPE_CHECKING:
+    from nctune.data.section import DataSection
 
 
 def _worker_message(err: DataError) -> str:
@@ -50,7 +50,7 @@ def _wants_cuda(device: Any) -> bool:
 
 def make_loader(
     dataset: Dataset,
-    cfg: DataConfig,
+    cfg: DataSection,
     *,
     train: bool,
     seed: int = 0,

@@ -1,9 +1,14 @@
-"""Rendering: rich tables and PNG plots of library results. The library never prints."""
+"""Rendering: rich tables and PNG plots of library results. The library never prints.
+
+Result types of higher floors (``RunResult``, ``SweepResult``, ``Ranking``) are taken
+duck-typed (``Any``, named in each docstring): report sits below the modules that make them
+and imports none of them, not even for annotations.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -14,10 +19,8 @@ from rich.table import Table
 from nctune._io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from nctune.finetune import RunResult
     from nctune.profile import CollapseProfile
     from nctune.selection import Selection
-    from nctune.sweep import SweepResult
 
 
 def _fmt(x: float | None, spec: str = ".4g") -> str:
@@ -139,7 +142,7 @@ def plot_profile(
     return atomic_write_bytes(path, _png(profile_figure(profile, recommendation)))
 
 
-def finetune_tables(result: RunResult) -> list[Table]:
+def finetune_tables(result: Any) -> list[Table]:
     """The collapse-versus-accuracy report of a fine-tuning run: per-block NC1 before/after,
     then the summary (accuracy, trainable parameters, time)."""
     tables = []
@@ -210,7 +213,7 @@ def finetune_tables(result: RunResult) -> list[Table]:
     return tables
 
 
-def training_figure(result: RunResult) -> Figure:
+def training_figure(result: Any) -> Figure:
     """The ``training.png`` figure: loss, accuracy and the head input's NC1 per epoch.
 
     Epoch ticks are integers; the kept (best) epoch is a vertical line on every panel, and
@@ -262,7 +265,7 @@ def training_figure(result: RunResult) -> Figure:
     return fig
 
 
-def plot_training(result: RunResult, path: str | Path) -> Path:
+def plot_training(result: Any, path: str | Path) -> Path:
     """Save :func:`training_figure` as a PNG, atomically."""
     return atomic_write_bytes(path, _png(training_figure(result)))
 
@@ -271,7 +274,7 @@ def plot_training(result: RunResult, path: str | Path) -> Path:
 SWEEP_FULL_WIDTH = 130
 
 
-def sweep_table(result: SweepResult, width: int | None = None) -> Table:
+def sweep_table(result: Any, width: int | None = None) -> Table:
     """One row per swept block: accuracy and NC1 after for each mode, and which rules picked it.
 
     Args:
@@ -322,7 +325,7 @@ def sweep_table(result: SweepResult, width: int | None = None) -> Table:
 _PICK_MARKERS = "v^<>Dp*h"
 
 
-def sweep_figure(result: SweepResult) -> Figure:
+def sweep_figure(result: Any) -> Figure:
     """The ``layer_sweep.png`` figure: score and NC1 after tuning against the tuned block.
 
     Each selection rule's pick is a vertical line at exactly the x position of the block it
@@ -395,6 +398,6 @@ def sweep_figure(result: SweepResult) -> Figure:
     return fig
 
 
-def plot_sweep(result: SweepResult, path: str | Path) -> Path:
+def plot_sweep(result: Any, path: str | Path) -> Path:
     """Save :func:`sweep_figure` as a PNG, atomically."""
     return atomic_write_bytes(path, _png(sweep_figure(result)))

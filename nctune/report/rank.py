@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from rich.table import Table
 
 from nctune._io import atomic_write_bytes
 from nctune.report import _fmt, _png
 from nctune.scores import SCORES
-
-if TYPE_CHECKING:
-    from nctune.rank import Ranking
 
 #: Column titles, in table order.
 LABELS = {
@@ -37,7 +34,7 @@ def _value(name: str, v: float | None) -> str:
     return f"{100 * v:.1f}%" if name in ("ncc", "knn") else _fmt(v)
 
 
-def disagreements(ranking: Ranking) -> list[str]:
+def disagreements(ranking: Any) -> list[str]:
     """One line per pair of NC scores that order some candidates differently.
 
     Args:
@@ -63,7 +60,7 @@ def disagreements(ranking: Ranking) -> list[str]:
     return lines
 
 
-def ranking_table(ranking: Ranking) -> Table:
+def ranking_table(ranking: Any) -> Table:
     """Candidates best first by ``ranking.by``; every score with its place, failures last.
 
     Each cell is ``value (place)``: the place of the candidate by that score, so rows where
@@ -106,7 +103,7 @@ def ranking_table(ranking: Ranking) -> Table:
     return table
 
 
-def agreement_table(ranking: Ranking) -> Table:
+def agreement_table(ranking: Any) -> Table:
     """Each score's weighted Kendall τ and Spearman ρ against the fine-tuned accuracy."""
     table = Table(
         title=f"Which score was right? ({ranking.validation} fine-tuning, {ranking.metric})",
@@ -129,7 +126,7 @@ def agreement_table(ranking: Ranking) -> Table:
     return table
 
 
-def plot_ranking(ranking: Ranking, path: str | Path) -> Path:
+def plot_ranking(ranking: Any, path: str | Path) -> Path:
     """Save a heat map of every candidate's place by every score (and by accuracy), atomically.
 
     Rows are candidates (best first by ``ranking.by``), columns the scores; a column that

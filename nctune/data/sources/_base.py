@@ -1,11 +1,11 @@
 """What every data source shares: the registry, the pools a loader returns, path and
 class-list checks.
 
-A source is a function ``cfg (DataConfig) -> _Source`` registered under its
+A source is a function ``cfg (DataSection) -> _Source`` registered under its
 ``data.source`` name::
 
     @SOURCES.register("digits")
-    def load_digits(cfg: DataConfig) -> _Source: ...
+    def load_digits(cfg: DataSection) -> _Source: ...
 
 It returns the class names and one :class:`_Pool` per split it provides (``train``
 always; ``val`` / ``test`` when the source has official ones); hold-out, few-shot
@@ -25,12 +25,12 @@ import torch
 from nctune._registry import Registry
 from nctune.errors import DataError
 
-if TYPE_CHECKING:  # annotations only: config sits above data and imports it
-    from nctune.config import DataConfig
+if TYPE_CHECKING:
+    from nctune.data.section import DataSection
 
 #: ``data.source`` name → loader; filled by the source modules when
 #: :mod:`nctune.data.sources` is imported.
-SOURCES: Registry[Callable[[DataConfig], _Source]] = Registry("data source", field="data.source")
+SOURCES: Registry[Callable[[DataSection], _Source]] = Registry("data source", field="data.source")
 
 
 @dataclass
@@ -67,7 +67,7 @@ class _Source:
     tv_name: str = ""
 
 
-def _require_path(cfg: DataConfig, what: str) -> Path:
+def _require_path(cfg: DataSection, what: str) -> Path:
     if cfg.path is None:
         raise DataError(f"data.path: required for data.source={cfg.source} ({what})")
     path = Path(cfg.path).expanduser()

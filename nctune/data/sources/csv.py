@@ -25,8 +25,8 @@ from nctune.data.sources._base import (
 )
 from nctune.errors import DataError
 
-if TYPE_CHECKING:  # annotations only: config sits above data and imports it
-    from nctune.config import DataConfig
+if TYPE_CHECKING:
+    from nctune.data.section import DataSection
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def read_manifest(
 
 
 @SOURCES.register("csv")
-def _load_csv(cfg: DataConfig) -> _Source:
+def _load_csv(cfg: DataSection) -> _Source:
     """a path,label manifest at 'path'."""
     manifest = _require_path(cfg, "a path,label[,split] manifest file")
     if manifest.is_dir():

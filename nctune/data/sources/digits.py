@@ -11,12 +11,12 @@ import torch
 from nctune.data.sources._base import SOURCES, _Pool, _Source
 from nctune.errors import DataError
 
-if TYPE_CHECKING:  # annotations only: config sits above data and imports it
-    from nctune.config import DataConfig
+if TYPE_CHECKING:
+    from nctune.data.section import DataSection
 
 
 @SOURCES.register("digits")
-def _load_digits(cfg: DataConfig) -> _Source:
+def _load_digits(cfg: DataSection) -> _Source:
     """scikit-learn's bundled 8x8 digits."""
     # lazy: scikit-learn is an optional extra (nctune[sklearn]) and heavy to import
     try:

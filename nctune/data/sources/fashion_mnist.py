@@ -24,8 +24,8 @@ import torch
 from nctune.data.sources._base import SOURCES, _Pool, _require_path, _Source
 from nctune.errors import DataError
 
-if TYPE_CHECKING:  # annotations only: config sits above data and imports it
-    from nctune.config import DataConfig
+if TYPE_CHECKING:
+    from nctune.data.section import DataSection
 
 
 FASHION_MNIST_CLASSES = [
@@ -123,7 +123,7 @@ def _load_vendored() -> _Source:
 
 
 @SOURCES.register("fashion_mnist")
-def _load_fashion_mnist(cfg: DataConfig) -> _Source:
+def _load_fashion_mnist(cfg: DataSection) -> _Source:
     """IDX files from 'path', else the Debian dataset-fashion-mnist files, else the vendored subset."""
     if cfg.subset == "vendored":
         return _load_vendored()

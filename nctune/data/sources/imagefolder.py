@@ -23,8 +23,8 @@ from nctune.data.sources._base import (
 )
 from nctune.errors import DataError
 
-if TYPE_CHECKING:  # annotations only: config sits above data and imports it
-    from nctune.config import DataConfig
+if TYPE_CHECKING:
+    from nctune.data.section import DataSection
 
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp")
@@ -87,7 +87,7 @@ def _subdir(root: Path, *names: str) -> Path | None:
 
 
 @SOURCES.register("imagefolder")
-def _load_imagefolder(cfg: DataConfig) -> _Source:
+def _load_imagefolder(cfg: DataSection) -> _Source:
     """class folders under 'path'."""
     root = _require_path(cfg, "a folder of class folders")
     if not root.is_dir():

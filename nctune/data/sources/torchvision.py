@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from nctune.data.sources._base import SOURCES, _check_classes, _Pool, _Source
 from nctune.errors import DataError
 
-if TYPE_CHECKING:  # annotations only: config sits above data and imports it
-    from nctune.config import DataConfig
+if TYPE_CHECKING:
+    from nctune.data.section import DataSection
 
 
 def _torchvision_class(name: str | None) -> type:
@@ -80,7 +80,7 @@ def _tv_array(ds: Any, n: int) -> torch.Tensor | None:
 
 
 @SOURCES.register("torchvision")
-def _load_torchvision(cfg: DataConfig) -> _Source:
+def _load_torchvision(cfg: DataSection) -> _Source:
     """dataset class 'name' with root 'path'."""
     cls = _torchvision_class(cfg.name)
     name = cls.__name__
