@@ -52,10 +52,10 @@ def write_images(folder: Path, n: int, side: int) -> list[str]:
 
 
 def make_run(run_dir: Path, size: int) -> None:
-    from nctune.artifacts import save_model
     from nctune.backbones import create_backbone
     from nctune.data import FASHION_MNIST_CLASSES
-    from nctune.strategies import apply_strategy
+    from nctune.runs.artifacts import save_model
+    from nctune.training.strategies import apply_strategy
 
     backbone = create_backbone("packaged:efficientnet_lite0")
     model = apply_strategy(backbone, "linear", 10).export().eval()
@@ -85,7 +85,7 @@ def main() -> None:
 
     import nctune
     from nctune.data import open_image
-    from nctune.export import export_run
+    from nctune.serving.export import export_run
 
     tmp = Path(tempfile.mkdtemp(prefix="nctune-bench-predict-"))
     paths = write_images(tmp / "images", args.n, args.side)

@@ -98,8 +98,8 @@ from nctune.backbones import InputConfig
 from nctune.collapse import CollapseStats
 from nctune.config import DataConfig, TrainConfig
 from nctune.data import build_data
-from nctune.optim import lr_at, make_optimizer
 from nctune.taps import autocast, resolve_device, to_device
+from nctune.training.optim import lr_at, make_optimizer
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 DOWNSTREAM_CLASSES = (5, 6, 7, 8, 9)
@@ -512,7 +512,7 @@ def pretrain(
     """Supervised pretraining on the source images; returns the last epoch's mean loss.
 
     SGD with Nesterov momentum, weight decay on weight matrices only, linear warm-up then
-    cosine decay to zero (nctune.train's helpers). Batch order and augmentation come from a
+    cosine decay to zero (nctune.training.train's helpers). Batch order and augmentation come from a
     generator seeded with ``seed``; the last partial batch is dropped because batch norm
     needs more than one sample.
     """

@@ -40,8 +40,8 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 import nctune
-from nctune.artifacts import save_model
 from nctune.data import FASHION_MNIST_CLASSES
+from nctune.runs.artifacts import save_model
 
 CLASSES = (0, 1, 7)  # T-shirt/top, Trouser, Sneaker: three Fashion-MNIST classes
 

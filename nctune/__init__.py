@@ -30,12 +30,12 @@ _EXPORTS: dict[str, str] = {
     "LayerCollapse": "nctune.profile",
     "analyze": "nctune.analyze",
     "select_layers": "nctune.selection",
-    "apply_strategy": "nctune.strategies",
+    "apply_strategy": "nctune.training.strategies",
     "RunResult": "nctune.finetune",
     "finetune": "nctune.finetune",
-    "load_finetuned": "nctune.inference",
-    "predict": "nctune.inference",
-    "Predictions": "nctune.inference",
+    "load_finetuned": "nctune.serving.inference",
+    "predict": "nctune.serving.inference",
+    "Predictions": "nctune.serving.inference",
     "layer_sweep": "nctune.sweep",
     "rank": "nctune.rank",
     "Ranking": "nctune.rank",
@@ -86,10 +86,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nctune.data import build_data, eval_transform
     from nctune.errors import NctuneError
     from nctune.finetune import RunResult, finetune
-    from nctune.inference import Predictions, load_finetuned, predict
     from nctune.profile import CollapseProfile, LayerCollapse
     from nctune.rank import Ranking, rank
     from nctune.selection import select_layers
-    from nctune.strategies import apply_strategy
+    from nctune.serving.inference import Predictions, load_finetuned, predict
     from nctune.sweep import layer_sweep
+    from nctune.training.strategies import apply_strategy
     from nctune.tune import SearchResult, tune

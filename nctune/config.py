@@ -26,7 +26,7 @@ from nctune.data.sources import SOURCES, sources_help
 from nctune.errors import ConfigError
 from nctune.search_config import SearchConfig, set_root
 from nctune.selection import DEFAULT_RULE, RULES
-from nctune.strategies import STRATEGY_REGISTRY
+from nctune.training.strategies import STRATEGY_REGISTRY
 
 Device = Literal["auto", "cpu", "cuda", "mps"] | str
 
@@ -172,7 +172,7 @@ class AnalysisConfig(Section):
 
 
 class StrategyConfig(Section):
-    """What `nctune finetune` trains (see nctune.strategies)."""
+    """What `nctune finetune` trains (see nctune.training.strategies)."""
 
     name: str = Field(
         "auto",
@@ -259,7 +259,7 @@ class StrategyConfig(Section):
 
 
 class TrainConfig(Section):
-    """The training loop (nctune.train)."""
+    """The training loop (nctune.training.train)."""
 
     epochs: int = Field(10, ge=1, description="Training epochs.")
     lr: float = Field(1e-3, gt=0.0, description="Peak learning rate (after warm-up).")

@@ -1,7 +1,7 @@
 """Recipe → collapse profile → layer selection → strategy → training → :class:`RunResult`.
 
 The library half of ``nctune finetune``: it returns a dataclass and writes nothing but
-checkpoints (when given a run folder); :func:`nctune.artifacts.save_run` writes the
+checkpoints (when given a run folder); :func:`nctune.runs.artifacts.save_run` writes the
 report, the weights and the plot.
 """
 
@@ -22,11 +22,11 @@ from nctune.analyze import profile_recipe
 from nctune.backbones import Backbone, create_backbone
 from nctune.data import DataSplits, build_data
 from nctune.distributed import is_main, shard_dataset
-from nctune.loggers import epoch_loggers
 from nctune.profile import CollapseProfile
-from nctune.strategies import apply_strategy, lora_targets
 from nctune.taps import resolve_device
-from nctune.train import evaluate, fit, safe_nc1
+from nctune.training.loggers import epoch_loggers
+from nctune.training.strategies import apply_strategy, lora_targets
+from nctune.training.train import evaluate, fit, safe_nc1
 
 if TYPE_CHECKING:
     from nctune.config import Recipe
@@ -175,7 +175,7 @@ def finetune(
 
     Steps: build backbone and data → profile every block's NC1 on the training split (and
     NCC accuracy on validation) → select blocks (``strategy.rule``) when the strategy needs
-    them → :func:`~nctune.strategies.apply_strategy` → :func:`~nctune.train.fit` → keep the
+    them → :func:`~nctune.training.strategies.apply_strategy` → :func:`~nctune.training.train.fit` → keep the
     best validation epoch → test accuracy, NC1 after training, per-block profile after.
 
     Args:
@@ -193,9 +193,9 @@ def finetune(
         on_epoch_end: called with the history (``EpochStats`` list) after every epoch
             (a progress display, a search's pruning hook); with a ``run_dir``,
             ``metrics.csv`` (and TensorBoard with ``train.tensorboard``) are written first,
-            from the same place. See :func:`~nctune.train.fit`.
+            from the same place. See :func:`~nctune.training.train.fit`.
         shared_cache_dir: the prefix-cache folder a search's trials share (see
-            :func:`~nctune.train.fit`).
+            :func:`~nctune.training.train.fit`).
 
     Returns:
         A :class:`RunResult`; ``result.model`` is the fine-tuned model in eval mode.

@@ -87,7 +87,7 @@ def header(path: Path) -> tuple[str, list[str]]:
 
 def _offline_order(path: Path) -> tuple[int, str]:
     """The quickstart first, then the strategies in nctune's own order."""
-    from nctune.strategies import STRATEGIES
+    from nctune.training.strategies import STRATEGIES
 
     name = path.stem.removeprefix("finetune-")
     rank = STRATEGIES.index(name) + 1 if name in STRATEGIES else len(STRATEGIES) + 1

@@ -44,9 +44,9 @@ def make_images(root: Path, seed: int = 0) -> Path:
 def make_tiny_run(root: Path, strategy: str) -> TinyRun:
     import json
 
-    from nctune.artifacts import save_run
     from nctune.config import load_recipe
     from nctune.finetune import finetune
+    from nctune.runs.artifacts import save_run
 
     data = root / "images"
     if not data.exists():

@@ -19,12 +19,12 @@ import torch
 import torchvision
 from torch import nn
 
-from nctune._io import to_json
 from nctune.analyze import PRE_LOGITS, CollapseProfile, analyze, analyze_recipe
 from nctune.backbones import Backbone, InputConfig, list_blocks
 from nctune.collapse import CollapseStats, ncc_accuracy
 from nctune.config import load_recipe
 from nctune.errors import BackboneError, ConfigError
+from nctune.runs._io import to_json
 from nctune.selection import select_layers
 
 ROOT = Path(__file__).resolve().parents[1]

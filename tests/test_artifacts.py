@@ -10,10 +10,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from nctune.artifacts import load_finetuned, save_model
 from nctune.backbones import create_backbone
 from nctune.errors import ArtifactError
-from nctune.strategies import apply_strategy
+from nctune.runs.artifacts import load_finetuned, save_model
+from nctune.training.strategies import apply_strategy
 
 CLASSES = ["ant", "bee", "cat"]
 
@@ -102,7 +102,7 @@ def test_the_metadata_schema_knows_every_input_config_field():
     # a field added to InputConfig must be added to the schema, or saved runs stop loading
     import dataclasses
 
-    from nctune._io import _InputConfigMeta
     from nctune.backbones import InputConfig
+    from nctune.runs._io import _InputConfigMeta
 
     assert set(_InputConfigMeta.model_fields) == {f.name for f in dataclasses.fields(InputConfig)}

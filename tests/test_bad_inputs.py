@@ -28,8 +28,8 @@ from PIL import Image
 from rich.console import Console
 from safetensors.torch import save_file
 
-from nctune._lock import claim_folder
 from nctune.cli import common, main
+from nctune.runs._lock import claim_folder
 
 BASE: dict[str, Any] = {
     "backbone": {"name": "timm:resnet10t", "pretrained": False},
@@ -272,9 +272,9 @@ def _busy(command: str) -> Case:
 
 def _disk_full(env: Env) -> tuple[list[str], Any]:
     """The first write into --out's parent fails with ENOSPC (the staged analysis.json)."""
-    import nctune._io
+    import nctune.runs._io
 
-    real = nctune._io.os.replace
+    real = nctune.runs._io.os.replace
 
     def full(src, dst, *a, **k):
         if str(dst).endswith("analysis.json"):
@@ -282,7 +282,7 @@ def _disk_full(env: Env) -> tuple[list[str], Any]:
         return real(src, dst, *a, **k)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(nctune._io.os, "replace", full)
+    mp.setattr(nctune.runs._io.os, "replace", full)
 
     class Undo:
         def __enter__(self):

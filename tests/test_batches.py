@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nctune import batches
 from nctune import distributed as dist
-from nctune.optim import EpochSampler
+from nctune.training import batches
+from nctune.training.optim import EpochSampler
 
 
 @pytest.mark.parametrize("n, batch, world", [(37, 8, 3), (10, 4, 2), (9, 16, 2), (5, 2, 4)])

@@ -59,7 +59,7 @@ def test_largest_seed_works_in_torch_numpy_and_the_epoch_sampler():
     import numpy as np
     import torch
 
-    from nctune.optim import EpochSampler
+    from nctune.training.optim import EpochSampler
 
     recipe = load_recipe(None, [f"seed={MAX_SEED}"])
     torch.manual_seed(recipe.seed)

@@ -15,7 +15,7 @@ import nctune
 from nctune.cli import app
 from nctune.data import list_images
 from nctune.errors import ExportError
-from nctune.export import export_run
+from nctune.serving.export import export_run
 
 
 def _pixels(run, n=6):
@@ -71,7 +71,7 @@ def test_static_onnx_default_is_batch_one_and_lands_in_the_run(tiny_runs):
 
 def test_beyond_tolerance_nothing_is_written(tiny_runs, tmp_path, monkeypatch):
     run = tiny_runs("linear")
-    import nctune.export as ex
+    import nctune.serving.export as ex
 
     real = ex._run_torchscript
     monkeypatch.setattr(ex, "_run_torchscript", lambda tmp, px: real(tmp, px) + 1e-3)

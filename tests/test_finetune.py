@@ -8,7 +8,7 @@ import torch
 from nctune.config import load_recipe
 from nctune.errors import BackboneError
 from nctune.finetune import finetune, prepare
-from nctune.train import evaluate
+from nctune.training.train import evaluate
 from tests.test_train import TINY
 
 

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 import nctune
-from nctune.artifacts import load_finetuned as load_run_model
 from nctune.data import build_data, eval_transform, list_images
 from nctune.errors import DataError
-from nctune.inference import expand_inputs, predict
+from nctune.runs.artifacts import load_finetuned as load_run_model
+from nctune.serving.inference import expand_inputs, predict
 
 
 def _labelled_test_files(data: Path) -> tuple[list[str], list[str]]:

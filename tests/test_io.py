@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from nctune._io import atomic_write_json, atomic_write_text, staged_dir, to_json
 from nctune.errors import ArtifactError
+from nctune.runs._io import atomic_write_json, atomic_write_text, staged_dir, to_json
 
 
 def test_atomic_write_leaves_no_temporaries(tmp_path):

@@ -1,4 +1,4 @@
-"""nctune._lock: one command per result folder, stale locks taken over, orphans recovered."""
+"""nctune.runs._lock: one command per result folder, stale locks taken over, orphans recovered."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from nctune import _lock
-from nctune._lock import FolderBusyError, FolderClaim, claim_folder, lock_path, recover_orphans
+from nctune.runs import _lock
+from nctune.runs._lock import FolderBusyError, FolderClaim, claim_folder, lock_path, recover_orphans
 
 ROOT = Path(__file__).resolve().parents[1]
 
 HOLD = """
 import sys, time
-from nctune._lock import FolderClaim
+from nctune.runs._lock import FolderClaim
 FolderClaim(sys.argv[1], command="nctune finetune held-by-test").acquire()
 print("held", flush=True)
 time.sleep(120)

@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from nctune.loggers import COLUMNS, METRICS_FILE, CSVLogger, epoch_loggers
-from nctune.train import EpochStats
+from nctune.training.loggers import COLUMNS, METRICS_FILE, CSVLogger, epoch_loggers
+from nctune.training.train import EpochStats
 
 
 def _epoch(e: int, val: float | None = 0.5) -> EpochStats:

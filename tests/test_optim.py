@@ -9,8 +9,8 @@ import pytest
 
 from nctune.config import TrainConfig, load_recipe
 from nctune.finetune import prepare
-from nctune.optim import EpochSampler, lr_at, make_optimizer, no_weight_decay_ids
-from nctune.strategies import apply_strategy
+from nctune.training.optim import EpochSampler, lr_at, make_optimizer, no_weight_decay_ids
+from nctune.training.strategies import apply_strategy
 from tests.test_train import TINY
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nctune.prefix_cache import PrefixCache
+from nctune.training.prefix_cache import PrefixCache
 from tests.test_train import assert_same_run, run
 
 

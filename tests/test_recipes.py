@@ -19,7 +19,7 @@ import yaml
 
 from nctune.config import Recipe, load_recipe
 from nctune.errors import DataError
-from nctune.strategies import STRATEGIES
+from nctune.training.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

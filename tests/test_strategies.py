@@ -19,12 +19,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from nctune.analyze import PRE_LOGITS, CollapseProfile, LayerCollapse, analyze
-from nctune.artifacts import load_finetuned, save_model
 from nctune.backbones import Backbone, create_backbone
 from nctune.collapse import CollapseMetrics
 from nctune.errors import ArtifactError, BackboneError, ConfigError, NctuneError
+from nctune.runs.artifacts import load_finetuned, save_model
 from nctune.selection import select_layers
-from nctune.strategies import STRATEGIES, TunedModel, apply_strategy, lora_targets
+from nctune.training.strategies import STRATEGIES, TunedModel, apply_strategy, lora_targets
 
 SIZE = 32
 K = 5

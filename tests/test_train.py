@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from nctune.checkpoint import CHECKPOINT, load_checkpoint
 from nctune.config import load_recipe
 from nctune.errors import ArtifactError, Interrupted
 from nctune.finetune import prepare
-from nctune.strategies import apply_strategy
-from nctune.train import fit
+from nctune.training.checkpoint import CHECKPOINT, load_checkpoint
+from nctune.training.strategies import apply_strategy
+from nctune.training.train import fit
 
 TINY = [
     "backbone.name=timm:test_resnet",
@@ -178,7 +178,7 @@ def test_resume_at_epoch_boundary_matches(tmp_path):
 def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
     run(run_dir=tmp_path, overrides=["train.epochs=1"])
     good = (tmp_path / CHECKPOINT).read_bytes()
-    import nctune._io as io
+    import nctune.runs._io as io
 
     def disk_full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -31,7 +31,7 @@ from nctune.backbones.backbone import IMAGENET_STD as IMAGENET_STD  # isort: ski
 from nctune.backbones.factory import SourceFn as SourceFn  # isort: skip
 from nctune.backbones.factory import rebuild_architecture as rebuild_architecture  # isort: skip
 from nctune.backbones.hub import PROBE_TIMEOUT_S as PROBE_TIMEOUT_S  # isort: skip
-from nctune._io import FORMAT_VERSION as FORMAT_VERSION  # isort: skip
+from nctune.runs._io import FORMAT_VERSION as FORMAT_VERSION  # isort: skip
 
 __all__ = [
     "SOURCES",

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from nctune._io import FORMAT_KEY, FORMAT_VERSION, replacing
 from nctune.backbones.blocks import find_classifier, list_blocks, measure_layers, resolve_layers
 from nctune.backbones.weights import mismatches
 from nctune.errors import BackboneError
+from nctune.runs._io import FORMAT_KEY, FORMAT_VERSION, replacing
 
 __all__ = [
     "IMAGENET_INPUT",

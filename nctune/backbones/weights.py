@@ -1,6 +1,6 @@
 """Weight files: reading ``.safetensors`` / pickled checkpoints into state dicts, and a
-run folder's fine-tuned model file (whose names :mod:`nctune._io` shares with the writer,
-:mod:`nctune.artifacts`, so it is read here without importing it).
+run folder's fine-tuned model file (whose names :mod:`nctune.runs._io` shares with the writer,
+:mod:`nctune.runs.artifacts`, so it is read here without importing it).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from nctune._io import parse_run_metadata
 from nctune.errors import ArtifactError, BackboneError
+from nctune.runs._io import parse_run_metadata
 
 __all__ = [
     "load_state_dict_file",
@@ -179,8 +179,8 @@ def read_run_model(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any],
 
     Raises:
         ArtifactError: not a safetensors file, or metadata that fails
-            :func:`nctune._io.parse_run_metadata` (the same line
-            :func:`nctune.artifacts.load_finetuned` gives, naming the field).
+            :func:`nctune.runs._io.parse_run_metadata` (the same line
+            :func:`nctune.runs.artifacts.load_finetuned` gives, naming the field).
     """
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from nctune._io import atomic_write_json, atomic_write_text, staged_dir, to_json
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
@@ -21,6 +20,7 @@ from nctune.cli.common import (
     progress_bar,
     set_verbosity,
 )
+from nctune.runs._io import atomic_write_json, atomic_write_text, staged_dir, to_json
 
 
 @handle_errors
@@ -37,11 +37,11 @@ def analyze(
 
     Writes DIR/analysis.json, DIR/collapse.png and the resolved DIR/recipe.yaml.
     """
-    from nctune._io import check_replaceable, check_writable
     from nctune.analyze import analyze_recipe
     from nctune.config import load_recipe
     from nctune.distributed import is_main
     from nctune.report import plot_profile, profile_table
+    from nctune.runs._io import check_replaceable, check_writable
 
     set_verbosity(quiet, verbose, json_)
     cfg = apply_threads(load_recipe(recipe, set_), threads)

@@ -25,8 +25,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from nctune._lock import FolderClaim, recover_orphans
 from nctune.errors import NctuneError
+from nctune.runs._lock import FolderClaim, recover_orphans
 
 # Annotated option aliases, defined once (Typer's one-file-per-command style).
 RecipeArg = Annotated[
@@ -98,10 +98,10 @@ _command_stack: ContextVar[ExitStack | None] = ContextVar("nctune_command_stack"
 def claim_out(folder: Path, option: str = "--out") -> Path:
     """Claim ``folder`` for the rest of this command, then recover what a killed one left.
 
-    The claim (:class:`nctune._lock.FolderClaim`, a lock file next to the folder) is held
+    The claim (:class:`nctune.runs._lock.FolderClaim`, a lock file next to the folder) is held
     until the command returns or fails, so a second command on the same folder is refused
     with one line naming the holder. Holding it, set-aside folders of a killed command are
-    restored or pointed out (:func:`nctune._lock.recover_orphans`). Call it right after the
+    restored or pointed out (:func:`nctune.runs._lock.recover_orphans`). Call it right after the
     recipe is validated and before looking at what the folder holds. Under ``torchrun`` only
     rank 0 claims (the ranks are one command); a refusal reaches every rank through
     :func:`handle_errors`' agreement on errors.

@@ -63,8 +63,8 @@ def export(
     The graph's input is float32 pixels in [0, 1], resized and centre-cropped as the run's
     input config says (stored in the file's metadata).
     """
-    from nctune._io import to_json
-    from nctune.export import export_run
+    from nctune.runs._io import to_json
+    from nctune.serving.export import export_run
 
     result = export_run(
         run,

@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from nctune._io import atomic_write_text, check_writable, to_json
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
@@ -31,6 +30,7 @@ from nctune.cli.common import (
     set_verbosity,
 )
 from nctune.errors import ArtifactError, Interrupted, NctuneError, TrainingError
+from nctune.runs._io import atomic_write_text, check_writable, to_json
 
 ResumeOpt = Annotated[
     Path | None,
@@ -60,8 +60,8 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
 def _check_resume(run_dir: Path, cfg) -> None:
     import yaml
 
-    from nctune.artifacts import RECIPE_FILE
-    from nctune.checkpoint import CHECKPOINT, load_checkpoint
+    from nctune.runs.artifacts import RECIPE_FILE
+    from nctune.training.checkpoint import CHECKPOINT, load_checkpoint
 
     saved = run_dir / RECIPE_FILE
     if not saved.is_file():
@@ -133,13 +133,13 @@ def finetune(
     checkpoints every epoch so an interrupted run continues with --resume DIR.
     """
     # Here, not at the top: `nctune --help` must not load torch (artifacts → safetensors.torch).
-    from nctune.artifacts import RECIPE_FILE, save_run
-    from nctune.checkpoint import CHECKPOINT
     from nctune.config import load_recipe
     from nctune.distributed import PeerFailure, check, is_main
     from nctune.finetune import finetune as run_finetune
     from nctune.finetune import prepare
     from nctune.report import finetune_tables
+    from nctune.runs.artifacts import RECIPE_FILE, save_run
+    from nctune.training.checkpoint import CHECKPOINT
 
     set_verbosity(quiet, verbose, json_)
     cfg = apply_threads(load_recipe(recipe, set_), threads)

@@ -38,8 +38,8 @@ FieldsOpt = Annotated[
 
 
 def _fields(json_: bool) -> None:
-    from nctune._io import to_json
     from nctune.recipe_fields import field_rows
+    from nctune.runs._io import to_json
 
     rows = field_rows()
     if json_:
@@ -71,7 +71,7 @@ def init(
     nctune init --data PATH/TO/IMAGEFOLDER --backbone timm:resnet50 writes recipe.yaml;
     then `nctune analyze recipe.yaml` and `nctune finetune recipe.yaml`.
     """
-    from nctune._io import atomic_write_text, to_json
+    from nctune.runs._io import atomic_write_text, to_json
     from nctune.starter import starter_recipe
 
     if fields:

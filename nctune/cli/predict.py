@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from nctune._io import check_writable, to_json
 from nctune.cli.common import (
     JsonOpt,
     emit_json,
@@ -23,6 +22,7 @@ from nctune.cli.common import (
     progress_bar,
 )
 from nctune.errors import ArtifactError, DataError
+from nctune.runs._io import check_writable, to_json
 
 RunArg = Annotated[
     Path, typer.Argument(help="Run folder of nctune finetune (or its model.safetensors).")
@@ -85,7 +85,7 @@ def predict(
     is renamed into place only when every image is done; unreadable images get a row with
     an error and are counted in the summary, the others are still predicted.
     """
-    from nctune.inference import expand_inputs, iter_predict, load_finetuned
+    from nctune.serving.inference import expand_inputs, iter_predict, load_finetuned
     from nctune.taps import resolve_device
 
     if top_k < 1:

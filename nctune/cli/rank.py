@@ -7,14 +7,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from nctune._io import (
-    atomic_write_json,
-    atomic_write_text,
-    check_replaceable,
-    check_writable,
-    staged_dir,
-    to_json,
-)
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
@@ -30,6 +22,14 @@ from nctune.cli.common import (
     handle_errors,
     main_process_only,
     progress_bar,
+)
+from nctune.runs._io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_replaceable,
+    check_writable,
+    staged_dir,
+    to_json,
 )
 
 BackbonesOpt = Annotated[

@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from nctune._io import to_json
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
@@ -26,6 +25,7 @@ from nctune.cli.common import (
     progress_bar,
 )
 from nctune.cli.finetune import _StopFlag
+from nctune.runs._io import to_json
 
 TrialsOpt = Annotated[
     int | None,

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from rich.table import Table
 
-from nctune._io import atomic_write_bytes
+from nctune.runs._io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from nctune.profile import CollapseProfile

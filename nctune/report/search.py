@@ -8,8 +8,8 @@ from typing import Any
 
 from rich.table import Table
 
-from nctune._io import atomic_write_bytes
 from nctune.report import _fmt, _png
+from nctune.runs._io import atomic_write_bytes
 
 _STATE_STYLE = {
     "COMPLETE": "green",

@@ -14,12 +14,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nctune._io import atomic_write_json, atomic_write_text
-from nctune.artifacts import RECIPE_FILE, save_run
-from nctune.checkpoint import CHECKPOINT
 from nctune.errors import ConfigError, NctuneError
 from nctune.finetune import finetune, prepare
-from nctune.train import EpochStats
+from nctune.runs._io import atomic_write_json, atomic_write_text
+from nctune.runs.artifacts import RECIPE_FILE, save_run
+from nctune.training.checkpoint import CHECKPOINT
+from nctune.training.train import EpochStats
 from nctune.tune._result import TrialRecord
 from nctune.tune._space import suggest, trial_recipe
 

@@ -16,13 +16,13 @@ import yaml
 from optuna.trial import TrialState
 from torch.utils.data import DataLoader
 
-from nctune._io import atomic_write_json, atomic_write_text, check_writable
-from nctune.artifacts import MODEL_FILE, RECIPE_FILE, REPORT_FILE, load_finetuned
 from nctune.config import Recipe, recipe_from_dict
 from nctune.errors import ConfigError, NctuneError
 from nctune.finetune import _profile, prepare
 from nctune.report.search import plot_search
-from nctune.train import evaluate
+from nctune.runs._io import atomic_write_json, atomic_write_text, check_writable
+from nctune.runs.artifacts import MODEL_FILE, RECIPE_FILE, REPORT_FILE, load_finetuned
+from nctune.training.train import evaluate
 from nctune.tune._objective import FINISHED, TRIALS_DIR, Objective
 from nctune.tune._result import SearchFailedError, SearchResult, TrialRecord
 from nctune.tune._space import grid, resolved_space

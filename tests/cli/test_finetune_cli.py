@@ -22,7 +22,7 @@ from nctune.cli import app
 from nctune.config import load_recipe
 from nctune.data import build_data
 from nctune.errors import DataError
-from nctune.train import evaluate
+from nctune.training.train import evaluate
 
 TINY = [
     "backbone.name=timm:test_resnet",

@@ -20,14 +20,14 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
-from nctune._lock import lock_path
 from nctune.cli import app
+from nctune.runs._lock import lock_path
 
 ROOT = Path(__file__).resolve().parents[2]
 # the modules themselves: nctune.finetune (the attribute) is the public function once used
 FINETUNE = importlib.import_module("nctune.finetune")
-TRAIN = importlib.import_module("nctune.train")
-ARTIFACTS = importlib.import_module("nctune.artifacts")
+TRAIN = importlib.import_module("nctune.training.train")
+ARTIFACTS = importlib.import_module("nctune.runs.artifacts")
 TINY = [
     "backbone.name=timm:test_resnet",
     "backbone.pretrained=false",
@@ -163,7 +163,7 @@ def test_sigkill_during_overwrite_restores_the_old_run_on_the_next_command(tmp_p
 
 HOLD = """
 import sys, time
-from nctune._lock import FolderClaim
+from nctune.runs._lock import FolderClaim
 FolderClaim(sys.argv[1], command="nctune tune other.yaml").acquire()
 print("held", flush=True)
 time.sleep(120)

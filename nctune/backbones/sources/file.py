@@ -9,11 +9,11 @@ from typing import Any
 
 from torch import nn
 
-from nctune._io import FORMAT_KEY, MODEL_FILE, RECIPE_FILE
 from nctune.backbones.backbone import Backbone, InputConfig
 from nctune.backbones.factory import SOURCES, finish, rebuild_architecture
 from nctune.backbones.weights import read_file, read_run_model, unwrap_state_dict
 from nctune.errors import ArtifactError, BackboneError
+from nctune.runs._io import FORMAT_KEY, MODEL_FILE, RECIPE_FILE
 
 _TRUNK = "backbone."  # a fine-tuned model's backbone tensors; its head's are "head.*"
 _HEAD = ("head.weight", "head.bias")
@@ -74,7 +74,7 @@ def _load_run_folder(path: Path) -> Backbone:
 
     Raises:
         ArtifactError: the model file is damaged or its tensors do not fit the recorded
-            architecture (the lines :func:`nctune.artifacts.load_finetuned` gives).
+            architecture (the lines :func:`nctune.runs.artifacts.load_finetuned` gives).
         BackboneError: the recorded architecture cannot be rebuilt.
     """
     file = path / MODEL_FILE

@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from nctune._io import MODEL_FILE, RECIPE_FILE
-from nctune.artifacts import load_finetuned, save_model
 from nctune.backbones import Backbone, create_backbone
 from nctune.errors import ArtifactError, BackboneError, NctuneError
-from nctune.strategies import apply_strategy
+from nctune.runs._io import MODEL_FILE, RECIPE_FILE
+from nctune.runs.artifacts import load_finetuned, save_model
+from nctune.training.strategies import apply_strategy
 from tests.backbones.helpers import VIT_KW, images, logits
 
 

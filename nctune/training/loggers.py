@@ -17,12 +17,12 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from nctune._io import atomic_write_text
+from nctune.runs._io import atomic_write_text
 
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 
-#: The columns of ``metrics.csv``, in order (the fields of ``nctune.train.EpochStats``).
+#: The columns of ``metrics.csv``, in order (the fields of ``nctune.training.train.EpochStats``).
 COLUMNS = ("epoch", "phase", "loss", "accuracy", "val_accuracy", "nc1", "lr", "seconds")
 
 

@@ -99,7 +99,7 @@ class TunedModel(nn.Module):
         in_features: the head's input width: the penultimate width, plus the skip
             block's pooled width for SCL.
         num_classes: K, the head's output count.
-        config: JSON-ready description :func:`nctune.artifacts.load_finetuned` rebuilds from.
+        config: JSON-ready description :func:`nctune.runs.artifacts.load_finetuned` rebuilds from.
         input_config: the backbone's :class:`~nctune.backbones.InputConfig`.
 
     Args:
@@ -127,7 +127,7 @@ class TunedModel(nn.Module):
     ) -> None:
         super().__init__()
         num_features = backbone.num_features  # read before the classifier is removed
-        #: JSON-ready description that :func:`nctune.artifacts.load_finetuned` rebuilds from.
+        #: JSON-ready description that :func:`nctune.runs.artifacts.load_finetuned` rebuilds from.
         self.config = {
             "backbone": backbone.metadata(),
             "backbone_spec": backbone.spec,

@@ -271,7 +271,7 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
 
 
 # ------------------------------------------------------------------ nctune file names
-# Shared by the side that writes run folders (nctune.artifacts) and the side that reads
+# Shared by the side that writes run folders (nctune.runs.artifacts) and the side that reads
 # them back as file: backbones (nctune.backbones), which must not import the writer.
 #: a run folder's fine-tuned model and its resolved recipe
 MODEL_FILE = "model.safetensors"
@@ -292,7 +292,7 @@ RUN_CONFIG_KEYS = (
 
 
 # ------------------------------------------------------------------ run model metadata
-# The schema of what nctune.artifacts.save_model writes into a fine-tuned model's
+# The schema of what nctune.runs.artifacts.save_model writes into a fine-tuned model's
 # metadata; read back by load_finetuned and by file: backbones (nctune.backbones), so a
 # damaged or hand-edited file fails the same way on both sides, naming the field.
 class _Meta(BaseModel):
@@ -324,7 +324,7 @@ class _BackboneMeta(_Meta):
 
 
 class _ConfigMeta(_Meta):
-    """The ``config`` a :class:`~nctune.strategies.TunedModel` saves (``model.config``)."""
+    """The ``config`` a :class:`~nctune.training.strategies.TunedModel` saves (``model.config``)."""
 
     backbone: _BackboneMeta
     backbone_spec: str | None = None

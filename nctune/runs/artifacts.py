@@ -1,6 +1,6 @@
 """Run folders: save a finished fine-tuning run, and load its model back.
 
-Every file is written through :mod:`nctune._io` (temporary sibling, ``fsync``,
+Every file is written through :mod:`nctune.runs._io` (temporary sibling, ``fsync``,
 ``os.replace``), so a crash leaves the old file or the new one, never a torn one.
 """
 
@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 from safetensors.torch import save_model as st_save_model
 
-from nctune._io import (
+from nctune.runs._io import (
     CONFIG_KEY,
     FORMAT_KEY,
     FORMAT_VERSION,
@@ -30,7 +30,7 @@ from nctune.backbones import InputConfig, rebuild_architecture
 from nctune.data import eval_transform
 from nctune.errors import ArtifactError
 from nctune.report import plot_training
-from nctune.strategies import TunedModel
+from nctune.training.strategies import TunedModel
 
 REPORT_FILE = "report.json"
 
@@ -49,15 +49,15 @@ def _read_metadata(file: Path) -> tuple[dict[str, Any], list[str] | None]:
 
 
 def save_model(model: TunedModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save a :class:`~nctune.strategies.TunedModel` as safetensors (weights + how to rebuild).
+    """Save a :class:`~nctune.training.strategies.TunedModel` as safetensors (weights + how to rebuild).
 
     The metadata holds the model's ``config`` (backbone architecture, head, skip block,
     input config) as JSON, so :func:`load_finetuned` needs no pickle and no network.
     The file is written atomically.
 
     Args:
-        model: the :class:`~nctune.strategies.TunedModel` (LoRA already merged, e.g. from
-            :meth:`~nctune.strategies.AppliedStrategy.export`).
+        model: the :class:`~nctune.training.strategies.TunedModel` (LoRA already merged, e.g. from
+            :meth:`~nctune.training.strategies.AppliedStrategy.export`).
         path: the ``.safetensors`` file to write.
         extra: more metadata, each value stored as JSON under its key (e.g. ``classes``).
 
@@ -97,12 +97,12 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
         device: where to put the model.
 
     Returns:
-        The :class:`~nctune.strategies.TunedModel` in eval mode, with ``classes`` (label
+        The :class:`~nctune.training.strategies.TunedModel` in eval mode, with ``classes`` (label
         names, or None when the file records none), ``input_config`` (the image size,
         crop, interpolation and normalisation the run trained and evaluated with) and
         ``transform`` (:func:`nctune.data.eval_transform` of that config: PIL image →
         model input, exactly as the run's validation and test images) attached.
-        ``nctune.load_finetuned`` (:func:`nctune.inference.load_finetuned`) also binds
+        ``nctune.load_finetuned`` (:func:`nctune.serving.inference.load_finetuned`) also binds
         ``predict``.
 
     Raises:

@@ -14,8 +14,8 @@ validation images of the run, and compared with the PyTorch model. Only when
     max |logits_export − logits_torch| ≤ tolerance · max(1, max |logits_torch|)
 
 is it renamed into place; otherwise nothing is written. Every strategy exports the same
-way, since :func:`~nctune.artifacts.load_finetuned` rebuilds a plain
-:class:`~nctune.strategies.TunedModel` (LoRA already merged into the weights, the SCL skip
+way, since :func:`~nctune.runs.artifacts.load_finetuned` rebuilds a plain
+:class:`~nctune.training.strategies.TunedModel` (LoRA already merged into the weights, the SCL skip
 connection part of its forward pass).
 """
 
@@ -34,12 +34,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nctune._io import check_writable
-from nctune.artifacts import load_finetuned
 from nctune.config import load_recipe
 from nctune.data import build_data, open_image
 from nctune.errors import ArtifactError, DataError, ExportError, NctuneError
-from nctune.inference import expand_inputs
+from nctune.runs._io import check_writable
+from nctune.runs.artifacts import load_finetuned
+from nctune.serving.inference import expand_inputs
 
 __all__ = ["FORMATS", "TOLERANCE", "ExportError", "ExportResult", "export_run"]
 

@@ -98,7 +98,7 @@ def find_cut(model: nn.Module, block_names: list[str]) -> str | None:
     when one runs before it.
 
     Args:
-        model: the :class:`~nctune.strategies.TunedModel` (its ``backbone`` is read).
+        model: the :class:`~nctune.training.strategies.TunedModel` (its ``backbone`` is read).
         block_names: the backbone's blocks, shallow → deep.
 
     Returns:
@@ -281,7 +281,7 @@ class PrefixCache:
         The model's train/eval mode is restored.
 
         Args:
-            model: the :class:`~nctune.strategies.TunedModel` (unwrapped from PEFT).
+            model: the :class:`~nctune.training.strategies.TunedModel` (unwrapped from PEFT).
             cut: from :func:`find_cut`.
             loader: ``(images, labels)`` batches, unshuffled; ``loader.dataset`` gives N.
             device: where the model runs.
@@ -535,7 +535,7 @@ class PrefixCache:
         A no-op for a head cut. Stubs and the pre-hook are removed on exit.
 
         Args:
-            model: the :class:`~nctune.strategies.TunedModel` the cache was built for.
+            model: the :class:`~nctune.training.strategies.TunedModel` the cache was built for.
 
         Yields:
             Nothing; call :meth:`forward` inside the block.

@@ -1,6 +1,6 @@
 """Predict with a fine-tuned model: images in, labels and probabilities out.
 
-:func:`load_finetuned` rebuilds a run's model (see :func:`nctune.artifacts.load_finetuned`)
+:func:`load_finetuned` rebuilds a run's model (see :func:`nctune.runs.artifacts.load_finetuned`)
 and binds :func:`predict` to it, so production code needs two lines::
 
     model = nctune.load_finetuned("runs/my-run/finetune")
@@ -12,7 +12,7 @@ its validation and test images (:func:`nctune.data.eval_transform` on the saved 
 config) after the same decoding (:func:`nctune.data.open_image`), so predicting on a run's
 test files reproduces its test accuracy exactly.
 
-The class lives here rather than on :class:`~nctune.strategies.TunedModel` because
+The class lives here rather than on :class:`~nctune.training.strategies.TunedModel` because
 prediction sits above the run folders (artifacts) in nctune's layers: the model class and
 the loader must not import upwards, so this module binds ``predict`` after loading.
 """
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nctune.artifacts import load_finetuned as _load_run_model
 from nctune.data import IMG_EXTENSIONS, eval_transform, list_images, open_image, read_manifest
 from nctune.errors import DataError, NctuneError
+from nctune.runs.artifacts import load_finetuned as _load_run_model
 
 __all__ = [
     "Prediction",
@@ -351,7 +351,7 @@ def expand_inputs(inputs: Iterable[str | Path], *, split: str | None = None) -> 
 def load_finetuned(path: str | Path, device: str = "cpu") -> nn.Module:
     """Rebuild a fine-tuned run's model, ready to predict.
 
-    :func:`nctune.artifacts.load_finetuned` (weights, ``classes``, ``input_config``,
+    :func:`nctune.runs.artifacts.load_finetuned` (weights, ``classes``, ``input_config``,
     ``transform``) plus ``model.predict(images, batch_size=…, device=…, top_k=…)``, which
     is :func:`predict` bound to the model.
 
@@ -360,7 +360,7 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> nn.Module:
         device: where to put the model.
 
     Returns:
-        The :class:`~nctune.strategies.TunedModel` in eval mode.
+        The :class:`~nctune.training.strategies.TunedModel` in eval mode.
 
     Raises:
         ArtifactError: no model at ``path``, or a file that is not an nctune model.

@@ -1,6 +1,6 @@
 """The training loop: readable top to bottom (nanoGPT-style), with the why in comments.
 
-One call, :func:`fit`, trains an :class:`~nctune.strategies.AppliedStrategy`:
+One call, :func:`fit`, trains an :class:`~nctune.training.strategies.AppliedStrategy`:
 
 * AdamW or SGD, linear warm-up then cosine decay, per step;
 * autocast + gradient scaling on CUDA, plain float32 on CPU/MPS;
@@ -29,21 +29,21 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nctune import distributed as dist
-from nctune.batches import IGNORE, CachedBatches, ImageBatches, Step, try_cache
-from nctune.checkpoint import (
+from nctune.collapse import CollapseStats
+from nctune.config import TrainConfig
+from nctune.errors import ArtifactError, CollapseError, ConfigError, Interrupted, TrainingError
+from nctune.taps import amp_dtype, autocast
+from nctune.training.batches import IGNORE, CachedBatches, ImageBatches, Step, try_cache
+from nctune.training.checkpoint import (
     CHECKPOINT,
     checkpoint_state,
     load_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
-from nctune.collapse import CollapseStats
-from nctune.config import TrainConfig
-from nctune.errors import ArtifactError, CollapseError, ConfigError, Interrupted, TrainingError
-from nctune.optim import lr_at, make_optimizer, no_weight_decay_ids
-from nctune.prefix_cache import CacheInfo
-from nctune.strategies import AppliedStrategy
-from nctune.taps import amp_dtype, autocast
+from nctune.training.optim import lr_at, make_optimizer, no_weight_decay_ids
+from nctune.training.prefix_cache import CacheInfo
+from nctune.training.strategies import AppliedStrategy
 
 #: ``progress(phase, done, total, info)`` — the CLI draws it; the library never prints.
 ProgressFn = Callable[..., None]
@@ -123,7 +123,7 @@ def evaluate(
     the features its head sees.
 
     Args:
-        model: a :class:`~nctune.strategies.TunedModel` (or PEFT wrapper of one).
+        model: a :class:`~nctune.training.strategies.TunedModel` (or PEFT wrapper of one).
         data: a DataLoader / iterable of ``(images, labels)``, or a batch source of the trainer.
         device: where the model runs.
         num_classes: K for the head-input :class:`~nctune.collapse.CollapseStats`.
@@ -236,7 +236,7 @@ def fit(
     restored to their previous values when the call returns or raises.
 
     Args:
-        applied: the strategy's model (from :func:`~nctune.strategies.apply_strategy`).
+        applied: the strategy's model (from :func:`~nctune.training.strategies.apply_strategy`).
         train_set, val_set: datasets of ``(image, label)``; ``val_set`` may be None, in which
             case the last epoch is kept.
         cfg: the ``train`` section of the recipe.
@@ -265,7 +265,7 @@ def fit(
             run and propagates, the caches closed first.
         shared_cache_dir: keep the frozen-prefix cache in this folder, keyed by its
             content, so later runs on the same prefix and data read it instead of
-            recomputing it (see :meth:`~nctune.prefix_cache.PrefixCache.build`).
+            recomputing it (see :meth:`~nctune.training.prefix_cache.PrefixCache.build`).
 
     Returns:
         The per-epoch history and how the run ended.

@@ -1,6 +1,6 @@
 """Where training batches come from: images through the whole model, or the prefix cache.
 
-Both sources serve the same batches in the same order (:class:`~nctune.optim.EpochSampler`),
+Both sources serve the same batches in the same order (:class:`~nctune.training.optim.EpochSampler`),
 so a run gives the same numbers with the cache on or off. Under ``torchrun`` each process
 serves its part of every global batch: the samples of its shard (index mod world size), the
 ones its prefix cache holds.
@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from nctune import distributed as dist
 from nctune.errors import Interrupted
-from nctune.optim import EpochSampler
-from nctune.prefix_cache import CacheInfo, PrefixCache, find_cut, remove_stale_caches
 from nctune.taps import to_device
+from nctune.training.optim import EpochSampler
+from nctune.training.prefix_cache import CacheInfo, PrefixCache, find_cut, remove_stale_caches
 
 
 class ImageBatches:

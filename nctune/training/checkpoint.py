@@ -10,8 +10,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nctune._io import atomic_write_bytes
 from nctune.errors import ArtifactError
+from nctune.runs._io import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
