@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from nctune.collapse import CollapseStats, all_reduce_stats
-from nctune.errors import ConfigError, NctuneError
+from nctune.errors import ConfigError, NctuneError, one_line
 
 T = TypeVar("T")
 
@@ -256,8 +256,7 @@ def _agree(err: BaseException | None, value: int = 0) -> int:
         return failed
     mine = None
     if err is not None:
-        text = str(err) if isinstance(err, NctuneError) else f"{type(err).__name__}: {err}"
-        mine = (dist.get_rank(), exit_code(err), " ".join(text.split()) or type(err).__name__)
+        mine = (dist.get_rank(), exit_code(err), one_line(err))
     reports: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(reports, mine)
     first = next(r for r in reports if r is not None)

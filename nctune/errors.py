@@ -46,3 +46,30 @@ class Interrupted(KeyboardInterrupt):
     A :class:`KeyboardInterrupt`, so code that does not know it treats it as Ctrl-C. The
     pass that raised it kept nothing half-made (no partial profile or cache).
     """
+
+
+def one_line(error: BaseException | str, limit: int | None = None) -> str:
+    """An error as one line of a message: the one way nctune flattens an error.
+
+    White space (newlines included) is folded to single spaces. An exception that is not an
+    :class:`NctuneError` is prefixed by its class name (``ValueError: …``): its message was
+    written for a programmer, not for this context; an :class:`NctuneError`'s message is
+    already the line to show. An exception without a message reads as its class name.
+
+    Args:
+        error: an exception, or a text (folded as it is, without a class name).
+        limit: at most this many characters; a longer line ends in ``...``.
+
+    Returns:
+        The line, without a newline.
+    """
+    text = " ".join(str(error).split())
+    if not isinstance(error, str):
+        name = type(error).__name__
+        if not text:
+            text = name
+        elif not isinstance(error, NctuneError):
+            text = f"{name}: {text}"
+    if limit is not None and len(text) > limit:
+        text = text[: max(0, limit - 3)] + "..."
+    return text

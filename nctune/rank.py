@@ -31,7 +31,7 @@ from nctune.analyze import profile_recipe, profiled_train
 from nctune.backbones import create_backbone
 from nctune.config import BackboneConfig, Recipe, recipe_from_dict
 from nctune.data import build_data
-from nctune.errors import BackboneError, ConfigError, NctuneError
+from nctune.errors import BackboneError, ConfigError, NctuneError, one_line
 from nctune.finetune import finetune
 from nctune.profile import PRE_LOGITS, CollapseProfile
 from nctune.scores import SCORES, hscore, knn_accuracy, logme, stratified_indices
@@ -237,13 +237,6 @@ class _Keep:
         return torch.cat(self.feats[phase]), torch.cat(self.labels[phase])
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or "(no message)"
-    if not isinstance(err, NctuneError):
-        text = f"{type(err).__name__}: {text}"
-    return text if len(text) <= 240 else text[:237] + "..."
-
-
 def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -440,7 +433,7 @@ def rank(
             row.scores.update(_score_features(keep, cfg.knn_k))
             t3 = time.perf_counter()
         except CANDIDATE_ERRORS as err:
-            row.ok, row.reason = False, _one_line(err)
+            row.ok, row.reason = False, one_line(err, 240)
             row.seconds["load"] = time.perf_counter() - t0
             continue
         finally:
@@ -467,7 +460,7 @@ def rank(
             try:
                 run = finetune(run_recipe, progress=labelled)
             except (*CANDIDATE_ERRORS, NctuneError) as err:
-                row.validation = {"strategy": cfg.validation, "error": _one_line(err)}
+                row.validation = {"strategy": cfg.validation, "error": one_line(err, 240)}
                 continue
             finally:
                 row.seconds["validate"] = time.perf_counter() - t0

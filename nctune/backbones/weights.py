@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from nctune.errors import ArtifactError, BackboneError
+from nctune.errors import ArtifactError, BackboneError, one_line
 from nctune.runs._io import parse_run_metadata
 
 __all__ = [
@@ -35,9 +35,8 @@ def _torch_load(path: Path, where: str) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling raises many types; all mean "unusable file"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BackboneError(
-            f"{where}: cannot read as a PyTorch checkpoint ({first[:160]})"
+            f"{where}: cannot read as a PyTorch checkpoint ({one_line(err, 200)})"
         ) from None
 
 

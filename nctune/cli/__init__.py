@@ -23,6 +23,7 @@ from nctune.cli.predict import predict
 from nctune.cli.rank import rank
 from nctune.cli.sweep import sweep
 from nctune.cli.tune import tune
+from nctune.errors import one_line
 
 app = typer.Typer(
     name="nctune",
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except cx.UsageError as err:
         where = err.ctx.command_path if err.ctx is not None else "nctune"
-        message = " ".join(err.format_message().split()).rstrip(".")
+        message = one_line(err.format_message()).rstrip(".")
         print(f"error: {where}: {message}; see '{where} --help'", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:

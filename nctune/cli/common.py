@@ -25,7 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from nctune.errors import NctuneError
+from nctune.errors import NctuneError, one_line
 from nctune.runs._lock import FolderClaim, recover_orphans
 
 # Annotated option aliases, defined once (Typer's one-file-per-command style).
@@ -156,7 +156,7 @@ def handle_errors(fn: F) -> F:
                     return fn(*args, **kwargs)
             except NctuneError as err:
                 err_console.print(  # escaped: a message may hold [brackets] (paths, extras)
-                    f"[bold red]error:[/] {escape(_one_line(str(err)))}",
+                    f"[bold red]error:[/] {escape(one_line(err))}",
                     highlight=False,
                     soft_wrap=True,
                 )
@@ -213,17 +213,13 @@ def _dist():
     return distributed
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
     seen = set()
     for w in caught:
         # Only our own and users' warnings; third-party deprecation chatter is noise here.
         if issubclass(w.category, (DeprecationWarning, FutureWarning)):
             continue
-        msg = _one_line(str(w.message))
+        msg = one_line(str(w.message))
         if msg not in seen:
             seen.add(msg)
             err_console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)

@@ -23,7 +23,7 @@ from nctune.collapse.functional import (
     nc3,
     ncc_accuracy,
 )
-from nctune.errors import CollapseError
+from nctune.errors import CollapseError, one_line
 
 Mode = Literal["auto", "full", "two_pass"]
 
@@ -134,7 +134,7 @@ def _as_tensor(value: object, what: str) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError) as err:
         raise CollapseError(
             f"{what} must be a tensor or a numeric array-like, got {type(value).__name__} "
-            f"({str(err).splitlines()[0][:80]})"
+            f"({one_line(str(err), 80)})"
         ) from None
 
 

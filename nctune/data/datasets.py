@@ -23,7 +23,7 @@ from torchvision.transforms import InterpolationMode
 
 from nctune.data.bitdepth import array_to_uint8, to_rgb8
 from nctune.data.transforms import AUG_RATIO, AUG_SCALE, _pil_transform, _resize_uint8, _Spec
-from nctune.errors import DataError
+from nctune.errors import DataError, one_line
 
 # Above this many bytes of resized uint8 pixels a split is resized per sample instead of
 # up front (full Fashion-MNIST at 224 px would be 3 GB).
@@ -168,10 +168,8 @@ def open_image(path: str) -> Any:
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found (was it moved or deleted?)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        detail = str(err).splitlines()[0][:120] if str(err) else ""
         raise DataError(
-            f"{path}: cannot read image ({err.__class__.__name__}: {detail}); "
-            "fix or remove the file"
+            f"{path}: cannot read image ({one_line(err, 160)}); fix or remove the file"
         ) from None
 
 

@@ -28,7 +28,7 @@ from nctune.runs._io import (
 )
 from nctune.backbones import InputConfig, rebuild_architecture
 from nctune.data import eval_transform
-from nctune.errors import ArtifactError
+from nctune.errors import ArtifactError, one_line
 from nctune.report import plot_training
 from nctune.training.strategies import TunedModel
 
@@ -132,9 +132,8 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
     try:
         load_model(model, str(file), strict=True, device=str(device))
     except (RuntimeError, SafetensorError) as err:
-        first = str(err).strip().splitlines()[0]
         raise ArtifactError(
-            f"{file}: weights do not match the recorded architecture ({first[:200]})"
+            f"{file}: weights do not match the recorded architecture ({one_line(str(err), 200)})"
         ) from None
     model.input_config = InputConfig(
         **{

@@ -36,7 +36,7 @@ from torch import nn
 
 from nctune.config import load_recipe
 from nctune.data import build_data, open_image
-from nctune.errors import ArtifactError, DataError, ExportError, NctuneError
+from nctune.errors import ArtifactError, DataError, ExportError, NctuneError, one_line
 from nctune.runs._io import check_writable
 from nctune.runs.artifacts import load_finetuned
 from nctune.serving.inference import expand_inputs
@@ -315,10 +315,7 @@ def export_run(
         except OSError as err:
             raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
         except Exception as err:  # the exporter's own refusal: one line, nothing written
-            detail = " ".join(str(err).split())[:300]
-            raise ExportError(
-                f"{format} export of {run} failed ({type(err).__name__}: {detail})"
-            ) from None
+            raise ExportError(f"{format} export of {run} failed ({one_line(err, 300)})") from None
         diff = float((exported.float() - reference).abs().max())
         allowed = tolerance * max(1.0, float(reference.abs().max()))
         if not diff <= allowed:

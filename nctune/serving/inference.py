@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from nctune.data import IMG_EXTENSIONS, eval_transform, list_images, open_image, read_manifest
-from nctune.errors import DataError, NctuneError
+from nctune.errors import DataError, NctuneError, one_line
 from nctune.runs.artifacts import load_finetuned as _load_run_model
 
 __all__ = [
@@ -155,8 +155,7 @@ def _transform(model: nn.Module) -> Callable[[Any], torch.Tensor]:
 
 
 def _error(err: Exception) -> str:
-    text = " ".join(str(err).split())
-    return text if isinstance(err, NctuneError) else f"{err.__class__.__name__}: {text}"
+    return one_line(err)
 
 
 def _prepare(item: Any, transform: Callable[[Any], torch.Tensor]) -> torch.Tensor:

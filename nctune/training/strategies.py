@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from nctune._registry import Registry
-from nctune.errors import ConfigError
+from nctune.errors import ConfigError, one_line
 from nctune.selection import select_layers
 from nctune.taps import pool
 
@@ -533,7 +533,7 @@ def _lora_adapters(
         peft_model = get_peft_model(model, config)
     except ValueError as err:
         raise ConfigError(
-            f"strategy.lora_targets: PEFT refused the targets: {' '.join(str(err).split())}"
+            f"strategy.lora_targets: PEFT refused the targets: {one_line(str(err))}"
         ) from None
     peft_model.get_base_model().head.requires_grad_(True)
     return peft_model, layers or ["*"]

@@ -31,7 +31,14 @@ from torch.utils.data import Dataset
 from nctune import distributed as dist
 from nctune.collapse import CollapseStats
 from nctune.config import TrainConfig
-from nctune.errors import ArtifactError, CollapseError, ConfigError, Interrupted, TrainingError
+from nctune.errors import (
+    ArtifactError,
+    CollapseError,
+    ConfigError,
+    Interrupted,
+    TrainingError,
+    one_line,
+)
 from nctune.taps import amp_dtype, autocast
 from nctune.training.batches import IGNORE, CachedBatches, ImageBatches, Step, try_cache
 from nctune.training.checkpoint import (
@@ -317,7 +324,7 @@ def fit(
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as err:  # weights of another architecture or strategy
-            first = str(err).strip().splitlines()[0][:160]
+            first = one_line(str(err), 160)
             raise ArtifactError(
                 f"{run_dir / CHECKPOINT}: its weights do not fit this run's model ({first}); start a new run"
             ) from None

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nctune.errors import ConfigError, NctuneError
+from nctune.errors import ConfigError, NctuneError, one_line
 from nctune.finetune import finetune, prepare
 from nctune.runs._io import atomic_write_json, atomic_write_text
 from nctune.runs.artifacts import RECIPE_FILE, save_run
@@ -65,10 +65,8 @@ class Objective:
             raise
         except Exception as err:
             self.failed += 1
-            reason = " ".join(f"{err.__class__.__name__}: {err}".split())
-            if isinstance(err, NctuneError):
-                reason = " ".join(str(err).split())
-            trial.set_user_attr("fail_reason", reason[:500])
+            reason = one_line(err)
+            trial.set_user_attr("fail_reason", one_line(reason, 500))
             trial.set_user_attr("bad_input", isinstance(err, NctuneError))
             self._record(trial, "FAIL", reason=reason)
             raise

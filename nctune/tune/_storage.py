@@ -14,7 +14,7 @@ import sqlalchemy.exc
 from optuna.samplers import BaseSampler
 
 from nctune.config import Recipe
-from nctune.errors import ConfigError
+from nctune.errors import ConfigError, one_line
 from nctune.tune._space import grid
 
 
@@ -57,21 +57,16 @@ def open_storage(url: str, heartbeat: int = 30, grace: int | None = None):
                     return optuna.storages.RDBStorage(
                         url, failed_trial_callback=_retry_callback(), **kw
                     )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as err:
+        except Exception as err:  # SQLAlchemy / driver errors have no common base worth naming
             # Workers starting together on a new database race to create Optuna's tables;
             # the loser's CREATE fails ("already exists" in SQLite, a unique violation in
             # PostgreSQL), and its next try finds them made.
-            if attempt < 3:
+            racing = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError)
+            if isinstance(err, racing) and attempt < 3:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            first = " ".join(str(err).split())[:160]
             raise ConfigError(
-                f"--storage {shown(url)}: cannot open ({err.__class__.__name__}: {first})"
-            ) from None
-        except Exception as err:  # SQLAlchemy / driver errors have no common base worth naming
-            first = " ".join(str(err).split())[:160]
-            raise ConfigError(
-                f"--storage {shown(url)}: cannot open ({err.__class__.__name__}: {first})"
+                f"--storage {shown(url)}: cannot open ({one_line(err, 200)})"
             ) from None
     raise AssertionError("unreachable")
 
