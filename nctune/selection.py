@@ -164,3 +164,47 @@ def select_layers(profile: CollapseProfile, rule: str | None = None, **params: A
         return fn(blocks, **params)
     except TypeError as err:
         raise ConfigError(f"strategy.rule: bad parameters for rule {name!r}: {err}") from None
+
+
+def rank_blocks(
+    profile: CollapseProfile, rule: str | None = None, k: int = 3, **params: Any
+) -> list[str]:
+    """The rule's ``k`` best blocks, best first: the candidates of a collapse probe.
+
+    The first is :func:`select_layers`' pick; each next one is the rule's pick among the
+    blocks not taken yet — what the rule would choose if the earlier picks did not exist
+    (``last``: the deepest blocks in turn; ``min_nc1``/``max_ncc``: by their score;
+    ``knee``: the knee, then the knees of the profile without it: the deeper blocks first).
+
+    Args:
+        profile: the layer-wise collapse of the backbone on the downstream data.
+        rule: a name from :func:`list_rules`; default :data:`DEFAULT_RULE`.
+        k: how many blocks at most (fewer when the profile has fewer).
+        **params: the rule's parameters.
+
+    Returns:
+        Up to ``k`` module paths, without duplicates, in the rule's order.
+
+    Raises:
+        ValueError: ``k < 1``.
+        ConfigError: an unknown rule, bad parameters, or no tunable block.
+    """
+    if k < 1:
+        raise ValueError(f"rank_blocks: k must be at least 1, got {k}")
+    name = resolve_rule(rule)
+    fn = RULES.get(name)
+    remaining = list(profile.blocks)
+    if not remaining:
+        raise ConfigError("strategy.rule: the profile has no tunable blocks to choose from")
+    ranked: list[str] = []
+    while remaining and len(ranked) < k:
+        try:
+            picked = fn(remaining, **params).layers
+        except TypeError as err:
+            raise ConfigError(f"strategy.rule: bad parameters for rule {name!r}: {err}") from None
+        ranked += [n for n in picked if n not in ranked]
+        left = [b for b in remaining if b.name not in picked]
+        if len(left) == len(remaining):  # a rule that names no block of its input: stop
+            break
+        remaining = left
+    return ranked[:k]
