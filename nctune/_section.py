@@ -17,6 +17,11 @@ MAX_SEED = 2**32 - 1
 #: Largest value of any other integer field (counts, sizes, epochs): a C int.
 MAX_INT = 2**31 - 1
 
+#: Smallest input side in pixels, wherever one is set or read: the recipe's
+#: ``data.image_size``, the side :func:`nctune.data.input_config.resolve_input_config`
+#: gives a run, and the input config a saved run records (``nctune.runs._io``).
+MIN_IMAGE_SIZE = 8
+
 
 class Section(BaseModel):
     """Base of every recipe section: no unknown keys, validated on assignment too.

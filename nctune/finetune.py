@@ -7,7 +7,6 @@ report, the weights and the plot.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from nctune.analyze import profile_recipe
 from nctune.backbones import Backbone, create_backbone
-from nctune.data import DataSplits, build_data
+from nctune.data import DataSplits, build_data, resolve_input_config
 from nctune.distributed import is_main, shard_dataset
 from nctune.profile import CollapseProfile
 from nctune.taps import resolve_device
@@ -226,11 +225,9 @@ def finetune(
         lora_dropout=s.lora_dropout,
         lora_target_patterns=s.lora_targets,
     )
-    # Saved with the weights: the size the data pipeline really used (data.image_size may
+    # Saved with the weights: the config the data pipeline resolved (data.image_size may
     # override the backbone's default), so a reloaded model preprocesses like val/test.
-    applied.tuned.set_input_config(
-        dataclasses.replace(backbone.input_config, image_size=splits.image_size)
-    )
+    applied.tuned.set_input_config(resolve_input_config(backbone.input_config, recipe.data))
     applied.model.to(device)
     nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k, t.amp, should_stop)
     # rank 0 alone writes the run folder's logs (every rank has the same history)

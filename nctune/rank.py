@@ -30,7 +30,7 @@ import torch
 from nctune.analyze import profile_recipe, profiled_train
 from nctune.backbones import create_backbone
 from nctune.config import BackboneConfig, Recipe, recipe_from_dict
-from nctune.data import build_data
+from nctune.data import build_data, resolve_input_config
 from nctune.errors import BackboneError, ConfigError, NctuneError, one_line
 from nctune.finetune import finetune
 from nctune.profile import PRE_LOGITS, CollapseProfile
@@ -296,16 +296,17 @@ def _check_candidates(recipe: Recipe) -> list[tuple[str, str, bool]]:
             raise ConfigError(f"rank.backbones: {text!r} is listed twice")
         seen.add(key)
         out.append((text, name, pretrained))
-    if recipe.data.image_size is None:
+    if recipe.data.image_size is None:  # set, it is every candidate's side
         # Ranked images must be the same for every candidate. Input sizes do not depend on
         # the weights, so random-init builds answer quickly; a candidate that cannot even
         # be built is left to fail as its own row.
         sizes: dict[str, int] = {}
         for text, name, _ in out:
             try:
-                sizes[text] = create_backbone(name, pretrained=False).input_config.image_size
+                backbone = create_backbone(name, pretrained=False)
             except BackboneError:
                 continue
+            sizes[text] = resolve_input_config(backbone.input_config, recipe.data).image_size
         if len(set(sizes.values())) > 1:
             listed = ", ".join(f"{t} {s} px" for t, s in sizes.items())
             raise ConfigError(

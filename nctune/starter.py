@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from nctune.backbones import InputConfig
+from nctune.backbones import IMAGENET_INPUT
 from nctune.config import Recipe, apply_overrides, recipe_from_dict
 from nctune.data import build_data
 from nctune.errors import ConfigError
@@ -125,8 +125,8 @@ def starter_recipe(
     back = recipe_from_dict(yaml.safe_load(text) or {}, "nctune init")
     if back != recipe:  # pragma: no cover - a bug in the writer, not bad input
         raise ConfigError("nctune init: the starter recipe did not load back as written")
-    # The folder, through the real imagefolder source (lists files; decodes nothing).
-    size = recipe.data.image_size or 224
-    splits = build_data(recipe.data, InputConfig(size, (0.5,) * 3, (0.5,) * 3), seed=recipe.seed)
+    # The folder, through the real imagefolder source (lists files; decodes nothing, so no
+    # backbone is built: ImageNet's input config stands in, data.image_size still resolved).
+    splits = build_data(recipe.data, IMAGENET_INPUT, seed=recipe.seed)
     images = sum(len(s) for s in (splits.train, splits.val, splits.test) if s is not None)
     return Starter(text, recipe, list(splits.classes), images)

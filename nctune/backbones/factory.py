@@ -96,12 +96,34 @@ def finish(backbone: Backbone, num_classes: int | None) -> Backbone:
     return backbone
 
 
+#: The factory keyword that builds a model for another input side, in each library's own
+#: spelling: ``backbone.model_kwargs`` reaches the factory unchanged, so the recipe spells
+#: it the library's way too (``timm.create_model(img_size=…)``,
+#: ``torchvision.models.get_model(image_size=…)``).
+SIZE_KWARG = {"timm": "img_size", "torchvision": "image_size"}
+
+
+def requested_size(kwargs: Mapping[str, Any], library: str) -> int | None:
+    """The input side ``backbone.model_kwargs`` builds the model for, or None.
+
+    Args:
+        kwargs: the model factory's keyword arguments.
+        library: ``'timm'`` (packaged models are timm's too) or ``'torchvision'``.
+
+    Returns:
+        ``kwargs[SIZE_KWARG[library]]``; of timm's ``(H, W)`` the last entry (nctune
+        feeds square images).
+    """
+    size = kwargs.get(SIZE_KWARG[library])
+    if isinstance(size, (tuple, list)):
+        size = size[-1]
+    return int(size) if size else None
+
+
 def timm_input_config(model: nn.Module, kwargs: dict[str, Any]) -> InputConfig:
     """The input config a timm model's ``pretrained_cfg`` (and ``img_size``/``in_chans``) give."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = kwargs.get("img_size") or (cfg.get("input_size") or (3, 224, 224))[-1]
-    if isinstance(size, (tuple, list)):
-        size = size[-1]
+    size = requested_size(kwargs, "timm") or (cfg.get("input_size") or (3, 224, 224))[-1]
     return InputConfig(
         image_size=int(size),
         mean=tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]

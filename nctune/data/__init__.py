@@ -16,6 +16,9 @@ The package, by concept:
   :func:`subsample` and :class:`DataSplits`.
 * :mod:`~nctune.data.datasets` — :class:`ImageDataset` and its in-memory, file and
   torchvision kinds.
+* :mod:`~nctune.data.input_config` — :func:`resolve_input_config`: the one place that
+  combines a backbone's input config with ``data.image_size`` (the side every transform,
+  saved run and export uses).
 * :mod:`~nctune.data.transforms` — :func:`eval_transform` (timm's eval transform with
   PIL), the batched uint8 resize of in-memory images, augmentation.
 * :mod:`~nctune.data.loaders` — :func:`make_loader`.
@@ -31,13 +34,14 @@ from __future__ import annotations
 
 from nctune.data.build import build_data
 from nctune.data.datasets import FileImageDataset, ImageDataset, TensorImageDataset, open_image
+from nctune.data.input_config import InputConfigLike, resolve_input_config
 from nctune.data.loaders import make_loader
 from nctune.data.sources import SOURCES, list_sources
 from nctune.data.sources.csv import ManifestRow, read_manifest
 from nctune.data.sources.fashion_mnist import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES
 from nctune.data.sources.imagefolder import IMG_EXTENSIONS, list_images
 from nctune.data.splits import DataSplits, subsample
-from nctune.data.transforms import InputConfigLike, eval_transform
+from nctune.data.transforms import eval_transform
 
 __all__ = [
     "DEBIAN_FASHION_MNIST",
@@ -57,5 +61,6 @@ __all__ = [
     "make_loader",
     "open_image",
     "read_manifest",
+    "resolve_input_config",
     "subsample",
 ]

@@ -18,6 +18,7 @@ from nctune.data.datasets import (
     TensorImageDataset,
     _TorchvisionDataset,
 )
+from nctune.data.input_config import resolve_input_config
 from nctune.data.sources import SOURCES
 from nctune.data.sources._base import _Pool, _Source
 from nctune.data.splits import _SALT_TESTCAP, DataSplits, _cap, _few_shot, _holdout
@@ -63,7 +64,8 @@ def build_data(cfg: DataSection, input_config: Any, *, seed: int = 0) -> DataSpl
             name, fewer than two classes, a class without training images, or an empty
             split — one line naming the field or file.
         ConfigError: the input config asks for other than 3 input channels
-            (``in_chans``), or ``cfg.source`` is not a registered source.
+            (``in_chans``), the resolved side is below ``MIN_IMAGE_SIZE``, or
+            ``cfg.source`` is not a registered source.
     """
     src = SOURCES.get(cfg.source)(cfg)
     in_chans = int(getattr(input_config, "in_chans", 3) or 3)
@@ -73,7 +75,7 @@ def build_data(cfg: DataSection, input_config: Any, *, seed: int = 0) -> DataSpl
             f"(grayscale is repeated), not {in_chans}; drop in_chans, or call nctune.analyze "
             "with your own DataLoader"
         )
-    spec = _Spec.from_input_config(input_config, cfg.image_size)
+    spec = _Spec.from_input_config(resolve_input_config(input_config, cfg))
     k = len(src.classes)
     train_pool, val_pool, test_pool = src.train, src.val, src.test
 
@@ -108,5 +110,5 @@ def build_data(cfg: DataSection, input_config: Any, *, seed: int = 0) -> DataSpl
         test=None if test_pool is None else _dataset(src, test_pool, spec, augment=False),
         classes=list(src.classes),
         source=src.name,
-        image_size=spec.size,
+        image_size=spec.image_size,
     )

@@ -106,7 +106,7 @@ class TensorImageDataset(ImageDataset):
             # tensors support only bilinear/bicubic antialiased resizing
             steps: list[Any] = [
                 T.RandomResizedCrop(
-                    spec.size,
+                    spec.image_size,
                     scale=AUG_SCALE,
                     ratio=AUG_RATIO,
                     interpolation=InterpolationMode(spec.tensor_mode),
@@ -118,8 +118,8 @@ class TensorImageDataset(ImageDataset):
             self._aug = T.Compose(steps)
         else:
             n, c = images.shape[:2]
-            if n * c * spec.size * spec.size <= _CACHE_LIMIT_BYTES:
-                self._cache = _resize_uint8(images, spec.size, spec.tensor_mode)
+            if n * c * spec.image_size * spec.image_size <= _CACHE_LIMIT_BYTES:
+                self._cache = _resize_uint8(images, spec.image_size, spec.tensor_mode)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self._aug is not None:
@@ -128,7 +128,7 @@ class TensorImageDataset(ImageDataset):
             pixels = self._cache[index]
         else:  # too large to cache: the same resize, one image at a time
             pixels = _resize_uint8(
-                self.images[index : index + 1], self.spec.size, self.spec.tensor_mode
+                self.images[index : index + 1], self.spec.image_size, self.spec.tensor_mode
             )[0]
         return self._normalize(pixels), int(self.targets[index])
 

@@ -14,10 +14,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from nctune.data.bitdepth import to_rgb8
+from nctune.data.input_config import crop_fraction, per_channel, resize_side, resolve_input_config
 
 #: Light augmentation: crops keep at least half the image, so few-shot classes stay visible.
 AUG_SCALE = (0.5, 1.0)
@@ -32,21 +32,11 @@ AUG_RATIO = (3 / 4, 4 / 3)
 _RESIZE_CHUNK = 1024  # images per batched interpolate: bounds the float32 temporaries
 
 
-class InputConfigLike(Protocol):
-    """What :func:`~nctune.data.build_data` needs from a backbone (``nctune.backbones.InputConfig``)."""
-
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str
-    crop_pct: float
-
-
 @dataclass(frozen=True)
 class _Spec:
     """Resolved transform parameters shared by every dataset of one build."""
 
-    size: int
+    image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str
@@ -54,22 +44,14 @@ class _Spec:
     crop_mode: str = "center"
 
     @classmethod
-    def from_input_config(cls, input_config: Any, image_size: int | None) -> _Spec:
-        def three(values: Any, what: str) -> tuple[float, float, float]:
-            values = tuple(float(v) for v in values)
-            if len(values) == 1:
-                values = values * 3
-            if len(values) != 3:
-                raise ValueError(f"input config {what} needs 1 or 3 values, got {values}")
-            return values  # type: ignore[return-value]
-
-        crop_pct = float(getattr(input_config, "crop_pct", 1.0) or 1.0)
+    def from_input_config(cls, input_config: Any) -> _Spec:
+        """The transform's view of a resolved config (:func:`resolve_input_config`)."""
         return cls(
-            size=int(image_size or input_config.image_size),
-            mean=three(input_config.mean, "mean"),
-            std=three(input_config.std, "std"),
+            image_size=int(input_config.image_size),
+            mean=per_channel(input_config.mean, "mean"),
+            std=per_channel(input_config.std, "std"),
             interpolation=str(getattr(input_config, "interpolation", "bilinear") or "bilinear"),
-            crop_pct=min(crop_pct, 1.0),
+            crop_pct=crop_fraction(input_config),
             crop_mode=str(getattr(input_config, "crop_mode", "center") or "center"),
         )
 
@@ -111,15 +93,19 @@ def eval_transform(
     Args:
         input_config: object with ``image_size``, ``mean``, ``std``, ``interpolation``,
             ``crop_pct`` (e.g. ``nctune.backbones.InputConfig``).
-        image_size: ``T``; default ``input_config.image_size``.
+        image_size: ``T``; default ``input_config.image_size`` (resolved by
+            :func:`~nctune.data.input_config.resolve_input_config`, as a recipe's
+            ``data.image_size`` is).
 
     Returns:
         A callable mapping a PIL image to a float32 tensor of shape (3, T, T).
 
     Raises:
         ValueError: ``mean`` or ``std`` has neither 1 nor 3 values.
+        ConfigError: ``T`` is below the smallest input side nctune takes.
     """
-    return _pil_transform(_Spec.from_input_config(input_config, image_size), augment=False)
+    resolved = resolve_input_config(input_config, image_size=image_size)
+    return _pil_transform(_Spec.from_input_config(resolved), augment=False)
 
 
 def _pil_transform(
@@ -128,17 +114,19 @@ def _pil_transform(
     interp = spec.pil_interpolation()
     if augment:
         steps: list[Any] = [
-            T.RandomResizedCrop(spec.size, scale=AUG_SCALE, ratio=AUG_RATIO, interpolation=interp)
+            T.RandomResizedCrop(
+                spec.image_size, scale=AUG_SCALE, ratio=AUG_RATIO, interpolation=interp
+            )
         ]
         if flip:
             steps.append(T.RandomHorizontalFlip())
     else:
-        scale = math.floor(spec.size / spec.crop_pct)
+        scale = resize_side(spec)
         # timm's eval transform: "squash" resizes to a square ignoring the aspect ratio;
         # otherwise the shorter side is resized ("border" padding is treated as "center")
         steps = [
             T.Resize((scale, scale) if spec.crop_mode == "squash" else scale, interpolation=interp),
-            T.CenterCrop(spec.size),
+            T.CenterCrop(spec.image_size),
         ]
     pipeline = T.Compose([*steps, T.PILToTensor()])
     normalize = spec.normalizer()

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nctune._section import MIN_IMAGE_SIZE
 from nctune.errors import ArtifactError, NctuneError
 
 
@@ -301,7 +302,7 @@ class _Meta(BaseModel):
 
 
 class _InputConfigMeta(_Meta):
-    image_size: int = Field(ge=1)
+    image_size: int = Field(ge=MIN_IMAGE_SIZE)
     mean: list[float] = Field(min_length=1)
     std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
     interpolation: str = "bilinear"

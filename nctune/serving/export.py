@@ -36,6 +36,7 @@ from torch import nn
 
 from nctune.config import load_recipe
 from nctune.data import build_data, open_image
+from nctune.data.input_config import per_channel, resize_side
 from nctune.errors import ArtifactError, DataError, ExportError, NctuneError, one_line
 from nctune.runs._io import check_writable
 from nctune.runs.artifacts import load_finetuned
@@ -111,17 +112,12 @@ class _Serving(nn.Module):
         return self.model((pixels - self.mean) / self.std)
 
 
-def _three(values: Any) -> list[float]:
-    values = [float(v) for v in values]
-    return values * 3 if len(values) == 1 else values
-
-
 def _verification_pixels(
     run: Path, model: nn.Module, images: list[str | Path] | None, num_images: int
 ) -> torch.Tensor:
     """(N, 3, T, T) pixels in [0, 1] of real images, preprocessed exactly as in the run."""
-    mean = torch.tensor(_three(model.input_config.mean)).view(3, 1, 1)
-    std = torch.tensor(_three(model.input_config.std)).view(3, 1, 1)
+    mean = torch.tensor(per_channel(model.input_config.mean, "mean")).view(3, 1, 1)
+    std = torch.tensor(per_channel(model.input_config.std, "std")).view(3, 1, 1)
     if images:
         xs = [model.transform(open_image(p)) for p in expand_inputs(images)[:num_images]]
     else:
@@ -141,6 +137,27 @@ def _verification_pixels(
         xs = [split[i][0] for i in range(min(num_images, len(split)))]
     # the datasets hand out normalised images; the export's input is the pixels before that
     return torch.stack([x * std + mean for x in xs]).clamp_(0.0, 1.0)
+
+
+def _preprocessing(ic: Any) -> dict[str, Any]:
+    """The steps before the graph, from the run's saved (already resolved) input config."""
+    return {
+        "decode": "RGB",
+        "resize_shorter_side": resize_side(ic),
+        "crop_mode": ic.crop_mode,
+        "center_crop": int(ic.image_size),
+        "interpolation": ic.interpolation,
+        "scale": "divide by 255 (float32 in [0, 1])",
+        "normalisation": "folded into the graph",
+        "input_config": {
+            "image_size": int(ic.image_size),
+            "mean": list(ic.mean),
+            "std": list(ic.std),
+            "interpolation": ic.interpolation,
+            "crop_pct": ic.crop_pct,
+            "crop_mode": ic.crop_mode,
+        },
+    }
 
 
 def _require(*modules: str) -> None:
@@ -271,27 +288,11 @@ def export_run(
     check_writable(out.parent)
     pixels = _verification_pixels(run, model, images, num_images)
     ic = model.input_config
-    serving = _Serving(model, _three(ic.mean), _three(ic.std)).eval()
+    serving = _Serving(model, per_channel(ic.mean, "mean"), per_channel(ic.std, "std")).eval()
     with torch.inference_mode():
         reference = serving(pixels)
     size = int(ic.image_size)
-    preprocessing = {
-        "decode": "RGB",
-        "resize_shorter_side": int(size / min(float(ic.crop_pct or 1.0), 1.0)),
-        "crop_mode": ic.crop_mode,
-        "center_crop": size,
-        "interpolation": ic.interpolation,
-        "scale": "divide by 255 (float32 in [0, 1])",
-        "normalisation": "folded into the graph",
-        "input_config": {
-            "image_size": size,
-            "mean": list(ic.mean),
-            "std": list(ic.std),
-            "interpolation": ic.interpolation,
-            "crop_pct": ic.crop_pct,
-            "crop_mode": ic.crop_mode,
-        },
-    }
+    preprocessing = _preprocessing(ic)
     classes = [str(c) for c in (model.classes or range(model.num_classes))]
     meta = json.dumps({"classes": classes, "preprocessing": preprocessing, "nctune_format": "1"})
     # batch 2 for a dynamic trace: torch.export specialises a size-1 dimension

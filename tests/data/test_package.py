@@ -32,6 +32,7 @@ def test_public_names():
             "make_loader",
             "open_image",
             "read_manifest",
+            "resolve_input_config",
             "subsample",
         ]
     )

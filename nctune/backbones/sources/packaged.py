@@ -15,6 +15,7 @@ from nctune.backbones.factory import (
     SOURCES,
     factory_call,
     finish,
+    requested_size,
     split_num_classes,
     timm_input_config,
 )
@@ -72,7 +73,7 @@ def create_packaged(
     build_kwargs, num_classes = split_num_classes(kwargs, loading=loading)
     model = factory_call(timm.create_model, spec, entry.arch, pretrained=False, **build_kwargs)
     base = timm_input_config(model, kwargs)
-    size = int(kwargs.get("img_size") or entry.image_size)
+    size = requested_size(kwargs, "timm") or entry.image_size
     input_config = InputConfig(
         size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), base.interpolation, base.crop_pct, base.in_chans
     )

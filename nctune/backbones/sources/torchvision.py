@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,14 @@ import torchvision.models as tvm
 
 import nctune.backbones.hub as hub
 from nctune.backbones.backbone import IMAGENET_INPUT, Backbone, InputConfig
-from nctune.backbones.factory import SOURCES, factory_call, finish, split_num_classes, suggest
+from nctune.backbones.factory import (
+    SOURCES,
+    factory_call,
+    finish,
+    requested_size,
+    split_num_classes,
+    suggest,
+)
 from nctune.backbones.weights import load_state_dict_file
 from nctune.errors import BackboneError
 
@@ -36,9 +44,9 @@ def _input_config(weights_enum: Any, kwargs: dict[str, Any]) -> InputConfig:
             )
         except (AttributeError, TypeError, IndexError, ValueError):
             pass  # non-classification transforms: ImageNet defaults
-    size = kwargs.get("image_size")
+    size = requested_size(kwargs, "torchvision")
     if size:  # e.g. torchvision ViT built for another resolution
-        cfg = InputConfig(int(size), cfg.mean, cfg.std, cfg.interpolation, cfg.crop_pct)
+        cfg = dataclasses.replace(cfg, image_size=size)
     return cfg
 
 
