@@ -24,7 +24,8 @@ from nctune.collapse import CollapseMetrics
 from nctune.errors import ArtifactError, BackboneError, ConfigError, NctuneError
 from nctune.runs.artifacts import load_finetuned, save_model
 from nctune.selection import select_layers
-from nctune.training.strategies import STRATEGIES, TunedModel, apply_strategy, lora_targets
+from nctune.training.heads import TunedModel
+from nctune.training.strategies import STRATEGIES, apply_strategy, lora_targets
 
 SIZE = 32
 K = 5
@@ -691,3 +692,47 @@ def test_lora_without_peft_is_one_clear_line(make, monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # as if the [lora] extra were not installed
     with pytest.raises(ConfigError, match=r"pip install 'nctune\[lora\]'"):
         apply_strategy(make("resnet"), "lora", K, layers=["layer3.0"])
+
+
+# ------------------------------------------------------------------ the registry, one home
+def test_every_strategy_has_a_help_line_and_the_recipe_lists_them_all():
+    from nctune.config import StrategyConfig, load_recipe
+    from nctune.training.strategies import STRATEGY_REGISTRY, strategies_help
+
+    described = StrategyConfig.model_fields["name"].description
+    for name in STRATEGIES:
+        entry = STRATEGY_REGISTRY.get(name)
+        assert entry.help and "\n" not in entry.help, name
+        assert f"{name} ({entry.help})" in strategies_help() and f"{name} (" in described
+        # the profile is measured exactly when blocks must be chosen from it
+        recipe = load_recipe(None, [f"strategy.name={name}"])
+        assert recipe.strategy.needs_profile() == entry.selects_layers
+        named = load_recipe(None, [f"strategy.name={name}", "strategy.layers=[blocks.3]"])
+        assert not named.strategy.needs_profile()
+        assert load_recipe(None, [f"rank.validation={name}"]).rank.validation == name
+    with pytest.raises(ConfigError, match=r"rank\.validation: unknown strategy 'lpft'.*lp-ft"):
+        load_recipe(None, ["rank.validation=lpft"])
+
+
+def test_finetune_help_lists_every_registered_strategy():
+    from typer.testing import CliRunner
+
+    from nctune.cli import app
+
+    result = CliRunner().invoke(app, ["finetune", "--help"], terminal_width=100)
+    assert result.exit_code == 0, result.output
+    line = result.output[result.output.index("strategy.name=") :].split("strategy.layers")[0]
+    shown = line.replace("│", " ").replace(",", " ").split()
+    assert set(STRATEGIES) <= set(shown), shown
+
+
+def test_the_registry_loads_without_torch():
+    """The CLI's --help reads the registry: importing it must not load torch."""
+    import subprocess
+
+    code = (
+        "import sys, nctune.training.strategies as s; "
+        "print(len(s.STRATEGIES), int('torch' in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(len(STRATEGIES)), "0"]

@@ -30,7 +30,7 @@ from nctune.backbones import InputConfig, rebuild_architecture
 from nctune.data import eval_transform
 from nctune.errors import ArtifactError, one_line
 from nctune.report import plot_training
-from nctune.training.strategies import TunedModel
+from nctune.training.heads import TunedModel
 
 REPORT_FILE = "report.json"
 

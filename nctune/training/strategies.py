@@ -1,8 +1,9 @@
 """Fine-tuning strategies: what trains, and the head on top.
 
-``apply_strategy`` turns a :class:`~nctune.backbones.Backbone` into a :class:`TunedModel`
-(backbone + a fresh classifier head) with exactly the parameters the strategy trains
-left ``requires_grad``. It is a plain library call, so it drops into any training loop::
+``apply_strategy`` turns a :class:`~nctune.backbones.Backbone` into a
+:class:`~nctune.training.heads.TunedModel` (backbone + a fresh classifier head) with exactly
+the parameters the strategy trains left ``requires_grad``. It is a plain library call, so
+it drops into any training loop::
 
     applied = apply_strategy(backbone, "scl", num_classes=10, layers=["layer3.1"])
     optimizer = torch.optim.AdamW(applied.parameters(), lr=1e-3)
@@ -22,28 +23,32 @@ Strategies (Li et al., arXiv 2212.12206 for ``scl``):
 ``lp-ft``  linear probe first, then everything at a lower rate (Kumar et al. 2022)
 ``auto``   the NC profile picks the block (``strategy.rule``), then ``scl``
 =========  ====================================================================
+
+The registry is the one place that knows a strategy by name: everywhere else asks an
+entry's flags (``selects_layers``, ``skip``, ``probe_first``, ``adapters``, …), and the
+recipe's checks, ``--help`` and docs/recipes.md list the names and their ``help`` lines
+from it (:func:`strategies_help`). Importing this module loads no torch (the CLI's help
+reads it); the model is built by :mod:`nctune.training.heads` when a strategy is applied.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
 from nctune._registry import Registry
 from nctune.errors import ConfigError, one_line
 from nctune.selection import select_layers
-from nctune.taps import pool
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from nctune.backbones import Backbone
     from nctune.profile import CollapseProfile
     from nctune.selection import Selection
+    from nctune.training.heads import TunedModel
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,10 @@ class Strategy:
         selects_layers: needs blocks, given by ``layers`` or chosen by a rule from a profile.
         skip: tunes exactly one block and feeds it to the head (SCL).
         reports_as: the name written to reports (``auto`` runs ``scl``).
+        probe_first: trains the head alone first, then everything (lp-ft's two phases).
+        adapters: trains PEFT adapters on modules chosen by ``strategy.lora_targets``.
+        help: one line on what trains, for ``--help``, the recipe field's description
+            and docs/recipes.md.
     """
 
     name: str
@@ -65,6 +74,9 @@ class Strategy:
     selects_layers: bool = False
     skip: bool = False
     reports_as: str | None = None
+    probe_first: bool = False
+    adapters: bool = False
+    help: str = ""
 
 
 #: Strategies by name, in the order docs and tables list them.
@@ -72,167 +84,23 @@ STRATEGY_REGISTRY: Registry[Strategy] = Registry("strategy", field="strategy.nam
 
 
 def register_strategy(
-    name: str, *, selects_layers: bool = False, skip: bool = False, reports_as: str | None = None
+    name: str,
+    *,
+    selects_layers: bool = False,
+    skip: bool = False,
+    reports_as: str | None = None,
+    help: str = "",
+    **flags: bool,
 ) -> Callable[[Callable], Callable]:
-    """Decorator: register ``freeze(model, layers, options)`` as strategy ``name``."""
+    """Decorator: register ``freeze(model, layers, options)`` as strategy ``name`` (``flags``:
+    :class:`Strategy`'s other flags, e.g. ``probe_first=True``)."""
 
     def deco(fn: Callable) -> Callable:
-        STRATEGY_REGISTRY.register(name)(Strategy(name, fn, selects_layers, skip, reports_as))
+        strategy = Strategy(name, fn, selects_layers, skip, reports_as, help=help, **flags)
+        STRATEGY_REGISTRY.register(name)(strategy)
         return fn
 
     return deco
-
-
-class TunedModel(nn.Module):
-    """A backbone whose classifier is replaced by a fresh head, with an optional skip.
-
-    ``forward(x)`` returns logits; ``forward(x, return_features=True)`` returns
-    ``(logits, features)`` where ``features`` is exactly what the head sees: the
-    penultimate (pre-logits) features, or for SCL the concatenation
-    ``[pool(skip block output), penultimate]``.
-
-    Attributes:
-        backbone: the timm/torchvision model, its classifier set to ``nn.Identity``.
-        head: ``nn.Linear(in_features, num_classes)``.
-        head_drop: ``nn.Dropout(head_dropout)`` before the head.
-        skip_block: module path (inside ``backbone``) feeding the skip connection, or None.
-        in_features: the head's input width: the penultimate width, plus the skip
-            block's pooled width for SCL.
-        num_classes: K, the head's output count.
-        config: JSON-ready description :func:`nctune.runs.artifacts.load_finetuned` rebuilds from.
-        input_config: the backbone's :class:`~nctune.backbones.InputConfig`.
-
-    Args:
-        backbone: the pretrained backbone; its model is reused (not copied) and loses its
-            classifier.
-        num_classes: K.
-        skip_block: a block of ``backbone`` whose pooled output also feeds the head (SCL).
-        token_pool: ``'cls'`` or ``'mean'``: how the skip block's token maps are pooled.
-        head_dropout: dropout probability before the head.
-
-    Raises:
-        ConfigError: ``skip_block`` is not one of the backbone's blocks.
-        BackboneError: the backbone's blocks cannot be measured, or its metadata cannot
-            be recorded.
-    """
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        num_classes: int,
-        *,
-        skip_block: str | None = None,
-        token_pool: str = "cls",
-        head_dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        num_features = backbone.num_features  # read before the classifier is removed
-        #: JSON-ready description that :func:`nctune.runs.artifacts.load_finetuned` rebuilds from.
-        self.config = {
-            "backbone": backbone.metadata(),
-            "backbone_spec": backbone.spec,
-            "classifier_name": backbone.classifier_name,
-            "num_classes": num_classes,
-            "skip_block": skip_block,
-            "token_pool": token_pool,
-            "head_dropout": head_dropout,
-            "input_config": dataclasses.asdict(backbone.input_config),
-        }
-        self.input_config = backbone.input_config
-        self.backbone = backbone.model
-        self.backbone.set_submodule(backbone.classifier_name, nn.Identity())
-        self.skip_block = skip_block
-        self.num_classes = num_classes
-        self._token_pool = token_pool
-        self._prefix_tokens = backbone.num_prefix_tokens
-        self._skip_feats: torch.Tensor | None = None
-        skip_dim = 0
-        if skip_block is not None:
-            info = {b.name: b for b in backbone.blocks()}
-            if skip_block not in info:
-                raise ConfigError(
-                    f"strategy.layers: {skip_block!r} is not a block of {backbone.spec}"
-                )
-            skip_dim = info[skip_block].dim
-            self._skip_layout = info[skip_block].layout
-            self.backbone.get_submodule(skip_block).register_forward_hook(self._capture)
-        self.in_features = num_features + skip_dim
-        self.head_drop = nn.Dropout(head_dropout)
-        self.head = nn.Linear(self.in_features, num_classes)
-
-    def set_input_config(self, input_config: Any) -> None:
-        """Record the input config the model is trained and evaluated with.
-
-        The backbone's default size is not always the one used (``data.image_size``
-        overrides it); what is recorded here is saved with the weights, so a reloaded
-        model preprocesses new images exactly as its validation and test images were.
-
-        Args:
-            input_config: a :class:`~nctune.backbones.InputConfig`.
-        """
-        self.input_config = input_config
-        self.config["input_config"] = dataclasses.asdict(input_config)
-
-    def _capture(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        self._skip_feats = pool(output, self._skip_layout, self._token_pool, self._prefix_tokens)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """What the head sees, ``(B, in_features)``.
-
-        Args:
-            x: an image batch.
-
-        Returns:
-            The penultimate features, or for SCL ``[pool(skip block output),
-            penultimate]`` concatenated along the feature axis.
-        """
-        feats = self.backbone(x).flatten(1)  # 1x1-conv heads leave (B, C, 1, 1)
-        if self.skip_block is not None:
-            skip, self._skip_feats = self._skip_feats, None
-            feats = torch.cat([skip.to(feats.dtype), feats], dim=1)
-        return feats
-
-    def train(self, mode: bool = True) -> TunedModel:
-        """Train mode, except frozen BatchNorm layers stay in eval mode.
-
-        A frozen BatchNorm in train mode would still normalise with batch statistics and
-        update its running averages: the "frozen" features would drift with the batch
-        composition (harmful with small downstream batches) and a cached prefix would no
-        longer be a fixed function of the image. A BatchNorm without affine parameters
-        stays in eval mode when no backbone parameter trains.
-
-        Args:
-            mode: True for training mode, False for eval mode (as ``nn.Module.train``).
-
-        Returns:
-            ``self``.
-        """
-        super().train(mode)
-        if mode:
-            nothing_trains = not any(p.requires_grad for p in self.backbone.parameters())
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._NormBase):
-                    own = list(m.parameters(recurse=False))
-                    if (own and not any(p.requires_grad for p in own)) or (
-                        not own and nothing_trains
-                    ):
-                        m.eval()
-        return self
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        """Logits for an image batch: ``head(dropout(features(x)))``.
-
-        Args:
-            x: an image batch ``(B, C, T, T)``.
-            return_features: also return what the head sees.
-
-        Returns:
-            ``logits`` ``(B, num_classes)``, or ``(logits, features)`` with
-            ``return_features`` (features ``(B, in_features)``).
-        """
-        feats = self.features(x)
-        logits = self.head(self.head_drop(feats))
-        return (logits, feats) if return_features else logits
 
 
 @dataclass
@@ -320,6 +188,8 @@ def _freeze_all_but(model: TunedModel, layers: list[str]) -> None:
 
 def _adaptable(mod: nn.Module) -> bool:
     """LoRA (PEFT) can wrap it at any rank: an ``nn.Linear`` or an ungrouped ``nn.Conv2d``."""
+    from torch import nn
+
     return isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1)
 
 
@@ -347,6 +217,8 @@ def lora_targets(
             ``nn.Linear``/``nn.Conv2d`` or is a grouped convolution, or nothing is left
             to adapt.
     """
+    from torch import nn
+
     named = dict(backbone.named_modules())
     if explicit:
         out = []
@@ -446,6 +318,8 @@ def apply_strategy(
             f"strategy.layers: scl tunes exactly one block, got {len(names)}: {', '.join(names)}"
         )
 
+    from nctune.training.heads import TunedModel  # torch, loaded when a model is built
+
     model = TunedModel(
         backbone,
         num_classes,
@@ -467,15 +341,15 @@ def apply_strategy(
         selection=selection,
         trainable_params=count_params(trained, trainable=True),
         total_params=count_params(trained),
-        phase="probe" if strategy == "lp-ft" else "main",
+        phase="probe" if spec.probe_first else "main",
         _lora=trained is not model,
     )
-    if strategy == "lp-ft":  # report the larger, full phase
+    if spec.probe_first:  # report the larger, full phase
         applied.trainable_params = applied.total_params
     return applied
 
 
-@register_strategy("linear")
+@register_strategy("linear", help="the head only, a linear probe on frozen features")
 def _linear(
     model: TunedModel, layers: list[str] | None, options: dict
 ) -> tuple[nn.Module, list[str]]:
@@ -483,14 +357,14 @@ def _linear(
     return model, []
 
 
-@register_strategy("full")
+@register_strategy("full", help="everything")
 def _full(
     model: TunedModel, layers: list[str] | None, options: dict
 ) -> tuple[nn.Module, list[str]]:
     return model, ["*"]
 
 
-@register_strategy("layers", selects_layers=True)
+@register_strategy("layers", selects_layers=True, help="the named blocks + the head")
 def _layers(
     model: TunedModel, layers: list[str] | None, options: dict
 ) -> tuple[nn.Module, list[str]]:
@@ -498,10 +372,15 @@ def _layers(
     return model, list(layers)
 
 
-register_strategy("scl", selects_layers=True, skip=True)(_layers)
+register_strategy(
+    "scl",
+    selects_layers=True,
+    skip=True,
+    help="one block + a head fed by that block and the penultimate features",
+)(_layers)
 
 
-@register_strategy("lora")
+@register_strategy("lora", adapters=True, help="PEFT LoRA adapters + the head")
 def _lora_adapters(
     model: TunedModel, layers: list[str] | None, options: dict
 ) -> tuple[nn.Module, list[str]]:
@@ -539,7 +418,7 @@ def _lora_adapters(
     return peft_model, layers or ["*"]
 
 
-@register_strategy("lp-ft")
+@register_strategy("lp-ft", probe_first=True, help="probe, then full at a lower rate")
 def _lp_ft(
     model: TunedModel, layers: list[str] | None, options: dict
 ) -> tuple[nn.Module, list[str]]:
@@ -547,7 +426,32 @@ def _lp_ft(
     return model, ["*"]
 
 
-register_strategy("auto", selects_layers=True, skip=True, reports_as="scl")(_layers)
+register_strategy(
+    "auto",
+    selects_layers=True,
+    skip=True,
+    reports_as="scl",
+    help="NC-guided block choice, then scl",
+)(_layers)
 
 #: Registered strategy names, in registration order.
 STRATEGIES = tuple(STRATEGY_REGISTRY.names())
+
+
+def strategies_help(sep: str = ", ") -> str:
+    """Every registered strategy with its help line: ``'linear (the head only …), full
+    (everything), …'`` — the text of ``strategy.name``'s description and the CLI's help.
+
+    Args:
+        sep: what joins the entries.
+    """
+    return sep.join(f"{s.name} ({s.help})" for s in map(STRATEGY_REGISTRY.get, STRATEGIES))
+
+
+def __getattr__(name: str) -> Any:
+    # TunedModel lived here before it had its own module; it loads torch, so on first use
+    if name == "TunedModel":
+        from nctune.training.heads import TunedModel
+
+        return TunedModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

