@@ -353,6 +353,51 @@ def _agreement(candidates: list[Candidate], metric: str) -> dict[str, dict[str, 
     return out
 
 
+def _score(
+    row: Candidate, recipe: Recipe, device: torch.device, progress: Callable[..., None] | None
+) -> tuple[str, int] | None:
+    """One candidate's streaming pass and scores, into ``row``; a candidate that fails
+    becomes a failed row (``ok`` False, its one-line reason).
+
+    Returns:
+        The data's source name and class count once the data loaded, else None.
+    """
+    cfg, text = recipe.rank, row.spec
+    labelled = (lambda p, d, t: progress(f"{text}: {p}", d, t)) if progress else None
+    loaded = None
+    t0 = time.perf_counter()
+    try:
+        torch.manual_seed(recipe.seed)  # a random-init candidate is the same in validation
+        backbone = create_backbone(BackboneConfig(name=row.backbone, pretrained=row.pretrained))
+        data_cfg = recipe.data.model_copy(update={"augment": False})
+        splits = build_data(data_cfg, backbone.input_config, seed=recipe.seed)
+        loaded = splits.source, splits.num_classes
+        row.image_size = splits.image_size
+        train_y = np.asarray(profiled_train(splits, recipe).targets)
+        positions = {"train": stratified_indices(train_y, cfg.subsample, seed=recipe.seed)}
+        if splits.val is not None:
+            val_y = np.asarray(splits.val.targets)
+            positions["val"] = stratified_indices(val_y, cfg.subsample, seed=recipe.seed)
+        keep = _Keep(positions)
+        t1 = time.perf_counter()
+        profile = profile_recipe(backbone, splits, recipe, device, labelled, features=keep)
+        t2 = time.perf_counter()
+        row.scores, row.best_block = _nc_scores(profile)
+        row.scores.update(_score_features(keep, cfg.knn_k))
+        t3 = time.perf_counter()
+    except CANDIDATE_ERRORS as err:
+        row.ok, row.reason = False, one_line(err, 240)
+        row.seconds["load"] = time.perf_counter() - t0
+        return loaded
+    finally:
+        backbone = splits = keep = None  # free this candidate before the next loads
+        gc.collect()
+    row.num_samples, row.dim = profile.num_samples, profile.penultimate.dim
+    row.subsample = len(positions["train"])
+    row.seconds = {"load": t1 - t0, "pass": t2 - t1, "scores": t3 - t2}
+    return loaded
+
+
 def rank(
     recipe: Recipe,
     backbones: list[str] | None = None,
@@ -405,44 +450,15 @@ def rank(
     if cfg.validation is not None:
         _rank_correlations()  # a missing scipy fails now, not after every pass
     device = resolve_device(recipe.device)
-    data_cfg = recipe.data.model_copy(update={"augment": False})
     result = Ranking(
         [], cfg.by, subsample=cfg.subsample, knn_k=cfg.knn_k, validation=cfg.validation
     )
-
     for text, name, pretrained in candidates:
         row = Candidate(text, name, pretrained)
         result.candidates.append(row)
-        labelled = (lambda p, d, t, text=text: progress(f"{text}: {p}", d, t)) if progress else None
-        t0 = time.perf_counter()
-        try:
-            torch.manual_seed(recipe.seed)  # a random-init candidate is the same in validation
-            backbone = create_backbone(BackboneConfig(name=name, pretrained=pretrained))
-            splits = build_data(data_cfg, backbone.input_config, seed=recipe.seed)
-            result.dataset, result.num_classes = splits.source, splits.num_classes
-            row.image_size = splits.image_size
-            train_y = np.asarray(profiled_train(splits, recipe).targets)
-            positions = {"train": stratified_indices(train_y, cfg.subsample, seed=recipe.seed)}
-            if splits.val is not None:
-                val_y = np.asarray(splits.val.targets)
-                positions["val"] = stratified_indices(val_y, cfg.subsample, seed=recipe.seed)
-            keep = _Keep(positions)
-            t1 = time.perf_counter()
-            profile = profile_recipe(backbone, splits, recipe, device, labelled, features=keep)
-            t2 = time.perf_counter()
-            row.scores, row.best_block = _nc_scores(profile)
-            row.scores.update(_score_features(keep, cfg.knn_k))
-            t3 = time.perf_counter()
-        except CANDIDATE_ERRORS as err:
-            row.ok, row.reason = False, one_line(err, 240)
-            row.seconds["load"] = time.perf_counter() - t0
-            continue
-        finally:
-            backbone = splits = keep = None  # free this candidate before the next loads
-            gc.collect()
-        row.num_samples, row.dim = profile.num_samples, profile.penultimate.dim
-        row.subsample = len(positions["train"])
-        row.seconds = {"load": t1 - t0, "pass": t2 - t1, "scores": t3 - t2}
+        loaded = _score(row, recipe, device, progress)
+        if loaded is not None:
+            result.dataset, result.num_classes = loaded
 
     if cfg.validation is not None:
         for row in result.candidates:

@@ -9,6 +9,7 @@ help texts come from those registries. :mod:`nctune.config` assembles the sectio
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -260,7 +261,10 @@ class StrategyConfig(Section):
             :data:`~nctune.selection.DEFAULT_RULE`) and its keyword parameters.
         """
         name = rule or self.rule or DEFAULT_RULE
-        return name, ({"threshold": self.threshold} if name == "knee" else {})
+        # the rule's own signature says which recipe parameters it takes (knee: threshold);
+        # an unknown name is left for select_layers to refuse
+        takes = inspect.signature(RULES.get(name)).parameters if name in RULES else {}
+        return name, ({"threshold": self.threshold} if "threshold" in takes else {})
 
 
 class TrainConfig(Section):
