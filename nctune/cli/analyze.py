@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
@@ -15,12 +13,11 @@ from nctune.cli.common import (
     apply_threads,
     claim_out,
     default_out,
-    emit_json,
     handle_errors,
     progress_bar,
-    set_verbosity,
 )
-from nctune.runs._io import atomic_write_json, atomic_write_text, staged_dir, to_json
+from nctune.cli.render import Output, render
+from nctune.runs._io import atomic_write_json, atomic_write_text, staged_dir
 
 
 @handle_errors
@@ -43,7 +40,6 @@ def analyze(
     from nctune.report import plot_profile, profile_table
     from nctune.runs._io import check_replaceable, check_writable
 
-    set_verbosity(quiet, verbose, json_)
     cfg = apply_threads(load_recipe(recipe, set_), threads)
     out = check_writable(out or default_out(recipe, "analyze"))
     out = check_replaceable(claim_out(out), "analysis.json")
@@ -56,13 +52,17 @@ def analyze(
         atomic_write_json(tmp / "analysis.json", doc)
         atomic_write_text(tmp / "recipe.yaml", cfg.to_yaml())
         plot_profile(result.profile, tmp / "collapse.png", result.recommendation)
-    if json_:
-        emit_json(to_json(doc))
-        return
-    console = Console()
-    console.print(profile_table(result.profile, result.recommendation))
     rec = result.recommendation
-    console.print(
-        f"[bold]Recommendation[/] ({rec.rule}): tune [green]{', '.join(rec.layers)}[/] — {rec.reason}."
+    summary = Output(
+        doc,
+        body=[
+            profile_table(result.profile, rec),
+            (
+                f"[bold]Recommendation[/] ({rec.rule}): tune [green]{', '.join(rec.layers)}[/] — "
+                f"{rec.reason}."
+            ),
+        ],
+        folder=out,
+        files=("analysis.json", "collapse.png", "recipe.yaml"),
     )
-    console.print(f"Results in [cyan]{out}[/] (analysis.json, collapse.png, recipe.yaml)")
+    render(summary, json_)

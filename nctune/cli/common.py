@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,7 +27,6 @@ from rich.progress import (
 
 from nctune.errors import NctuneError, one_line
 from nctune.runs._lock import FolderClaim, recover_orphans
-from nctune.training.strategies import STRATEGIES  # torch-free: --help stays light
 
 # Annotated option aliases, defined once (Typer's one-file-per-command style).
 RecipeArg = Annotated[
@@ -78,13 +76,9 @@ Most used overrides, --set key.path=value (repeatable):
   data.source=imagefolder data.path=DIR  your images (class folders)
   device=cuda                            auto, cpu, cuda, cuda:1, mps
   train.epochs=5                         epochs
-  strategy.name=scl                      {strategies}
+  strategy.name=scl                      auto, linear, full, layers, scl, lora
   strategy.layers=\\[layer3.1]             blocks to tune (see nctune analyze)
-""".format(  # every registered strategy, in registry order, wrapped to fit 80 columns
-    strategies=f"\n{' ' * 41}".join(
-        textwrap.wrap(", ".join(STRATEGIES), 80 - 41 - 3, break_on_hyphens=False)
-    )
-)
+"""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -161,14 +155,10 @@ def handle_errors(fn: F) -> F:
                 with _dist().process_group():
                     return fn(*args, **kwargs)
             except NctuneError as err:
-                err_console.print(  # escaped: a message may hold [brackets] (paths, extras)
-                    f"[bold red]error:[/] {escape(one_line(err))}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                print_error(err)
                 raise typer.Exit(_dist().exit_code(err)) from None
             except KeyboardInterrupt:  # results are staged: nothing half-written is left
-                err_console.print("interrupted; nothing was written to --out", soft_wrap=True)
+                notice("interrupted; nothing was written to --out")
                 raise typer.Exit(130) from None
             finally:
                 _command_stack.reset(token)
@@ -219,6 +209,19 @@ def _dist():
     return distributed
 
 
+def print_error(err: BaseException | str) -> None:
+    """The one error line on stderr: ``error: <the error on one line>``."""
+    # escaped: a message may hold [brackets] (paths, extras)
+    err_console.print(
+        f"[bold red]error:[/] {escape(one_line(err))}", highlight=False, soft_wrap=True
+    )
+
+
+def notice(text: str) -> None:
+    """A plain line (no markup) on stderr for the user, e.g. how to continue a stopped run."""
+    err_console.print(escape(text), soft_wrap=True, highlight=False)
+
+
 def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
     seen = set()
     for w in caught:
@@ -229,12 +232,6 @@ def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
         if msg not in seen:
             seen.add(msg)
             err_console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
-
-
-def emit_json(text: str) -> None:
-    """Write the result JSON alone on stdout."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
 
 
 #: Output level of the progress display: -1 quiet, 0 normal, 1 verbose (-q / -v).

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from nctune.cli.common import JsonOpt, emit_json, handle_errors, main_process_only
+from nctune.cli.common import JsonOpt, handle_errors, main_process_only
+from nctune.cli.render import Output, render
 
 RunArg = Annotated[
     Path, typer.Argument(help="Run folder of nctune finetune (or its model.safetensors).")
@@ -63,7 +63,6 @@ def export(
     The graph's input is float32 pixels in [0, 1], resized and centre-cropped as the run's
     input config says (stored in the file's metadata).
     """
-    from nctune.runs._io import to_json
     from nctune.serving.export import export_run
 
     result = export_run(
@@ -75,16 +74,13 @@ def export(
         tolerance=tolerance,
         images=images,
     )
-    if json_:
-        emit_json(to_json(result.to_dict()))
-        return
     pre = result.preprocessing
-    Console().print(
+    line = (
         f"Wrote [cyan]{escape(str(result.path))}[/] ({result.format}); verified on {result.num_images} "
         f"validation images: max |Δlogit| {result.max_abs_diff:.2g} "
         f"(tolerance {result.tolerance:g}).\nInput 'pixels': float32 "
         f"{result.input['shape']} in [0, 1] — RGB, resize shorter side to "
         f"{pre['resize_shorter_side']} ({pre['interpolation']}), centre-crop "
-        f"{pre['center_crop']}, divide by 255; normalisation is inside the graph.",
-        highlight=False,
+        f"{pre['center_crop']}, divide by 255; normalisation is inside the graph."
     )
+    render(Output(result.to_dict(), body=[line], highlight=False), json_)

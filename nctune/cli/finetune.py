@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from nctune.cli.common import (
     JsonOpt,
@@ -23,14 +22,13 @@ from nctune.cli.common import (
     apply_threads,
     claim_out,
     default_out,
-    emit_json,
     err_console,
     handle_errors,
     progress_bar,
-    set_verbosity,
 )
+from nctune.cli.render import Output, render
 from nctune.errors import ArtifactError, Interrupted, NctuneError, TrainingError
-from nctune.runs._io import atomic_write_text, check_writable, to_json
+from nctune.runs._io import atomic_write_text, check_writable
 
 ResumeOpt = Annotated[
     Path | None,
@@ -141,7 +139,6 @@ def finetune(
     from nctune.runs.artifacts import RECIPE_FILE, save_run
     from nctune.training.checkpoint import CHECKPOINT
 
-    set_verbosity(quiet, verbose, json_)
     cfg = apply_threads(load_recipe(recipe, set_), threads)
     if resume is not None:
         run_dir = claim_out(resume, "--resume")
@@ -247,13 +244,10 @@ def finetune(
             f"{err}; the run's checkpoint is kept: free space and continue with {again}"
         ) from None
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # complete: model.safetensors replaces it
-    doc = result.to_dict()
-    if json_:
-        emit_json(to_json(doc))
-        return
-    console = Console()
-    for table in finetune_tables(result):
-        console.print(table)
-    console.print(
-        f"Results in [cyan]{run_dir}[/] (report.json, model.safetensors, metrics.csv, training.png, recipe.yaml)"
+    summary = Output(
+        result.to_dict(),
+        body=list(finetune_tables(result)),
+        folder=run_dir,
+        files=("report.json", "model.safetensors", "metrics.csv", "training.png", "recipe.yaml"),
     )
+    render(summary, json_)

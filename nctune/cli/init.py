@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from nctune.cli.common import JsonOpt, SetOpt, emit_json, handle_errors
+from nctune.cli.common import JsonOpt, SetOpt, handle_errors
+from nctune.cli.render import Column, Output, records_table, render
 from nctune.errors import ArtifactError, ConfigError
 
 DataOpt = Annotated[
@@ -37,23 +36,25 @@ FieldsOpt = Annotated[
 ]
 
 
+def _unquoted(text: str) -> str:
+    return text.replace("`", "")
+
+
+#: ``nctune init --fields``: the table's columns; ``--json`` prints the same records.
+FIELD_COLUMNS = (
+    Column("key", header="field", style="cyan", no_wrap=True),
+    Column("type", show=_unquoted),
+    Column("default", show=_unquoted),
+    Column("description", ratio=1),
+)
+
+
 def _fields(json_: bool) -> None:
     from nctune.recipe_fields import field_rows
-    from nctune.runs._io import to_json
 
-    rows = field_rows()
-    if json_:
-        emit_json(to_json([{"key": r.key, "type": r.type, "default": r.default,
-                            "description": r.description} for r in rows]))  # fmt: skip
-        return
-    table = Table(title="Recipe fields (also in docs/recipes.md)", header_style="bold")
-    table.add_column("field", no_wrap=True, style="cyan")
-    table.add_column("type")
-    table.add_column("default")
-    table.add_column("description", ratio=1)
-    for r in rows:
-        table.add_row(r.key, r.type.replace("`", ""), r.default.replace("`", ""), r.description)
-    Console().print(table)
+    rows = [{c.key: getattr(r, c.key) for c in FIELD_COLUMNS} for r in field_rows()]
+    table = records_table(rows, FIELD_COLUMNS, title="Recipe fields (also in docs/recipes.md)")
+    render(Output(rows, body=[table]), json_)
 
 
 @handle_errors
@@ -71,7 +72,7 @@ def init(
     nctune init --data PATH/TO/IMAGEFOLDER --backbone timm:resnet50 writes recipe.yaml;
     then `nctune analyze recipe.yaml` and `nctune finetune recipe.yaml`.
     """
-    from nctune.runs._io import atomic_write_text, to_json
+    from nctune.runs._io import atomic_write_text
     from nctune.starter import starter_recipe
 
     if fields:
@@ -87,12 +88,11 @@ def init(
         raise ArtifactError(f"--out {out}: is a folder; give the recipe file's path")
     starter = starter_recipe(data, backbone, set_)
     atomic_write_text(out, starter.text.replace("THIS_FILE", str(out)))
-    if json_:
-        emit_json(to_json(starter.recipe.model_dump(mode="json")))
-        return
-    console = Console(highlight=False)
-    console.print(
-        f"Wrote [cyan]{out}[/]: {starter.recipe.backbone.name} on {len(starter.classes)} classes, "
-        f"{starter.images} images in {data}."
-    )
-    console.print(f"Next: nctune analyze {out}   then   nctune finetune {out}")
+    lines = [
+        (
+            f"Wrote [cyan]{out}[/]: {starter.recipe.backbone.name} on {len(starter.classes)} "
+            f"classes, {starter.images} images in {data}."
+        ),
+        f"Next: nctune analyze {out}   then   nctune finetune {out}",
+    ]
+    render(Output(starter.recipe.model_dump(mode="json"), body=lines, highlight=False), json_)

@@ -10,19 +10,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from nctune.cli.common import (
     JsonOpt,
-    emit_json,
     err_console,
     handle_errors,
     main_process_only,
+    notice,
     progress_bar,
 )
+from nctune.cli.render import Output, render
 from nctune.errors import ArtifactError, DataError
-from nctune.runs._io import check_writable, to_json
+from nctune.runs._io import check_writable
 
 RunArg = Annotated[
     Path, typer.Argument(help="Run folder of nctune finetune (or its model.safetensors).")
@@ -137,11 +137,7 @@ def predict(
             os.fsync(f.fileno())
         os.replace(partial, out)
     except KeyboardInterrupt:
-        err_console.print(
-            f"interrupted; the rows predicted so far are in {partial} ({out} not written)",
-            soft_wrap=True,
-            highlight=False,
-        )
+        notice(f"interrupted; the rows predicted so far are in {partial} ({out} not written)")
         raise typer.Exit(130) from None
     except OSError as err:  # e.g. the disk filled up: one line, no half-written --out
         partial.unlink(missing_ok=True)
@@ -156,11 +152,8 @@ def predict(
         "num_failed": failed,
         "predictions": rows,
     }
-    if json_:
-        emit_json(to_json(summary))
-        return
-    Console().print(
+    line = (
         f"Predicted {len(rows) - failed} of {len(rows)} images ({failed} failed) → "
-        f"[cyan]{escape(str(out))}[/]",
-        highlight=False,
+        f"[cyan]{escape(str(out))}[/]"
     )
+    render(Output(summary, body=[line], highlight=False), json_)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from nctune.cli.common import (
     JsonOpt,
@@ -18,18 +17,17 @@ from nctune.cli.common import (
     apply_threads,
     claim_out,
     default_out,
-    emit_json,
     handle_errors,
     main_process_only,
     progress_bar,
 )
+from nctune.cli.render import Output, render
 from nctune.runs._io import (
     atomic_write_json,
     atomic_write_text,
     check_replaceable,
     check_writable,
     staged_dir,
-    to_json,
 )
 
 BackbonesOpt = Annotated[
@@ -102,16 +100,13 @@ def rank(
         atomic_write_json(tmp / "ranking.json", doc)
         atomic_write_text(tmp / "recipe.yaml", resolved.to_yaml())
         plot_ranking(result, tmp / "ranking.png")
-    if json_:
-        emit_json(to_json(doc))
-        return
-    console = Console()
-    console.print(ranking_table(result))
-    for line in disagreements(result):
-        console.print(f"[yellow]disagreement[/] {line}")
+    body = [ranking_table(result), *(f"[yellow]disagreement[/] {d}" for d in disagreements(result))]
     if result.agreement:
-        console.print(agreement_table(result))
+        body.append(agreement_table(result))
     best = next((c for c in result.ranked() if c.ok), None)
     if best is not None:
-        console.print(f"[bold]Start from[/] [green]{best.spec}[/] (best by {result.by}).")
-    console.print(f"Results in [cyan]{out}[/] (ranking.json, ranking.png, recipe.yaml)")
+        body.append(f"[bold]Start from[/] [green]{best.spec}[/] (best by {result.by}).")
+    summary = Output(
+        doc, body=body, folder=out, files=("ranking.json", "ranking.png", "recipe.yaml")
+    )
+    render(summary, json_)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from nctune.cli.common import (
     JsonOpt,
@@ -18,18 +17,16 @@ from nctune.cli.common import (
     apply_threads,
     claim_out,
     default_out,
-    emit_json,
     handle_errors,
     progress_bar,
-    set_verbosity,
 )
+from nctune.cli.render import Output, console_width, render
 from nctune.runs._io import (
     atomic_write_json,
     atomic_write_text,
     check_replaceable,
     check_writable,
     staged_dir,
-    to_json,
 )
 
 BlocksOpt = Annotated[
@@ -64,7 +61,6 @@ def sweep(
     from nctune.report import plot_sweep, sweep_table
     from nctune.sweep import layer_sweep
 
-    set_verbosity(quiet, verbose, json_)
     cfg = apply_threads(load_recipe(recipe, set_), threads)
     out = check_writable(out or default_out(recipe, "sweep"))
     out = check_replaceable(claim_out(out), "sweep.json")
@@ -80,17 +76,19 @@ def sweep(
         atomic_write_json(tmp / "sweep.json", doc)
         atomic_write_text(tmp / "recipe.yaml", cfg.to_yaml())
         plot_sweep(result, tmp / "layer_sweep.png")
-    if json_:
-        emit_json(to_json(doc))
-        return
-    console = Console()
-    console.print(sweep_table(result, width=console.width))
+    lines = []
     for rule, regret in result.regret.items():
         if all(g is None for g in regret.values()):
-            console.print(f"rule [bold]{rule}[/] picks {result.picks[rule]} (not swept)")
+            lines.append(f"rule [bold]{rule}[/] picks {result.picks[rule]} (not swept)")
             continue
         gaps = ", ".join(f"{m}: {g:.2f} pts" for m, g in regret.items() if g is not None)
-        console.print(
+        lines.append(
             f"rule [bold]{rule}[/] picks {result.picks[rule]} — below the best swept block by {gaps}"
         )
-    console.print(f"Results in [cyan]{out}[/] (sweep.json, layer_sweep.png, recipe.yaml)")
+    summary = Output(
+        doc,
+        body=[sweep_table(result, width=console_width()), *lines],
+        folder=out,
+        files=("sweep.json", "layer_sweep.png", "recipe.yaml"),
+    )
+    render(summary, json_)

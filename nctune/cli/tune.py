@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
 from nctune.cli.common import (
     JsonOpt,
@@ -19,13 +19,14 @@ from nctune.cli.common import (
     VerboseOpt,
     apply_threads,
     default_out,
-    emit_json,
     err_console,
     handle_errors,
+    notice,
+    print_error,
     progress_bar,
 )
 from nctune.cli.finetune import _StopFlag
-from nctune.runs._io import to_json
+from nctune.cli.render import Output, render
 
 TrialsOpt = Annotated[
     int | None,
@@ -112,27 +113,24 @@ def tune(
     except SearchFailedError as err:
         if err.bad_input:
             raise
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        print_error(err)
         raise typer.Exit(1) from None
-    doc = result.to_dict()
-    if json_:
-        emit_json(to_json(doc))
-    else:
-        console = Console()
-        for table in search_tables(result):
-            console.print(table)
-        if result.best is not None:
-            console.print(
-                f"Best: trial {result.best.number} ({result.metric} {result.best.value:.4g}); "
-                f"reproduce it with [cyan]nctune finetune {result.best_recipe}[/]"
-            )
-        console.print(
-            f"Results in [cyan]{Path(result.out)}[/] (search.json, search.png, best.yaml, trials/); "
-            f"study {result.study_name} in {result.storage}"
+    body = list(search_tables(result))
+    if result.best is not None:
+        body.append(
+            f"Best: trial {result.best.number} ({result.metric} {result.best.value:.4g}); "
+            f"reproduce it with [cyan]nctune finetune {escape(str(result.best_recipe))}[/]"
         )
+    summary = Output(
+        result.to_dict(),
+        body=body,
+        folder=Path(result.out),
+        files=("search.json", "search.png", "best.yaml", "trials/"),
+        note=f"; study {escape(result.study_name)} in {escape(result.storage)}",
+    )
+    render(summary, json_)
     if result.interrupted:
-        err_console.print(
-            "interrupted; finished trials are kept in the study: run the same command to continue",
-            soft_wrap=True,
+        notice(
+            "interrupted; finished trials are kept in the study: run the same command to continue"
         )
         raise typer.Exit(130)
