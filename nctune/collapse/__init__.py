@@ -6,12 +6,8 @@ Imports only torch (and :mod:`nctune.errors`): no model, data or rendering code.
 from nctune.collapse.distributed import all_reduce_stats
 from nctune.collapse.functional import PINV_RTOL, nc2_from_means, nc3, ncc_accuracy, ncc_predict
 from nctune.collapse.matrix import cdnv, nc1, nc2, trace_ratio
-from nctune.collapse.stats import (
-    DEFAULT_MAX_FULL_DIM,
-    CollapseMetrics,
-    CollapseStats,
-    CollapseWarning,
-)
+from nctune.collapse.metrics import CollapseMetrics
+from nctune.collapse.stats import DEFAULT_MAX_FULL_DIM, CollapseStats, CollapseWarning
 from nctune.errors import CollapseError
 
 __all__ = [

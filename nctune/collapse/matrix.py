@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from nctune.collapse.stats import CollapseMetrics, CollapseStats
+from nctune.collapse.metrics import CollapseMetrics
+from nctune.collapse.stats import CollapseStats
 
 
 def _full(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None) -> CollapseMetrics:

@@ -1,14 +1,15 @@
-"""Streaming neural-collapse statistics: :class:`CollapseStats` and :class:`CollapseMetrics`."""
+"""Streaming neural-collapse statistics: :class:`CollapseStats` (its result type,
+:class:`~nctune.collapse.metrics.CollapseMetrics`, and its input checks live next to it)."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
+from nctune.collapse.checks import as_tensor, check_batch
 from nctune.collapse.functional import (
     PINV_RTOL,
     _batch_sums,
@@ -20,10 +21,9 @@ from nctune.collapse.functional import (
     _trace_ratio,
     accumulation_device,
     nc2_from_means,
-    nc3,
-    ncc_accuracy,
 )
-from nctune.errors import CollapseError, one_line
+from nctune.collapse.metrics import CollapseMetrics
+from nctune.errors import CollapseError
 
 Mode = Literal["auto", "full", "two_pass"]
 
@@ -34,108 +34,6 @@ DEFAULT_MAX_FULL_DIM = 4096
 
 class CollapseWarning(UserWarning):
     """Emitted when declared classes have no samples and are left out of the metrics."""
-
-
-@dataclass(frozen=True)
-class CollapseMetrics:
-    """Neural-collapse metrics of one set of features (one layer).
-
-    Attributes:
-        nc1: (1/K) tr(Σ_W Σ_B⁺), within-class variability relative to between-class.
-        trace_ratio: tr Σ_W / tr Σ_B.
-        cdnv: mean over class pairs of (σ_i² + σ_j²) / (2‖μ_i − μ_j‖²).
-        nc2_equinorm: std_k ‖μ_k − μ_G‖ / mean_k ‖μ_k − μ_G‖.
-        nc2_equiangle: mean_{i<j} |cos(μ_i − μ_G, μ_j − μ_G) + 1/(K−1)|.
-        num_samples: N, samples seen.
-        num_classes: K, classes with at least one sample (the K of every formula).
-        dim: D, feature width.
-        within_trace: tr Σ_W.
-        between_trace: tr Σ_B.
-        classes: ``(K,)`` labels of the classes present, in order.
-        class_counts: ``(K,)`` samples per present class.
-        class_means: ``(K, D)`` float64 class means μ_k (for NC3 and NCC).
-        global_mean: ``(D,)`` float64 mean of all samples μ_G.
-        mode: ``"full"`` or ``"two_pass"``, how Σ_W was accumulated.
-    """
-
-    nc1: float
-    trace_ratio: float
-    cdnv: float
-    nc2_equinorm: float
-    nc2_equiangle: float
-    num_samples: int
-    num_classes: int
-    dim: int
-    within_trace: float
-    between_trace: float
-    classes: torch.Tensor = field(repr=False)
-    class_counts: torch.Tensor = field(repr=False)
-    class_means: torch.Tensor = field(repr=False)
-    global_mean: torch.Tensor = field(repr=False)
-    mode: str = "full"
-
-    def nc3(self, classifier_weight: torch.Tensor) -> float:
-        """NC3 against a ``(K_declared, D)`` classifier weight (rows of present classes used).
-
-            NC3 = ‖ W/‖W‖_F − Mᶜᵀ/‖Mᶜ‖_F ‖_F,   Mᶜ = [μ_k − μ_G]  (D×K)
-
-        where W keeps the rows ``classifier_weight[self.classes]``.
-
-        Args:
-            classifier_weight: ``(K_declared, D)`` last-layer weight, one row per declared
-                class in label order.
-
-        Returns:
-            A value in [0, 2]; 0 when W ∝ Mᶜᵀ.
-
-        Raises:
-            ValueError: the selected weight's shape differs from ``class_means``.
-        """
-        w = classifier_weight.detach().to(self.class_means.device)
-        return nc3(w[self.classes], self.class_means, self.global_mean)
-
-    def ncc_accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> float:
-        """Nearest-class-centre accuracy of held-out ``features`` against these means.
-
-            NCC accuracy = (1/N) Σ_i [argmin_k ‖h_i − μ_k‖ = y_i]
-
-        Args:
-            features: ``(N, D)`` held-out features.
-            labels: ``(N,)`` their labels (declared label space).
-
-        Returns:
-            Accuracy in [0, 1].
-
-        Raises:
-            ValueError: no samples, or ``labels`` not of shape ``(N,)``.
-        """
-        return ncc_accuracy(features, labels, self.class_means, self.classes)
-
-    def to_dict(self) -> dict[str, float | int | str]:
-        """The scalar fields, JSON-ready.
-
-        Returns:
-            ``{name: value}`` for every field except the tensors ``classes``,
-            ``class_counts``, ``class_means`` and ``global_mean``.
-        """
-        keys = (
-            "nc1 trace_ratio cdnv nc2_equinorm nc2_equiangle num_samples num_classes dim "
-            "within_trace between_trace mode"
-        ).split()
-        return {k: getattr(self, k) for k in keys}
-
-
-def _as_tensor(value: object, what: str) -> torch.Tensor:
-    """A tensor as is; numpy arrays and other array-likes converted (no copy when possible)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    try:
-        return torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise CollapseError(
-            f"{what} must be a tensor or a numeric array-like, got {type(value).__name__} "
-            f"({one_line(str(err), 80)})"
-        ) from None
 
 
 class CollapseStats:
@@ -253,33 +151,6 @@ class CollapseStats:
         return self.mode == "two_pass" and self.pass_index == 1
 
     # ----------------------------------------------------------------- update
-    def _check(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        where = f"batch {self._batches}"
-        if features.ndim != 2:
-            raise CollapseError(
-                f"{where}: features must be (B, D), got shape {tuple(features.shape)}"
-            )
-        if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
-            raise CollapseError(
-                f"{where}: labels must be (B,) with B={features.shape[0]}, "
-                f"got shape {tuple(labels.shape)}"
-            )
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise CollapseError(f"{where}: labels must be integers, got {labels.dtype}")
-        if self.dim is not None and features.shape[1] != self.dim:
-            raise CollapseError(
-                f"{where}: feature width changed from {self.dim} to {features.shape[1]}"
-            )
-        if not torch.isfinite(features).all():
-            raise CollapseError(f"{where}: features contain NaN or Inf")
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= self.num_classes:
-            bad = lo if lo < 0 else hi
-            raise CollapseError(
-                f"{where}: label {bad} is outside [0, {self.num_classes}) "
-                f"(num_classes={self.num_classes})"
-            )
-
     @torch.inference_mode(False)  # state tensors stay normal: updatable in and out of it
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> CollapseStats:
         """Add a batch to the sums (or, in pass 2, to the projected residuals).
@@ -297,11 +168,11 @@ class CollapseStats:
             CollapseError: on invalid input (shapes, label dtype or range, a width other
                 than the first batch's, NaN/Inf); the state is left untouched.
         """
-        features = _as_tensor(features, "features").detach()
-        labels = _as_tensor(labels, "labels").detach()
+        features = as_tensor(features, "features").detach()
+        labels = as_tensor(labels, "labels").detach()
         if features.shape[0] == 0:
             return self
-        self._check(features, labels)
+        check_batch(features, labels, self.num_classes, self.dim, f"batch {self._batches}")
         dev = self.device or accumulation_device(features.device)
         x = features.to(device=dev, dtype=torch.float64)
         y = labels.to(device=dev, dtype=torch.long)
