@@ -356,12 +356,8 @@ def _agreement(candidates: list[Candidate], metric: str) -> dict[str, dict[str, 
 def _score(
     row: Candidate, recipe: Recipe, device: torch.device, progress: Callable[..., None] | None
 ) -> tuple[str, int] | None:
-    """One candidate's streaming pass and scores, into ``row``; a candidate that fails
-    becomes a failed row (``ok`` False, its one-line reason).
-
-    Returns:
-        The data's source name and class count once the data loaded, else None.
-    """
+    """One candidate's pass and scores into ``row`` (failing: ``ok`` False and its reason);
+    returns the data's source name and class count once the data loaded, else None."""
     cfg, text = recipe.rank, row.spec
     labelled = (lambda p, d, t: progress(f"{text}: {p}", d, t)) if progress else None
     loaded = None

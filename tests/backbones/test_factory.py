@@ -73,3 +73,16 @@ def test_recipe_rejects_an_unknown_source_in_one_line(name: str, expected: str) 
 )
 def test_recipe_accepts_registered_and_timm_prefixes(name: str) -> None:
     assert load_recipe(None, [f"backbone.name={name}"]).backbone.name == name.strip()
+
+
+# ======================================================================= input side
+def test_model_kwargs_set_the_side_in_each_librarys_spelling() -> None:
+    """One reading of the side model_kwargs builds for (SIZE_KWARG), in every source."""
+    from nctune.backbones.factory import SIZE_KWARG, requested_size
+
+    assert SIZE_KWARG == {"timm": "img_size", "torchvision": "image_size"}
+    assert requested_size({"img_size": (48, 64)}, "timm") == 64  # nctune feeds squares
+    assert requested_size({"image_size": 48}, "timm") is None  # not timm's spelling
+    assert requested_size({"image_size": 48}, "torchvision") == 48
+    timm_model = create_backbone("timm:test_vit", pretrained=False, img_size=48)
+    assert timm_model.input_config.image_size == 48
