@@ -23,9 +23,15 @@ from nctune.data import DataSplits, build_data, resolve_input_config
 from nctune.distributed import is_main, shard_dataset
 from nctune.profile import CollapseProfile
 from nctune.taps import resolve_device
+from nctune.training.callbacks import Callback, CallbackList, LambdaCallback
 from nctune.training.loggers import epoch_loggers
-from nctune.training.strategies import apply_strategy, lora_targets
-from nctune.training.train import evaluate, fit, safe_nc1
+from nctune.training.strategies import (
+    STRATEGY_REGISTRY,
+    AppliedStrategy,
+    apply_strategy,
+    lora_targets,
+)
+from nctune.training.train import TrainResult, evaluate, fit, safe_nc1
 
 if TYPE_CHECKING:
     from nctune.config import Recipe
@@ -120,9 +126,9 @@ def _head_nc1(
 ) -> tuple[float | None, float]:
     """(NC1 of the head's input, accuracy) on ``dataset`` in eval mode."""
     # under torchrun each rank measures its shard; evaluate sums the shards
-    acc, stats = evaluate(
-        model, _loader(shard_dataset(dataset), batch_size), device, num_classes, amp, should_stop
-    )
+    loader = _loader(shard_dataset(dataset), batch_size)
+    stop = LambdaCallback(should_stop=should_stop)  # a pass of its own: no progress display
+    acc, stats = evaluate(model, loader, device, num_classes, amp, callbacks=stop)
     return safe_nc1(stats), acc
 
 
@@ -153,7 +159,7 @@ def prepare(recipe: Recipe) -> tuple[Backbone, DataSplits, DataSplits, torch.dev
     # Names in the strategy must exist before any run folder is created.
     if recipe.strategy.layers:
         backbone.resolve_layers(recipe.strategy.layers, field="strategy.layers")
-    if recipe.strategy.name == "lora" and recipe.strategy.lora_targets:
+    if STRATEGY_REGISTRY.get(recipe.strategy.name).adapters and recipe.strategy.lora_targets:
         lora_targets(backbone.model, None, recipe.strategy.lora_targets)
     return backbone, splits, plain, device
 
@@ -163,11 +169,9 @@ def finetune(
     *,
     run_dir: str | Path | None = None,
     resume: bool = False,
-    should_stop: Callable[[], bool] | None = None,
-    progress: Callable[..., None] | None = None,
+    callbacks: Callback | list[Callback] | None = None,
     prepared: tuple | None = None,
     profile: CollapseProfile | None = None,
-    on_epoch_end: Callable[[list], None] | None = None,
     shared_cache_dir: str | Path | None = None,
 ) -> RunResult:
     """Fine-tune the recipe's backbone with its strategy and measure collapse around it.
@@ -181,18 +185,17 @@ def finetune(
         recipe: a validated :class:`~nctune.config.Recipe`.
         run_dir: folder for checkpoints (``checkpoint.pt``); None trains without them.
         resume: continue from ``run_dir``'s checkpoint.
-        should_stop: polled after each step; True saves a checkpoint and returns early
-            with ``interrupted=True``. In the passes before training (profile, head NC1,
-            prefix cache) and after it, it raises :class:`~nctune.errors.Interrupted`
-            between batches instead; the run folder then holds no partial state.
-        progress: ``progress(phase, done, total, info=...)`` for a progress display.
+        callbacks: one :class:`~nctune.training.callbacks.Callback` or a list (see
+            :func:`~nctune.training.train.fit`). ``should_stop`` is polled after each step;
+            True saves a checkpoint and returns early with ``interrupted=True``. In the
+            passes before training (profile, head NC1, prefix cache) and after it, it
+            raises :class:`~nctune.errors.Interrupted` between batches instead; the run
+            folder then holds no partial state. ``on_progress`` sees every pass but the
+            head-NC1 ones; ``on_epoch_end`` gets the history after every epoch, after
+            ``metrics.csv`` (and TensorBoard with ``train.tensorboard``) with a ``run_dir``.
         prepared: the result of :func:`prepare` when the caller already built it.
         profile: the pretrained backbone's profile on this data when the caller already
             measured it (a search measures it once for all its trials).
-        on_epoch_end: called with the history (``EpochStats`` list) after every epoch
-            (a progress display, a search's pruning hook); with a ``run_dir``,
-            ``metrics.csv`` (and TensorBoard with ``train.tensorboard``) are written first,
-            from the same place. See :func:`~nctune.training.train.fit`.
         shared_cache_dir: the prefix-cache folder a search's trials share (see
             :func:`~nctune.training.train.fit`).
 
@@ -200,44 +203,26 @@ def finetune(
         A :class:`RunResult`; ``result.model`` is the fine-tuned model in eval mode.
     """
     start = time.perf_counter()
+    cb = CallbackList.of(callbacks)
     backbone, splits, plain, device = prepared or prepare(recipe)
     s, t, bs, k = recipe.strategy, recipe.train, recipe.data.batch_size, splits.num_classes
     needs_profile = s.needs_profile()
     before = profile
     t_profile = time.perf_counter()
     if before is None and (needs_profile or t.profile_after):
-        before = _profile(backbone, plain, recipe, device, progress, "profile", should_stop)
+        before = _profile(
+            backbone, plain, recipe, device, cb.on_progress, "profile", cb.should_stop
+        )
     profile_seconds = time.perf_counter() - t_profile
-    rule, rule_params = s.selection_rule()
-    torch.manual_seed(recipe.seed)  # the head's initialisation depends on the seed alone
-    applied = apply_strategy(
-        backbone,
-        s.name,
-        k,
-        layers=s.layers,
-        profile=before,
-        rule=rule,
-        rule_params=rule_params,
-        token_pool=recipe.analysis.token_pool,
-        head_dropout=s.head_dropout,
-        lora_rank=s.lora_rank,
-        lora_alpha=s.lora_alpha,
-        lora_dropout=s.lora_dropout,
-        lora_target_patterns=s.lora_targets,
-    )
+    applied = _apply(recipe, backbone, k, before)
     # Saved with the weights: the config the data pipeline resolved (data.image_size may
     # override the backbone's default), so a reloaded model preprocesses like val/test.
     applied.tuned.set_input_config(resolve_input_config(backbone.input_config, recipe.data))
     applied.model.to(device)
-    nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k, t.amp, should_stop)
-    # rank 0 alone writes the run folder's logs (every rank has the same history)
-    log_dir = run_dir if is_main() else None
-    loggers = [*epoch_loggers(log_dir, t.tensorboard), *([on_epoch_end] if on_epoch_end else [])]
-
-    def log_epoch(history: list) -> None:
-        for log in loggers:
-            log(history)
-
+    nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k, t.amp, cb.should_stop)
+    # rank 0 alone writes the run folder's logs (every rank has the same history), and
+    # before the caller's hooks see the epoch
+    loggers = epoch_loggers(run_dir if is_main() else None, t.tensorboard)
     result = fit(
         applied,
         splits.train,
@@ -254,21 +239,70 @@ def finetune(
         resume=resume,
         probe_epochs=s.probe_epochs,
         full_lr_scale=s.full_lr_scale,
-        should_stop=should_stop,
-        progress=progress,
-        on_epoch_end=log_epoch,
+        callbacks=CallbackList([*loggers, cb]),
         shared_cache_dir=shared_cache_dir,
     )
-    for log in loggers:
-        getattr(log, "close", lambda: None)()
-    run = RunResult(
+    run = _run_result(applied, result, backbone, splits, device)
+    run.nc1_before, run.profile_seconds = nc1_before, profile_seconds
+    if result.interrupted:
+        run.total_seconds = time.perf_counter() - start
+        return run
+
+    model = applied.export().eval()
+    run.model = model
+    run.nc1_after, run.train_accuracy = _head_nc1(
+        model, plain.train, bs, device, k, t.amp, cb.should_stop
+    )
+    if splits.test is not None:
+        test = _loader(shard_dataset(splits.test), bs)
+        run.test_accuracy = evaluate(model, test, device, amp=t.amp)[0]
+    if before is not None and t.profile_after:
+        after = _profile(
+            backbone, plain, recipe, device, cb.on_progress, "profile after", cb.should_stop
+        )
+        run.layers = _layers_before_after(before, after, applied.tuned_layers)
+    model.eval()
+    run.total_seconds = time.perf_counter() - start
+    return run
+
+
+def _apply(
+    recipe: Recipe, backbone: Backbone, num_classes: int, profile: CollapseProfile | None
+) -> AppliedStrategy:
+    """The recipe's strategy on ``backbone``, its blocks chosen from ``profile`` by the rule
+    when the recipe names none."""
+    s = recipe.strategy
+    rule, rule_params = s.selection_rule()
+    torch.manual_seed(recipe.seed)  # the head's initialisation depends on the seed alone
+    return apply_strategy(
+        backbone,
+        s.name,
+        num_classes,
+        layers=s.layers,
+        profile=profile,
+        rule=rule,
+        rule_params=rule_params,
+        token_pool=recipe.analysis.token_pool,
+        head_dropout=s.head_dropout,
+        lora_rank=s.lora_rank,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=s.lora_dropout,
+        lora_target_patterns=s.lora_targets,
+    )
+
+
+def _run_result(
+    applied: AppliedStrategy, result: TrainResult, backbone: Backbone, splits: DataSplits, device
+) -> RunResult:
+    """What training decided, as the report's fields (the measurements after it come later)."""
+    return RunResult(
         strategy=applied.strategy,
         tuned_layers=applied.tuned_layers,
         trainable_params=applied.trainable_params,
         total_params=applied.total_params,
         val_accuracy=result.best_val_accuracy,
         test_accuracy=None,
-        nc1_before=nc1_before,
+        nc1_before=None,
         nc1_after=None,
         wall_seconds=result.seconds,
         history=result.history_dicts(),
@@ -281,34 +315,22 @@ def finetune(
         dataset=splits.source,
         classes=list(splits.classes),
         device=str(device),
-        profile_seconds=profile_seconds,
     )
-    if result.interrupted:
-        run.total_seconds = time.perf_counter() - start
-        return run
 
-    model = applied.export().eval()
-    run.model = model
-    run.nc1_after, run.train_accuracy = _head_nc1(
-        model, plain.train, bs, device, k, t.amp, should_stop
-    )
-    if splits.test is not None:
-        test = _loader(shard_dataset(splits.test), bs)
-        run.test_accuracy = evaluate(model, test, device, amp=t.amp)[0]
-    if before is not None and t.profile_after:
-        after = _profile(backbone, plain, recipe, device, progress, "profile after", should_stop)
-        run.layers = [
-            {
-                "name": b.name,
-                "dim": b.dim,
-                "nc1_before": b.nc1,
-                "nc1_after": a.nc1,
-                "ncc_before": b.ncc_accuracy,
-                "ncc_after": a.ncc_accuracy,
-                "tuned": b.name in applied.tuned_layers or applied.tuned_layers == ["*"],
-            }
-            for b, a in zip(before.layers, after.layers, strict=True)
-        ]
-    model.eval()
-    run.total_seconds = time.perf_counter() - start
-    return run
+
+def _layers_before_after(
+    before: CollapseProfile, after: CollapseProfile, tuned_layers: list[str]
+) -> list[dict[str, Any]]:
+    """Per block: NC1 and NCC accuracy before and after training, and whether it trained."""
+    return [
+        {
+            "name": b.name,
+            "dim": b.dim,
+            "nc1_before": b.nc1,
+            "nc1_after": a.nc1,
+            "ncc_before": b.ncc_accuracy,
+            "ncc_after": a.ncc_accuracy,
+            "tuned": b.name in tuned_layers or tuned_layers == ["*"],
+        }
+        for b, a in zip(before.layers, after.layers, strict=True)
+    ]

@@ -36,6 +36,7 @@ from nctune.finetune import finetune
 from nctune.profile import PRE_LOGITS, CollapseProfile
 from nctune.scores import SCORES, hscore, knn_accuracy, logme, stratified_indices
 from nctune.taps import resolve_device
+from nctune.training.callbacks import LambdaCallback
 
 #: A candidate spec ending in this suffix is the same architecture at random init.
 RANDOM_SUFFIX = "@random"
@@ -471,7 +472,7 @@ def rank(
             )
             t0 = time.perf_counter()
             try:
-                run = finetune(run_recipe, progress=labelled)
+                run = finetune(run_recipe, callbacks=LambdaCallback(on_progress=labelled))
             except (*CANDIDATE_ERRORS, NctuneError) as err:
                 row.validation = {"strategy": cfg.validation, "error": one_line(err, 240)}
                 continue

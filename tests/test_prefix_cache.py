@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nctune.training.callbacks import LambdaCallback
 from nctune.training.prefix_cache import PrefixCache
 from tests.test_train import assert_same_run, run
 
@@ -58,7 +59,7 @@ def test_disk_caches_live_until_the_run_ends_and_stale_ones_go(tmp_path, monkeyp
     result, _ = run(
         overrides=["train.cache_prefix=disk", "train.epochs=1"],
         run_dir=tmp_path,
-        progress=progress,
+        callbacks=LambdaCallback(on_progress=progress),
     )
     assert result.cache.where == "disk" and len(built) == 2  # train and validation
     assert missing == [] and not stale.exists()

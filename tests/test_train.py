@@ -11,6 +11,7 @@ import torch
 from nctune.config import load_recipe
 from nctune.errors import ArtifactError, Interrupted
 from nctune.finetune import prepare
+from nctune.training.callbacks import LambdaCallback
 from nctune.training.checkpoint import CHECKPOINT, load_checkpoint
 from nctune.training.strategies import apply_strategy
 from nctune.training.train import fit
@@ -138,7 +139,7 @@ def test_early_stopping_stops_when_validation_stalls():
 def test_resume_mid_epoch_matches_uninterrupted(tmp_path, overrides, head_dropout):
     kw = {"overrides": overrides, "head_dropout": head_dropout}
     full = run(run_dir=tmp_path / "a", **kw)
-    assert load_checkpoint(tmp_path / "a")["epoch"] == 3
+    assert load_checkpoint(tmp_path / "a").epoch == 3
 
     spe = steps_per_epoch()
     calls = {"n": 0, "training": False}
@@ -150,10 +151,11 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path, overrides, head_dropou
         calls["n"] += calls["training"]
         return calls["n"] >= spe + 1 + 2  # epoch 2, after its second step (sticky, like a signal)
 
-    first = run(run_dir=tmp_path / "b", should_stop=mid_epoch_2, progress=progress, **kw)
+    hooks = LambdaCallback(should_stop=mid_epoch_2, on_progress=progress)
+    first = run(run_dir=tmp_path / "b", callbacks=hooks, **kw)
     assert first[0].interrupted and len(first[0].history) == 1
     ckpt = load_checkpoint(tmp_path / "b")
-    assert ckpt["epoch"] == 1 and ckpt["step"] == 2
+    assert ckpt.epoch == 1 and ckpt.step == 2
     resumed = run(run_dir=tmp_path / "b", resume=True, **kw)
     assert not resumed[0].interrupted
     assert_same_run(full, resumed)
@@ -168,9 +170,11 @@ def test_resume_at_epoch_boundary_matches(tmp_path):
         return stop["n"] >= spe  # from the last step of epoch 1 on: stop after saving the epoch
 
     first = run(
-        run_dir=tmp_path / "b", overrides=["train.cache_prefix=off"], should_stop=at_boundary
+        run_dir=tmp_path / "b",
+        overrides=["train.cache_prefix=off"],
+        callbacks=LambdaCallback(should_stop=at_boundary),
     )
-    assert first[0].interrupted and load_checkpoint(tmp_path / "b")["step"] == 0
+    assert first[0].interrupted and load_checkpoint(tmp_path / "b").step == 0
     resumed = run(run_dir=tmp_path / "b", resume=True, overrides=["train.cache_prefix=off"])
     assert_same_run(full, resumed)
 
@@ -225,7 +229,7 @@ def test_epoch_hook_sees_every_epoch_and_can_stop_the_run(tmp_path):
             "scl",
             ("layer3.0",),
             overrides=["train.cache_prefix=disk"],
-            on_epoch_end=hook,
+            callbacks=LambdaCallback(on_epoch_end=hook),
             run_dir=tmp_path,
         )
     assert [e for e, _ in seen] == [1, 2] and all(v is not None for _, v in seen)
@@ -244,7 +248,7 @@ def test_a_stop_while_caching_leaves_no_cache_behind(tmp_path, where):
         run(
             overrides=[f"train.cache_prefix={where}", "train.epochs=1"],
             run_dir=tmp_path,
-            should_stop=stop_on_third_batch,
+            callbacks=LambdaCallback(should_stop=stop_on_third_batch),
         )
     assert len(polled) == 3
     assert list(tmp_path.iterdir()) == []  # no cache folder, no checkpoint
@@ -254,8 +258,10 @@ def test_on_epoch_end_sees_the_growing_history_and_every_pass_has_a_total():
     seen, calls = [], []
     result, _ = run(
         overrides=["train.epochs=2"],
-        on_epoch_end=lambda h: seen.append(len(h)),
-        progress=lambda phase, done, total, info="": calls.append((phase, done, total)),
+        callbacks=LambdaCallback(
+            on_epoch_end=lambda h: seen.append(len(h)),
+            on_progress=lambda phase, done, total, info="": calls.append((phase, done, total)),
+        ),
     )
     assert seen == [1, 2] and len(result.history) == 2
     phases = list(dict.fromkeys(c[0] for c in calls))

@@ -27,6 +27,7 @@ from rich.progress import (
 
 from nctune.errors import NctuneError, one_line
 from nctune.runs._lock import FolderClaim, recover_orphans
+from nctune.training.callbacks import Callback  # torch-free: --help stays light
 
 # Annotated option aliases, defined once (Typer's one-file-per-command style).
 RecipeArg = Annotated[
@@ -298,13 +299,14 @@ def epoch_line(e: Any, total_epochs: int | None, eta: float | None) -> str:
 RUN_PHASES = ("sweep", "trial", "trials", "rank")
 
 
-class Reporter:
+class Reporter(Callback):
     """Renders the library's progress callbacks: rich bars on a terminal, log lines elsewhere.
 
-    The library reports through two hooks and never prints:
+    The library reports through two hooks of the :class:`~nctune.training.callbacks.Callback`
+    a reporter is, and never prints:
 
-    * ``reporter(phase, done, total, info="")`` — a pass advanced (``progress=``);
-    * ``reporter.epoch(history)`` — an epoch finished (``on_epoch_end=``).
+    * ``on_progress(phase, done, total, info="")`` (also ``reporter(...)``) — a pass advanced;
+    * ``on_epoch_end(history)`` (also ``reporter.epoch(history)``) — an epoch finished.
 
     On a terminal each phase gets a bar with its total, and each finished epoch a line
     above the bars. Otherwise (CI, ``nohup``, notebooks) stderr gets one line when a
@@ -393,6 +395,12 @@ class Reporter:
         else:
             return
         self.last_line = now
+
+    def on_progress(self, phase: str, done: int, total: int | None, info: str = "") -> None:
+        self(phase, done, total, info)
+
+    def on_epoch_end(self, history: list) -> None:
+        self.epoch(history)
 
     def epoch(self, history: list) -> None:
         """An epoch finished: one line with its metrics and the time left."""

@@ -137,6 +137,7 @@ def finetune(
     from nctune.finetune import prepare
     from nctune.report import finetune_tables
     from nctune.runs.artifacts import RECIPE_FILE, save_run
+    from nctune.training.callbacks import LambdaCallback
     from nctune.training.checkpoint import CHECKPOINT
 
     cfg = apply_threads(load_recipe(recipe, set_), threads)
@@ -186,10 +187,8 @@ def finetune(
                 cfg,
                 run_dir=run_dir,
                 resume=resume is not None,
-                should_stop=stop,
-                progress=progress,
+                callbacks=[progress, LambdaCallback(should_stop=stop)],
                 prepared=prepared,
-                on_epoch_end=progress.epoch,
             )
     except BaseException as err:
         if not main:  # rank 0 alone keeps or cleans up the run folder

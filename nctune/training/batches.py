@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from nctune import distributed as dist
 from nctune.errors import Interrupted
 from nctune.taps import to_device
+from nctune.training.callbacks import Callback, CallbackList
 from nctune.training.optim import EpochSampler
 from nctune.training.prefix_cache import CacheInfo, PrefixCache, find_cut, remove_stale_caches
 
@@ -179,25 +181,53 @@ class CachedBatches:
         self.cache.close()
 
 
-def try_cache(
-    tuned,
-    block_names,
-    train_set,
-    val_set,
-    cfg,
-    batch_size,
-    seed,
-    device,
-    run_dir,
-    progress,
-    amp,
-    shared_dir=None,
-    should_stop=None,
-):
-    """(cached train source, cached val source, info); the sources are None when refused.
+class _Labelled(Callback):
+    """The validation cache's pass: the same stop requests, its progress labelled ``(val)``."""
 
-    ``shared_dir``: a folder where the caches persist for later runs (a search's trials).
+    def __init__(self, callbacks: Callback) -> None:
+        self.callbacks = callbacks
+
+    def on_progress(self, phase: str, done: int, total: int | None, info: str = "") -> None:
+        self.callbacks.on_progress(f"{phase} (val)", done, total)
+
+    def should_stop(self) -> bool:
+        return self.callbacks.should_stop()
+
+
+def try_cache(
+    tuned: nn.Module,
+    block_names: list[str],
+    train_set: Dataset,
+    val_set: Dataset | None,
+    *,
+    cfg,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    amp: bool,
+    run_dir: Path | None = None,
+    shared_dir: Path | None = None,
+    callbacks: Callback | None = None,
+) -> tuple[CachedBatches | None, CachedBatches | None, CacheInfo]:
+    """The frozen-prefix batch sources of a run's training and validation sets.
+
+    Args:
+        tuned: the :class:`~nctune.training.strategies.TunedModel`.
+        block_names: the backbone's blocks, shallow → deep (where the prefix may be cut).
+        train_set: the whole training set (under torchrun each rank caches its shard).
+        val_set: this rank's validation shard, or None.
+        cfg: the recipe's ``train`` section (``cache_prefix`` and its size limits).
+        batch_size, seed: as in training (the cached batches are the same batches).
+        device, amp: where and how the prefix runs (as in training).
+        run_dir: the run folder, where a disk cache goes (None: the temporary folder).
+        shared_dir: a folder where the caches persist for later runs (a search's trials).
+        callbacks: the caching passes' progress and stop requests.
+
+    Returns:
+        ``(cached train source, cached val source, info)``; the sources are None when
+        refused, ``info`` says why.
     """
+    callbacks = CallbackList.of(callbacks)
     cut = find_cut(tuned, block_names)
     if cut is None:
         return (
@@ -215,8 +245,6 @@ def try_cache(
         disk_dir=run_dir,
         amp=amp,
         shared_dir=shared_dir,
-        progress=progress,
-        should_stop=should_stop,
     )
     if dist.is_main():  # another rank's fresh cache is not stale
         remove_stale_caches(run_dir)
@@ -224,19 +252,23 @@ def try_cache(
     n_global = len(train_set)
     train_set = dist.shard_dataset(train_set)  # under torchrun each rank caches its shard
     cache, info = PrefixCache.build(
-        tuned, cut, DataLoader(train_set, batch_size=batch_size, shuffle=False), **kw
+        tuned,
+        cut,
+        DataLoader(train_set, batch_size=batch_size, shuffle=False),
+        callbacks=callbacks,
+        **kw,
     )
     if cache is None:
         return None, None, info
     val = None
     if val_set is not None:
-        if progress:
-            kw["progress"] = lambda phase, done, total, info="": progress(
-                f"{phase} (val)", done, total
-            )
         try:
             vcache, _ = PrefixCache.build(
-                tuned, cut, DataLoader(val_set, batch_size=batch_size, shuffle=False), **kw
+                tuned,
+                cut,
+                DataLoader(val_set, batch_size=batch_size, shuffle=False),
+                callbacks=_Labelled(callbacks),
+                **kw,
             )
         except Interrupted:
             cache.close()  # the train cache must not outlive an interrupted build

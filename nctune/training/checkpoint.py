@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,10 +23,11 @@ def rng_state(device: torch.device) -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
+def set_rng_state(state: RngState, device: torch.device) -> None:
+    """Put back the generators :func:`rng_state` saved (CUDA's only on a CUDA device)."""
+    torch.set_rng_state(state.torch)
+    if state.cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state.cuda, device)
 
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
@@ -51,20 +51,36 @@ class _EpochRecord(_Strict):
     seconds: float
 
 
-class _Partial(_Strict):
+class PartialEpoch(_Strict):
+    """The running sums of an epoch a stop request cut short (resumed exactly)."""
+
     loss_sum: float
     correct: int = Field(ge=0)
     seen: int = Field(ge=0)
     stats: dict[str, Any] | None
 
 
-class _Rng(_Strict):
+class RngState(_Strict):
+    """The random generators' states at the checkpoint (``cuda`` on a CUDA run only)."""
+
     torch: torch.Tensor
     cuda: torch.Tensor | None = None
 
 
-class CheckpointSchema(_Strict):
-    """What :func:`checkpoint_state` writes (checked by :func:`load_checkpoint`)."""
+class Checkpoint(_Strict):
+    """What a checkpoint holds, typed: :meth:`~nctune.training.state.TrainState.save` writes
+    it, :func:`load_checkpoint` reads it back checked, and
+    :meth:`~nctune.training.state.TrainState.restore` reads its fields.
+
+    Attributes:
+        epoch, step: where training continues: epochs finished, then steps done in the next
+            one (non-zero only for a mid-epoch stop, with ``partial`` its sums).
+        phase: the strategy's phase when saved (lp-ft: ``'probe'`` or ``'full'``).
+        model, optimizer, scaler, rng: the states to restore.
+        history: the finished epochs (:class:`~nctune.training.evaluation.EpochStats` fields).
+        best_acc, best_epoch, best_state, bad_epochs: the kept epoch so far and the epochs
+            since it (early stopping).
+    """
 
     format: Literal[1]
     epoch: int = Field(ge=0)
@@ -73,19 +89,19 @@ class CheckpointSchema(_Strict):
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     scaler: dict[str, Any]
-    rng: _Rng
+    rng: RngState
     history: list[_EpochRecord]
     best_acc: float | None
     best_epoch: int = Field(ge=-1)
     best_state: dict[str, torch.Tensor] | None
     bad_epochs: int = Field(ge=0)
-    partial: _Partial | None
+    partial: PartialEpoch | None
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The checkpoint in ``run_dir``, or None when there is none.
 
-    Validated against :class:`CheckpointSchema` (every key the training loop reads, with
+    Validated against :class:`Checkpoint` (every key the training loop reads, with
     its type), so a truncated, damaged or hand-edited file fails here as one line naming
     the field, not as a ``KeyError`` in the middle of a run. ``nctune finetune --resume``
     calls it before building the backbone and data and before the slow profiling pass.
@@ -94,7 +110,7 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
         run_dir: the run folder holding ``checkpoint.pt``.
 
     Returns:
-        The checkpoint dict (loaded with ``weights_only=True``, on CPU), or None.
+        The checkpoint's typed fields (loaded with ``weights_only=True``, on CPU), or None.
 
     Raises:
         ArtifactError: the file cannot be read, has another checkpoint format, or lacks a
@@ -118,32 +134,10 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
             f"{path}: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}"
         )
     try:
-        CheckpointSchema.model_validate(ckpt)
+        return Checkpoint.model_validate(ckpt)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ArtifactError(
             f"{path}: damaged checkpoint ({where}: {first['msg'].lower()}); start a new run"
         ) from None
-    return ckpt
-
-
-def checkpoint_state(
-    epoch, step, applied, model, optimizer, scaler, history, best, device, partial
-) -> dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "step": step,
-        "phase": applied.phase,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": rng_state(device),
-        "history": [asdict(h) for h in history],
-        "best_acc": best["acc"],
-        "best_epoch": best["epoch"],
-        "best_state": best["state"],
-        "bad_epochs": best["bad"],
-        "partial": partial,
-    }

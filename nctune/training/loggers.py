@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from nctune.runs._io import atomic_write_text
+from nctune.training.callbacks import Callback
 
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 
-#: The columns of ``metrics.csv``, in order (the fields of ``nctune.training.train.EpochStats``).
+#: The columns of ``metrics.csv``, in order (the fields of ``nctune.training.evaluation.EpochStats``).
 COLUMNS = ("epoch", "phase", "loss", "accuracy", "val_accuracy", "nc1", "lr", "seconds")
 
 
@@ -30,13 +31,17 @@ def _row(epoch: Any) -> dict[str, Any]:
     return asdict(epoch) if is_dataclass(epoch) else dict(epoch)
 
 
-class CSVLogger:
-    """Writes ``run_dir/metrics.csv`` from the history, one row per epoch."""
+class CSVLogger(Callback):
+    """Writes ``run_dir/metrics.csv`` from the history, one row per epoch (``log(history)``
+    is ``log.on_epoch_end(history)``)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / METRICS_FILE
 
     def __call__(self, history: Sequence[Any]) -> None:
+        self.on_epoch_end(history)
+
+    def on_epoch_end(self, history: Sequence[Any]) -> None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
@@ -46,7 +51,7 @@ class CSVLogger:
         atomic_write_text(self.path, buf.getvalue())
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(Callback):
     """Scalars per epoch under ``run_dir/tensorboard`` (``tensorboard --logdir DIR``).
 
     Only epochs not yet written by this logger are added, so a resumed run continues the
@@ -61,6 +66,9 @@ class TensorBoardLogger:
         self.written = 0
 
     def __call__(self, history: Sequence[Any]) -> None:
+        self.on_epoch_end(history)
+
+    def on_epoch_end(self, history: Sequence[Any]) -> None:
         for epoch in history[self.written :]:
             row = _row(epoch)
             for key in ("loss", "accuracy", "val_accuracy", "nc1", "lr", "seconds"):
@@ -72,8 +80,11 @@ class TensorBoardLogger:
     def close(self) -> None:
         self.writer.close()
 
+    def teardown(self) -> None:
+        self.close()
 
-def epoch_loggers(run_dir: str | Path | None, tensorboard: bool = False) -> list:
+
+def epoch_loggers(run_dir: str | Path | None, tensorboard: bool = False) -> list[Callback]:
     """The loggers a run folder gets: ``metrics.csv`` always, TensorBoard when asked.
 
     Args:
@@ -82,11 +93,12 @@ def epoch_loggers(run_dir: str | Path | None, tensorboard: bool = False) -> list
             says so and the run continues with ``metrics.csv`` alone.
 
     Returns:
-        Callables taking the history after each epoch.
+        Callbacks that log the history after each epoch (``on_epoch_end``) and close their
+        files at ``teardown``.
     """
     if run_dir is None:
         return []
-    loggers: list = [CSVLogger(run_dir)]
+    loggers: list[Callback] = [CSVLogger(run_dir)]
     if tensorboard:
         try:
             loggers.append(TensorBoardLogger(run_dir))

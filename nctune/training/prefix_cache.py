@@ -15,13 +15,12 @@ cache is used.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +29,12 @@ import torch
 from torch import nn
 
 from nctune.errors import Interrupted
-from nctune.taps import _StopForward, autocast, to_device
+from nctune.taps import autocast, to_device
+from nctune.training.callbacks import Callback, CallbackList
+from nctune.training.prefix_plan import HEAD, Plan, find_cut, plan_cache
 
-HEAD = "head"  # cut at the classifier head: the whole backbone is the prefix
+__all__ = ["HEAD", "CacheInfo", "PrefixCache", "find_cut", "remove_stale_caches"]
+
 CACHE_DIR_PREFIX = "nctune-prefix-"
 
 
@@ -89,104 +91,6 @@ class CacheInfo:
         }
 
 
-def find_cut(model: nn.Module, block_names: list[str]) -> str | None:
-    """The module whose input becomes the cache.
-
-    The head when the whole backbone is frozen, else the first block (shallow → deep)
-    holding a trainable parameter. Trainable parameters outside the blocks (stem, class
-    token, final norm) are not checked here: :meth:`PrefixCache.build` refuses the cut
-    when one runs before it.
-
-    Args:
-        model: the :class:`~nctune.training.strategies.TunedModel` (its ``backbone`` is read).
-        block_names: the backbone's blocks, shallow → deep.
-
-    Returns:
-        ``'head'``, ``'backbone.<block>'``, or None when every backbone parameter trains
-        or no block holds a trainable parameter (nothing frozen to cache).
-    """
-    backbone = model.backbone
-    flags = [p.requires_grad for p in backbone.parameters()]
-    if not any(flags):
-        return HEAD
-    if all(flags):
-        return None
-    first = next(
-        (
-            n
-            for n in block_names
-            if any(p.requires_grad for p in backbone.get_submodule(n).parameters())
-        ),
-        None,
-    )
-    if first is None:
-        return None
-    # Trainable parameters outside the blocks (cls token, stem, final norm) are only fine
-    # when they run after the cut; the trace in PrefixCache.build checks the order.
-    return f"backbone.{first}"
-
-
-class _Trace:
-    """Order of module calls in one forward: pre/post indices, output shapes."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.pre: dict[str, int] = {}
-        self.post: dict[str, int] = {}
-        self.calls: dict[str, int] = {}
-        self.out: dict[str, torch.Tensor | None] = {}
-        self._n = 0
-        self._handles = []
-        for name, m in model.named_modules():
-            if name:
-                self._handles.append(m.register_forward_pre_hook(self._enter(name)))
-                self._handles.append(m.register_forward_hook(self._exit(name)))
-
-    def _enter(self, name):
-        def hook(m, args):
-            self.calls[name] = self.calls.get(name, 0) + 1
-            self.pre.setdefault(name, self._n)
-            self._n += 1
-
-        return hook
-
-    def _exit(self, name):
-        def hook(m, args, out):
-            self.post[name] = self._n
-            self._n += 1
-            self.out[name] = out if isinstance(out, torch.Tensor) else None
-
-        return hook
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-def _digest(h, tensor: torch.Tensor) -> None:
-    t = tensor.detach().cpu().contiguous().reshape(-1)
-    h.update(f"{t.dtype}{tuple(tensor.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes())
-
-
-def cache_key(model: nn.Module, cut: str, stubs, x0, y0, a, n: int, amp: bool) -> str:
-    """Name of a shared cache: SHA-256 of what the cut inputs depend on.
-
-    The prefix's weights and buffers (the stubbed modules; the whole backbone for a head
-    cut), the cut, the first batch exactly as the transform delivers it, its labels, the
-    number of samples, and the dtype and autocast the inputs were computed in. The rest
-    of the data is checked when the cache is read (:meth:`PrefixCache.build`).
-    """
-    h = hashlib.sha256(f"{cut}|{n}|{a.dtype}|{amp}|{tuple(a.shape[1:])}".encode())
-    prefix = [model.backbone] if cut == HEAD else [model.get_submodule(s) for s in sorted(stubs)]
-    for module in prefix:
-        for name, t in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            _digest(h, t)
-    _digest(h, torch.as_tensor(x0))
-    _digest(h, torch.as_tensor(y0))
-    return h.hexdigest()
-
-
 class PrefixCache:
     """Cut inputs for a whole dataset, plus the stubs that let the model start at the cut.
 
@@ -233,28 +137,6 @@ class PrefixCache:
             self._tmpdir = None
 
     # --------------------------------------------------------------- building
-    @staticmethod
-    def _capture(
-        model: nn.Module, cut: str, x: torch.Tensor, device: torch.device, amp: bool
-    ) -> torch.Tensor:
-        """The cut module's input for image batch ``x`` (no grad, autocast as in training)."""
-        if cut == HEAD:
-            with autocast(device, amp):
-                return model.features(to_device(x, device)).detach()
-        box: list[torch.Tensor] = []
-
-        def grab(m, args):
-            box.append(args[0].detach())
-            raise _StopForward
-
-        h = model.get_submodule(cut).register_forward_pre_hook(grab)
-        try:
-            with autocast(device, amp), contextlib.suppress(_StopForward):
-                model(to_device(x, device))
-        finally:
-            h.remove()
-        return box[0]
-
     @classmethod
     def build(
         cls,
@@ -269,16 +151,15 @@ class PrefixCache:
         disk_dir: str | Path | None = None,
         amp: bool = True,
         shared_dir: str | Path | None = None,
-        progress: Callable[..., None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        callbacks: Callback | list[Callback] | None = None,
     ) -> tuple[PrefixCache | None, CacheInfo]:
         """Compute the cut inputs of every sample of ``loader`` (unshuffled, un-augmented).
 
         Before caching, the first batch checks that the prefix is deterministic (equal in
         two training-mode passes and in eval mode) and, for a block cut, that only
-        frozen, single-call modules run before the cut. After caching, the cached path
-        must reproduce the model's logits on that batch (``rtol=1e-4``, ``atol=1e-5``).
-        The model's train/eval mode is restored.
+        frozen, single-call modules run before the cut (:func:`~nctune.training.prefix_plan.
+        plan_cache`). After caching, the cached path must reproduce the model's logits on
+        that batch (``rtol=1e-4``, ``atol=1e-5``). The model's train/eval mode is restored.
 
         Args:
             model: the :class:`~nctune.training.strategies.TunedModel` (unwrapped from PEFT).
@@ -292,13 +173,14 @@ class PrefixCache:
             disk_dir: the folder for a disk cache (None: the system temporary folder).
             amp: autocast as in training, so cached inputs match the trained ones.
             shared_dir: a folder where caches persist for other runs (a search's trials),
-                each in a subfolder named by :func:`cache_key` (prefix weights, cut, data
-                and transform). A cache found there is verified like a new one (first
-                batch and last sample recomputed, then the logits check) before use; one
-                computed here is published there atomically once verified.
-            progress: ``progress(phase, done, total)`` after every cached batch.
-            should_stop: polled after every batch; True removes the partial cache and
-                raises :class:`~nctune.errors.Interrupted`.
+                each in a subfolder named by :meth:`~nctune.training.prefix_plan.Plan.key`
+                (prefix weights, cut, data and transform). A cache found there is verified
+                like a new one (first batch and last sample recomputed, then the logits
+                check) before use; one computed here is published there atomically once
+                verified.
+            callbacks: ``on_progress(phase, done, total)`` after every cached batch;
+                ``should_stop`` polled before every batch: True removes the partial cache
+                and raises :class:`~nctune.errors.Interrupted`.
 
         Returns:
             ``(cache, info)``, or ``(None, info)`` with the reason when caching is
@@ -309,65 +191,83 @@ class PrefixCache:
         """
         it = iter(loader)
         try:
-            x0, y0 = next(it)
+            first = next(it)
         except StopIteration:
             return None, CacheInfo(False, cut, reason="empty training set")
         was_training = model.training
-        stubs: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            model.train()
-            a = cls._capture(model, cut, x0, device, amp)
-            b = cls._capture(model, cut, x0, device, amp)
-            if not torch.equal(a, b):
-                model.train(was_training)
+        try:
+            plan, why = plan_cache(model, cut, first, device, amp)
+            if plan is None:
+                return None, CacheInfo(False, cut, reason=why)
+            n = len(loader.dataset)
+            a = plan.inputs
+            mb = n * a[0].numel() * a.element_size() / 2**20
+            disk_mb = mb * (2 if a.dtype == torch.bfloat16 else 1)  # numpy has no bf16: float32
+            published = None
+            if shared_dir is not None and disk_mb <= max_disk_mb:
+                published = Path(shared_dir) / plan.key(n)
+                hit = cls._read_shared(published, plan, loader.dataset)
+                if hit is not None:
+                    return hit, hit.info
+                # Present but failing verification (damaged, or a key collision): replace it.
+                shutil.rmtree(published, ignore_errors=True)
+                model.eval()
+                disk_dir, prefer = Path(shared_dir), "disk"  # computed once, here, for every run
+                Path(shared_dir).mkdir(parents=True, exist_ok=True)
+            where = "memory" if prefer in ("auto", "memory") and mb <= max_memory_mb else None
+            if where is None and prefer in ("auto", "disk") and disk_mb <= max_disk_mb:
+                where, mb = "disk", disk_mb
+            if where is None:
                 return None, CacheInfo(
                     False,
                     cut,
-                    reason="the frozen prefix is random in training mode (dropout/drop-path before the tuned block)",
+                    megabytes=mb,
+                    reason=f"the cache would need {mb:.0f} MiB, over the memory/disk limits (train.cache_max_mb, train.cache_disk_max_mb)",
                 )
-            model.eval()
-            if not torch.equal(a, cls._capture(model, cut, x0, device, amp)):
-                model.train(was_training)
-                return None, CacheInfo(
-                    False, cut, reason="the frozen prefix differs between train and eval mode"
-                )
-            if cut != HEAD:
-                stubs, why = cls._plan_stubs(model, cut, x0, device, amp)
-                if stubs is None:
-                    model.train(was_training)
-                    return None, CacheInfo(False, cut, reason=why)
-        n = len(loader.dataset)
-        mb = n * a[0].numel() * a.element_size() / 2**20
-        disk_mb = mb * (2 if a.dtype == torch.bfloat16 else 1)  # numpy has no bf16: float32
-        published = None
-        if shared_dir is not None and disk_mb <= max_disk_mb:
-            published = Path(shared_dir) / cache_key(model, cut, stubs, x0, y0, a, n, amp)
-            hit = cls._read_shared(published, model, cut, stubs, loader, x0, a, device, amp)
-            if hit is not None:
-                model.train(was_training)
-                return hit, hit.info
-            # Present but failing verification (damaged, or a key collision): replace it.
-            shutil.rmtree(published, ignore_errors=True)
-            model.eval()
-            disk_dir, prefer = Path(shared_dir), "disk"  # computed once, here, for every run
-            Path(shared_dir).mkdir(parents=True, exist_ok=True)
-        where = "memory" if prefer in ("auto", "memory") and mb <= max_memory_mb else None
-        if where is None and prefer in ("auto", "disk") and disk_mb <= max_disk_mb:
-            where, mb = "disk", disk_mb
-        if where is None:
-            model.train(was_training)
-            return None, CacheInfo(
-                False,
-                cut,
-                megabytes=mb,
-                reason=f"the cache would need {mb:.0f} MiB, over the memory/disk limits (train.cache_max_mb, train.cache_disk_max_mb)",
+            tmpdir = (
+                tempfile.mkdtemp(prefix=CACHE_DIR_PREFIX, dir=disk_dir) if where == "disk" else None
             )
-        tmpdir = None
+            batches = itertools.chain([first], it)
+            total = len(loader) if hasattr(loader, "__len__") else None
+            store, labels = cls._compute(
+                plan, batches, n, tmpdir, total, CallbackList.of(callbacks)
+            )
+            info = CacheInfo(True, cut, where, mb, "frozen prefix computed once")
+            cache = cls(cut, store, labels, tuple(plan.x0.shape[1:]), plan.stubs, info, tmpdir)
+            cache._dtype = a.dtype
+            if not cls._reproduces(cache, plan):
+                cache.close()
+                return None, CacheInfo(
+                    False,
+                    cut,
+                    reason=f"running from {cut} does not reproduce the model's output (its forward needs more than that block's input)",
+                )
+            if published is not None:
+                cache._publish(published, a.dtype)
+            return cache, cache.info
+        finally:
+            model.train(was_training)
+
+    @staticmethod
+    @torch.no_grad()
+    def _compute(
+        plan: Plan,
+        batches: Iterable,
+        n: int,
+        tmpdir: str | None,
+        total: int | None,
+        callbacks: CallbackList,
+    ) -> tuple[torch.Tensor | np.memmap, torch.Tensor]:
+        """``(cut inputs, labels)`` of all ``n`` samples, in memory or (``tmpdir``) on disk.
+
+        Raises:
+            Interrupted: a stop request; the partial store is removed first.
+        """
+        a = plan.inputs
         shape = (n, *a.shape[1:])
-        if where == "memory":
+        if tmpdir is None:
             store = torch.empty(shape, dtype=a.dtype)
         else:
-            tmpdir = tempfile.mkdtemp(prefix=CACHE_DIR_PREFIX, dir=disk_dir)
             np_dtype = (
                 torch.empty(0, dtype=a.dtype).numpy().dtype
                 if a.dtype != torch.bfloat16
@@ -378,57 +278,39 @@ class PrefixCache:
             )
         labels = torch.empty(n, dtype=torch.long)
         pos = 0
-        total = len(loader) if hasattr(loader, "__len__") else None
         phase = "caching frozen prefix"
-        with torch.no_grad():
-            for i, (x, y) in enumerate(itertools.chain([(x0, y0)], it)):
-                if should_stop is not None and should_stop():
-                    # nothing half-made: the partial store goes, the model's mode comes back
-                    del store
-                    if tmpdir is not None:
-                        shutil.rmtree(tmpdir, ignore_errors=True)
-                    model.train(was_training)
-                    raise Interrupted("stopped while caching the frozen prefix")
-                if progress:
-                    progress(phase, i, total)
-                feats = cls._capture(model, cut, x, device, amp).cpu()
-                b = feats.shape[0]
-                if where == "memory":
-                    store[pos : pos + b] = feats
-                else:
-                    store[pos : pos + b] = (
-                        feats.float().numpy() if feats.dtype == torch.bfloat16 else feats.numpy()
-                    )
-                labels[pos : pos + b] = torch.as_tensor(y)
-                pos += b
-            if progress:
-                progress(phase, total if total is not None else i + 1, total)
-        info = CacheInfo(True, cut, where, mb, "frozen prefix computed once")
-        cache = cls(cut, store, labels, tuple(x0.shape[1:]), stubs, info, tmpdir)
-        cache._dtype = a.dtype
-        ok = cls._reproduces(cache, model, x0, a, device, amp)
-        model.train(was_training)
-        if not ok:
-            cache.close()
-            return None, CacheInfo(
-                False,
-                cut,
-                reason=f"running from {cut} does not reproduce the model's output (its forward needs more than that block's input)",
-            )
-        if published is not None:
-            cache._publish(published, a.dtype)
-        return cache, info
+        for i, (x, y) in enumerate(batches):
+            if callbacks.should_stop():
+                # nothing half-made: the partial store goes (the caller restores the mode)
+                del store
+                if tmpdir is not None:
+                    shutil.rmtree(tmpdir, ignore_errors=True)
+                raise Interrupted("stopped while caching the frozen prefix")
+            callbacks.on_progress(phase, i, total)
+            feats = plan.capture(x).cpu()
+            b = feats.shape[0]
+            if tmpdir is None:
+                store[pos : pos + b] = feats
+            else:
+                store[pos : pos + b] = (
+                    feats.float().numpy() if feats.dtype == torch.bfloat16 else feats.numpy()
+                )
+            labels[pos : pos + b] = torch.as_tensor(y)
+            pos += b
+        callbacks.on_progress(phase, total if total is not None else i + 1, total)
+        return store, labels
 
     @staticmethod
-    def _reproduces(cache: PrefixCache, model, x0, a, device, amp) -> bool:
+    def _reproduces(cache: PrefixCache, plan: Plan) -> bool:
         """The proof that stubbing is sound for this model: on a real batch, in eval mode
         (deterministic), the cached path must give the uncached logits."""
+        model = plan.model
         with torch.no_grad():
             model.eval()
-            with autocast(device, amp):
-                want = model(to_device(x0, device))
+            with autocast(plan.device, plan.amp):
+                want = model(to_device(plan.x0, plan.device))
                 with cache.attached(model):
-                    got = cache.forward(model, model, a)[0]
+                    got = cache.forward(model, model, plan.inputs)[0]
         return torch.allclose(got.float(), want.float(), rtol=1e-4, atol=1e-5)
 
     def _publish(self, final: Path, dtype: torch.dtype) -> None:
@@ -448,9 +330,7 @@ class PrefixCache:
         self.info.reason = f"frozen prefix computed once and shared ({final.name[:12]})"
 
     @classmethod
-    def _read_shared(
-        cls, folder: Path, model, cut, stubs, loader, x0, a, device, amp
-    ) -> PrefixCache | None:
+    def _read_shared(cls, folder: Path, plan: Plan, dataset) -> PrefixCache | None:
         """A published cache from ``folder``, verified against this model and data, or None."""
         try:
             meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -458,17 +338,18 @@ class PrefixCache:
             labels = torch.from_numpy(np.load(folder / "labels.npy"))
         except (OSError, ValueError):
             return None
-        n = len(loader.dataset)
-        if meta.get("cut") != cut or meta.get("n") != n or len(labels) != n:
+        n = len(dataset)
+        if meta.get("cut") != plan.cut or meta.get("n") != n or len(labels) != n:
             return None
+        a = plan.inputs
         b = a.shape[0]
         # Verified like a new cache: the first batch and the last sample recomputed here
         # must match what is stored, then the cached path must reproduce the logits.
         if not torch.equal(torch.from_numpy(np.array(inputs[:b])).to(a.dtype), a.cpu()):
             return None
         try:
-            x_last, y_last = loader.dataset[n - 1]
-            last = cls._capture(model, cut, torch.as_tensor(x_last)[None], device, amp).cpu()
+            x_last, y_last = dataset[n - 1]
+            last = plan.capture(torch.as_tensor(x_last)[None]).cpu()
         except Exception:  # a dataset that cannot be indexed: no proof, no reuse
             return None
         stored_last = torch.from_numpy(np.array(inputs[n - 1 : n])).to(torch.float32)
@@ -477,40 +358,13 @@ class PrefixCache:
         ):
             return None
         mb = inputs.nbytes / 2**20
-        info = CacheInfo(True, cut, "disk", mb, f"read from the shared cache ({folder.name[:12]})")
+        info = CacheInfo(
+            True, plan.cut, "disk", mb, f"read from the shared cache ({folder.name[:12]})"
+        )
         info.shared = "read"
-        cache = cls(cut, inputs, labels, tuple(x0.shape[1:]), stubs, info, None)
+        cache = cls(plan.cut, inputs, labels, tuple(plan.x0.shape[1:]), plan.stubs, info, None)
         cache._dtype = a.dtype
-        return cache if cls._reproduces(cache, model, x0, a, device, amp) else None
-
-    @classmethod
-    def _plan_stubs(cls, model, cut, x0, device, amp) -> tuple[dict[str, torch.Tensor] | None, str]:
-        """Modules to stub: those that finish before the cut starts (outermost only)."""
-        trace = _Trace(model)
-        try:
-            with autocast(device, amp):
-                model(to_device(x0[:1], device))
-        finally:
-            trace.remove()
-        if cut not in trace.pre:
-            return None, f"{cut} did not run in the forward pass"
-        start = trace.pre[cut]
-        prefix = {n for n, post in trace.post.items() if post < start}
-        named = dict(model.named_modules())
-        for n in trace.pre:
-            if trace.pre[n] < start and any(
-                p.requires_grad for p in named[n].parameters(recurse=False)
-            ):
-                return None, f"{n} trains and runs before {cut}"
-        stubs: dict[str, torch.Tensor] = {}
-        for n in sorted(prefix, key=trace.pre.get):
-            parent = n.rpartition(".")[0]
-            if parent in prefix:
-                continue  # an ancestor is stubbed already
-            if trace.calls.get(n, 0) != 1 or trace.out.get(n) is None:
-                return None, f"{n} runs more than once or returns a non-tensor before {cut}"
-            stubs[n] = trace.out[n][:1].detach()
-        return stubs, ""
+        return cache if cls._reproduces(cache, plan) else None
 
     # ---------------------------------------------------------------- running
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

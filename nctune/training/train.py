@@ -10,6 +10,9 @@ One call, :func:`fit`, trains an :class:`~nctune.training.strategies.AppliedStra
   in the CLI) finishes the current step and saves a mid-epoch checkpoint; ``resume``
   continues from either and ends with the same numbers as an uninterrupted run;
 * the frozen prefix computed once and cached when the data sees no augmentation.
+
+Where a run stands lives in :class:`~nctune.training.state.TrainState` (saved, restored,
+finished); who watches it is one :class:`~nctune.training.callbacks.Callback`.
 """
 
 from __future__ import annotations
@@ -17,9 +20,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,169 +31,88 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nctune import distributed as dist
-from nctune.collapse import CollapseStats
 from nctune.config import TrainConfig
-from nctune.errors import (
-    ArtifactError,
-    CollapseError,
-    ConfigError,
-    Interrupted,
-    TrainingError,
-    one_line,
-)
+from nctune.errors import ConfigError
 from nctune.taps import amp_dtype, autocast
-from nctune.training.batches import IGNORE, CachedBatches, ImageBatches, Step, try_cache
-from nctune.training.checkpoint import (
-    CHECKPOINT,
-    checkpoint_state,
-    load_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
+from nctune.training.batches import IGNORE, ImageBatches, Step, try_cache
+from nctune.training.callbacks import Callback, CallbackList
+from nctune.training.checkpoint import CHECKPOINT, load_checkpoint, set_rng_state
+from nctune.training.evaluation import EpochStats, evaluate, safe_nc1
 from nctune.training.optim import lr_at, make_optimizer, no_weight_decay_ids
 from nctune.training.prefix_cache import CacheInfo
-from nctune.training.strategies import AppliedStrategy
+from nctune.training.state import EpochSums, TrainResult, TrainState
+from nctune.training.strategies import STRATEGY_REGISTRY, AppliedStrategy
 
-#: ``progress(phase, done, total, info)`` — the CLI draws it; the library never prints.
-ProgressFn = Callable[..., None]
-
-
-@dataclass
-class EpochStats:
-    """One epoch of training.
-
-    Attributes:
-        epoch: the epoch number, counted from 1 over all phases.
-        phase: ``'main'``, or lp-ft's ``'probe'`` / ``'full'``.
-        loss: mean training cross-entropy (label smoothing included) over the epoch.
-        accuracy: training top-1 accuracy, from the training forward passes.
-        val_accuracy: validation top-1 accuracy after the epoch (None without a val set).
-        nc1: NC1 of the head's input over the epoch's training passes (None when not
-            tracked or undefined).
-        lr: the learning rate of the epoch's last step.
-        seconds: wall time of the epoch, validation included.
-    """
-
-    epoch: int
-    phase: str
-    loss: float
-    accuracy: float
-    val_accuracy: float | None
-    nc1: float | None
-    lr: float
-    seconds: float
+__all__ = ["EpochStats", "TrainResult", "TrainState", "evaluate", "fit", "safe_nc1"]
 
 
-@dataclass
-class TrainResult:
-    """What :func:`fit` returns.
+@dataclass(frozen=True)
+class _Phase:
+    """A stretch of epochs with one optimizer: ``[start, end)``, counted from 0 over all."""
 
-    Attributes:
-        history: one :class:`EpochStats` per finished epoch (resumed runs included).
-        best_epoch: the kept epoch (from 1): the best validation accuracy (the earliest
-            on ties), or the last epoch without a val set; -1 when no epoch finished.
-        best_val_accuracy: that epoch's validation accuracy (None without a val set).
-        stopped_early: early stopping ended the run.
-        interrupted: a stop request ended the run; the model then holds the weights of
-            the moment it stopped, not the best epoch's.
-        seconds: wall time of this call.
-        cache: whether the frozen-prefix cache was used, and why not.
-    """
-
-    history: list[EpochStats]
-    best_epoch: int
-    best_val_accuracy: float | None
-    stopped_early: bool
-    interrupted: bool
-    seconds: float
-    cache: CacheInfo = field(default_factory=lambda: CacheInfo(False, reason="not attempted"))
-
-    def history_dicts(self) -> list[dict[str, Any]]:
-        """The history as plain dicts (``report.json``'s ``history``).
-
-        Returns:
-            One dict of :class:`EpochStats` fields per epoch.
-        """
-        return [asdict(h) for h in self.history]
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data,
-    device: torch.device,
-    num_classes: int | None = None,
-    amp: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-    progress: ProgressFn | None = None,
-    phase: str = "evaluate",
-) -> tuple[float, CollapseStats | None]:
-    """Top-1 accuracy of ``model`` in eval mode, and (with ``num_classes``) the statistics of
-    the features its head sees.
-
-    Args:
-        model: a :class:`~nctune.training.strategies.TunedModel` (or PEFT wrapper of one).
-        data: a DataLoader / iterable of ``(images, labels)``, or a batch source of the trainer.
-        device: where the model runs.
-        num_classes: K for the head-input :class:`~nctune.collapse.CollapseStats`.
-        amp: autocast on CUDA (as in training; a cached source must match its cache).
-        should_stop: polled after every batch; True raises :class:`~nctune.errors.Interrupted`.
-        progress, phase: ``progress(phase, done, total)`` after every batch.
-
-    Returns:
-        ``(accuracy, statistics or None)``; the accuracy is NaN when ``data`` is empty.
-        The model's train/eval mode is restored. Under ``torch.distributed`` ``data`` is this
-        process's shard: counts and statistics are summed over the processes, so every
-        process returns the union's accuracy and statistics.
-    """
-    source = data if hasattr(data, "attached") else ImageBatches(data, 0, device)
-    was = model.training
-    model.eval()
-    stats = CollapseStats(num_classes) if num_classes else None
-    correct = seen = 0
-    total = _num_batches(source)
-    if progress:
-        progress(phase, 0, total)
-    try:
-        with source.attached():
-            for i, (x, y) in enumerate(source.batches()):
-                y = torch.as_tensor(y).to(device)
-                with autocast(device, amp):
-                    logits, feats = source.forward(model, x)
-                correct += int((logits.argmax(1) == y).sum())
-                seen += int(y.numel())
-                if stats is not None:
-                    stats.update(feats.float(), y)
-                if progress:
-                    progress(phase, i + 1, total)
-                if should_stop is not None and should_stop():
-                    raise Interrupted("stopped during an evaluation pass")
-    finally:
-        model.train(was)
-    correct, seen = dist.all_reduce_sum(correct, seen)
-    return (correct / seen if seen else float("nan")), dist.reduce_stats(stats)
-
-
-def _num_batches(source) -> int | None:
-    """How many batches ``source.batches()`` yields, when that is known (for progress)."""
-    if isinstance(source, CachedBatches):
-        return math.ceil(len(source.cache) / source.batch_size)
-    data = source.data
-    if isinstance(data, Dataset) and source.batch_size:
-        return math.ceil(len(data) / source.batch_size)
-    return len(data) if hasattr(data, "__len__") and not isinstance(data, Dataset) else None
+    name: str
+    start: int
+    end: int
+    lr_scale: float
 
 
 def _phases(
     applied: AppliedStrategy, epochs: int, probe_epochs: int | None, full_lr_scale: float
-) -> list[tuple[str, int, float]]:
-    """(name, epochs, lr factor) per phase. lp-ft probes first, then tunes everything gently."""
-    if applied.strategy != "lp-ft":
-        return [("main", epochs, 1.0)]
+) -> list[_Phase]:
+    """The run's phases. A probe-first strategy (lp-ft) probes, then tunes everything gently."""
+    if not STRATEGY_REGISTRY.get(applied.strategy).probe_first:
+        return [_Phase("main", 0, epochs, 1.0)]
     probe = probe_epochs or max(1, epochs // 2)
     if probe >= epochs:
-        return [("probe", epochs, 1.0)]
-    return [("probe", probe, 1.0), ("full", epochs - probe, full_lr_scale)]
+        return [_Phase("probe", 0, epochs, 1.0)]
+    return [_Phase("probe", 0, probe, 1.0), _Phase("full", probe, epochs, full_lr_scale)]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What stays fixed for the whole call: the recipe's train section, data and options."""
+
+    cfg: TrainConfig
+    train_set: Dataset
+    val_set: Dataset | None
+    num_classes: int
+    batch_size: int
+    block_names: list[str]
+    num_workers: int
+    seed: int
+    device: torch.device
+    augment: bool
+    run_dir: Path | None
+    shared_cache_dir: Path | None
+    callbacks: CallbackList
+    world: int = field(default_factory=dist.world_size)
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg.amp and self.device.type == "cuda"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_set) / self.batch_size)
+
+    def stop_requested(self) -> bool:
+        """A stop request on any rank (every rank polls at the same points)."""
+        return dist.any_rank(self.callbacks.should_stop)
+
+
+@dataclass
+class _PhaseRun:
+    """A phase, set up: its parameters, schedule, batch sources and DDP wrapper."""
+
+    phase: _Phase
+    params: list[nn.Parameter]
+    base_lr: float
+    total_steps: int
+    warmup: int
+    source: Any
+    val_source: Any
+    ddp: nn.Module | None
+    caches: list = field(default_factory=list)
 
 
 def _restores_torch_flags(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
@@ -232,9 +153,7 @@ def fit(
     resume: bool = False,
     probe_epochs: int | None = None,
     full_lr_scale: float = 0.1,
-    should_stop: Callable[[], bool] | None = None,
-    progress: ProgressFn | None = None,
-    on_epoch_end: Callable[[list[EpochStats]], None] | None = None,
+    callbacks: Callback | list[Callback] | None = None,
     shared_cache_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train ``applied.model`` on ``train_set``; keep the weights of the best validation epoch.
@@ -260,16 +179,16 @@ def fit(
         augment: whether ``train_set`` applies random augmentation (disables the cache).
         run_dir: where checkpoints go (None: no checkpoints).
         resume: continue from ``run_dir``'s checkpoint (a fresh start when there is none).
-        probe_epochs, full_lr_scale: lp-ft phases.
-        should_stop: polled after every step and after every epoch; when it returns True
-            the loop saves a checkpoint when ``run_dir`` is set (mid-epoch when steps
-            remain, else the epoch's own) and returns with ``interrupted=True``, without
-            restoring the best epoch's weights.
-        progress: ``progress(phase, done, total, info=...)`` callback.
-        on_epoch_end: called with the history (resumed epochs included) after every
-            finished epoch and its checkpoint; metric loggers, progress displays and a
-            search's pruning hang here. Whatever it raises (e.g. a prune signal) ends the
-            run and propagates, the caches closed first.
+        probe_epochs, full_lr_scale: the phases of a probe-first strategy (lp-ft).
+        callbacks: one :class:`~nctune.training.callbacks.Callback` or a list. Its
+            ``should_stop`` is polled after every step and after every epoch; when it
+            returns True the loop saves a checkpoint when ``run_dir`` is set (mid-epoch
+            when steps remain, else the epoch's own) and returns with ``interrupted=True``,
+            without restoring the best epoch's weights. ``on_epoch_end(history)`` comes
+            after every finished epoch and its checkpoint (metric loggers, progress
+            displays and a search's pruning hang there); whatever a hook raises (e.g. a
+            prune signal) ends the run and propagates, the caches closed first.
+            ``on_progress`` follows every pass; ``teardown`` comes last, also on errors.
         shared_cache_dir: keep the frozen-prefix cache in this folder, keyed by its
             content, so later runs on the same prefix and data read it instead of
             recomputing it (see :meth:`~nctune.training.prefix_cache.PrefixCache.build`).
@@ -290,17 +209,64 @@ def fit(
         TrainingError: the loss or a weight became NaN/Inf, or an update overflowed
             (diverged: the last good checkpoint is kept, nothing non-finite is saved).
     """
-    start_time = time.perf_counter()
-    device = torch.device(device)
-    model, tuned = applied.model, applied.tuned
-    run_dir = Path(run_dir) if run_dir is not None else None
-    torch.manual_seed(seed)
+    start = time.perf_counter()
+    run = _Run(
+        cfg=cfg,
+        train_set=train_set,
+        val_set=val_set,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        block_names=block_names,
+        num_workers=num_workers,
+        seed=seed,
+        device=torch.device(device),
+        augment=augment,
+        run_dir=Path(run_dir) if run_dir is not None else None,
+        shared_cache_dir=Path(shared_cache_dir) if shared_cache_dir is not None else None,
+        callbacks=CallbackList.of(callbacks),
+    )
+    caches: list = []
+    try:
+        state = _setup(applied, run, resume)
+        run.callbacks.on_fit_start(state)
+        for phase in _phases(applied, cfg.epochs, probe_epochs, full_lr_scale):
+            if state.epoch >= phase.end:  # finished before the resumed checkpoint
+                continue
+            ph = None  # the last phase's DDP wrapper lets go of its gradient hooks first
+            ph = _start_phase(run, state, phase)
+            caches += ph.caches
+            for epoch in range(max(state.epoch, phase.start), phase.end):
+                if not _epoch(run, state, ph, epoch):  # a stop request
+                    return state.finish(
+                        interrupted=True, has_val=val_set is not None, seconds=_since(start)
+                    )
+                if state.stopped_early:
+                    break
+            for c in ph.caches:  # the next phase (lp-ft) trains the prefix too: no cache
+                c.close()
+            if state.stopped_early:
+                break
+        return state.finish(interrupted=False, has_val=val_set is not None, seconds=_since(start))
+    finally:
+        for c in caches:  # a disk cache must not outlive the run (closing is idempotent)
+            c.close()
+        run.callbacks.teardown()
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _setup(applied: AppliedStrategy, run: _Run, resume: bool) -> TrainState:
+    """Seed, set the determinism switches, place the model, and restore a checkpoint."""
+    cfg, device = run.cfg, run.device
+    torch.manual_seed(run.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    model = applied.model
     model.to(device)
-    world = dist.world_size()
-    if world > 1 and cfg.sync_batchnorm:
+    if run.world > 1 and cfg.sync_batchnorm:
         if device.type != "cuda":
             raise ConfigError(
                 "train.sync_batchnorm: SyncBatchNorm runs on CUDA only; set it false on CPU"
@@ -308,319 +274,201 @@ def fit(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the root
     if device.type == "cuda" and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    use_amp = cfg.amp and device.type == "cuda"
     # float16 autocast needs loss scaling against underflow; bfloat16 does not.
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype() == torch.float16)
-
-    phases = _phases(applied, cfg.epochs, probe_epochs, full_lr_scale)
-    ckpt = load_checkpoint(run_dir) if (resume and run_dir) else None
-    history: list[EpochStats] = []
-    best = {"acc": None, "epoch": -1, "state": None, "bad": 0}
-    epoch0, step0 = 0, 0
-    if ckpt is not None:
-        epoch0, step0 = ckpt["epoch"], ckpt["step"]
-        if ckpt["phase"] == "full" and applied.phase != "full":
-            applied.start_full_phase()
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as err:  # weights of another architecture or strategy
-            first = one_line(str(err), 160)
-            raise ArtifactError(
-                f"{run_dir / CHECKPOINT}: its weights do not fit this run's model ({first}); start a new run"
-            ) from None
-        history = [EpochStats(**h) for h in ckpt["history"]]
-        best = {
-            "acc": ckpt["best_acc"],
-            "epoch": ckpt["best_epoch"],
-            "state": ckpt["best_state"],
-            "bad": ckpt["bad_epochs"],
-        }
-
-    def save(epoch: int, step: int, partial: dict | None) -> None:
-        if run_dir is not None and dist.is_main():  # every rank holds the same state
-            save_checkpoint(
-                run_dir / CHECKPOINT,
-                checkpoint_state(
-                    epoch, step, applied, model, optimizer, scaler, history, best, device, partial
-                ),
-            )
-
-    def finish(interrupted: bool) -> TrainResult:
-        for c in caches:  # a disk cache must not outlive the run (idempotent)
-            c.close()
-        best_acc = best["acc"] if val_set is not None else None
-        return TrainResult(
-            history,
-            best["epoch"],
-            best_acc,
-            stopped_early,
-            interrupted,
-            time.perf_counter() - start_time,
-            cache_info,
-        )
-
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
-    epoch, stopped_early, interrupted = epoch0, False, False
-    optimizer = None
-    caches: list[CachedBatches] = []
-    cache_info = CacheInfo(
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and amp_dtype() == torch.float16)
+    state = TrainState(applied, model, device, scaler)
+    state.cache = CacheInfo(
         False, reason="train.cache_prefix is off" if cfg.cache_prefix == "off" else ""
     )
-    phase_start = 0
-    for phase_name, phase_epochs, lr_scale in phases:
-        phase_end = phase_start + phase_epochs
-        if epoch >= phase_end:
-            phase_start = phase_end
-            continue
-        if phase_name == "full" and applied.phase != "full":
-            applied.start_full_phase()
-        base_lr = cfg.lr * lr_scale
-        params = applied.parameters()
-        optimizer = make_optimizer(params, cfg, base_lr, no_weight_decay_ids(model))
-        total_steps = phase_epochs * steps_per_epoch
+    ckpt = load_checkpoint(run.run_dir) if (resume and run.run_dir) else None
+    if ckpt is not None:
+        state.restore(ckpt, run.run_dir / CHECKPOINT)
+    return state
+
+
+def _start_phase(run: _Run, state: TrainState, phase: _Phase) -> _PhaseRun:
+    """A fresh optimizer (the checkpoint's, when it was saved in this phase), the schedule,
+    the batch sources (the frozen prefix cached when possible) and, under torchrun, DDP."""
+    cfg, spe = run.cfg, run.steps_per_epoch
+    if phase.name == "full" and state.applied.phase != "full":
+        state.applied.start_full_phase()
+    base_lr = cfg.lr * phase.lr_scale
+    params = state.applied.parameters()
+    state.optimizer = make_optimizer(params, cfg, base_lr, no_weight_decay_ids(state.model))
+    state.restore_optimizer(phase.name)
+
+    # The frozen prefix is the same every epoch when nothing random touches the input,
+    # so compute it once: later epochs then cost only the trainable suffix.
+    source = ImageBatches(run.train_set, run.batch_size, run.device, run.seed, run.num_workers)
+    val_shard = dist.shard_dataset(run.val_set) if run.val_set is not None else None
+    val_source = None if val_shard is None else ImageBatches(val_shard, run.batch_size, run.device)
+    caches = []
+    if cfg.cache_prefix != "off" and run.augment:
+        state.cache = CacheInfo(False, reason="data.augment is on: the prefix differs every epoch")
+    elif cfg.cache_prefix != "off":
+        cached, cached_val, state.cache = try_cache(
+            state.applied.tuned,
+            run.block_names,
+            run.train_set,
+            val_shard,
+            cfg=cfg,
+            batch_size=run.batch_size,
+            seed=run.seed,
+            device=run.device,
+            amp=run.amp,
+            run_dir=run.run_dir,
+            shared_dir=run.shared_cache_dir,
+            callbacks=run.callbacks,
+        )
+        source, val_source = cached or source, cached_val or val_source
+        caches = [c for c in (cached, cached_val) if c is not None]
+    # Under torchrun: DDP over the trainable parameters, around a module that runs this
+    # phase's source's forward (cached or not), so every step's gradients are averaged.
+    ddp = dist.wrap_ddp(Step(state.model, source), run.device) if run.world > 1 else None
+    return _PhaseRun(
+        phase,
+        params,
+        base_lr,
         # Each phase warms up: lp-ft's full phase starts from a trained head but from
         # untouched backbone statistics, and a cold start at full rate would undo the probe.
-        warmup = round(cfg.warmup_epochs * steps_per_epoch)
-        if ckpt is not None and ckpt["phase"] == phase_name:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-
-        # The frozen prefix is the same every epoch when nothing random touches the
-        # input, so compute it once: later epochs then cost only the trainable suffix.
-        source = ImageBatches(train_set, batch_size, device, seed, num_workers)
-        val_shard = dist.shard_dataset(val_set) if val_set is not None else None
-        val_source = ImageBatches(val_shard, batch_size, device) if val_set is not None else None
-        if cfg.cache_prefix != "off":
-            if augment:
-                cache_info = CacheInfo(
-                    False, reason="data.augment is on: the prefix differs every epoch"
-                )
-            else:
-                cached, cached_val, cache_info = try_cache(
-                    tuned,
-                    block_names,
-                    train_set,
-                    val_shard,
-                    cfg,
-                    batch_size,
-                    seed,
-                    device,
-                    run_dir,
-                    progress,
-                    use_amp,
-                    shared_cache_dir,
-                    should_stop,
-                )
-                source = cached or source
-                val_source = cached_val or val_source
-                caches += [c for c in (cached, cached_val) if c is not None]
-
-        # Under torchrun: DDP over the trainable parameters, around a module that runs this
-        # phase's source's forward (cached or not), so every step's gradients are averaged.
-        ddp = None  # the last phase's wrapper lets go of its gradient hooks first
-        ddp = dist.wrap_ddp(Step(model, source), device) if world > 1 else None
-        for epoch in range(
-            max(epoch0 if ckpt is not None else phase_start, phase_start), phase_end
-        ):
-            t0 = time.perf_counter()
-            start_batch = step0 if (ckpt is not None and epoch == epoch0) else 0
-            loss_sum, correct, seen = 0.0, 0, 0
-            stats = CollapseStats(num_classes) if cfg.track_collapse else None
-            if start_batch and ckpt is not None and dist.is_main():  # global sums: once
-                loss_sum, correct, seen = (
-                    ckpt["partial"]["loss_sum"],
-                    ckpt["partial"]["correct"],
-                    ckpt["partial"]["seen"],
-                )
-                if stats is not None and ckpt["partial"]["stats"] is not None:
-                    stats.load_state_dict(ckpt["partial"]["stats"])
-            if ckpt is not None and epoch == epoch0:
-                set_rng_state(ckpt["rng"], device)
-            model.train()
-            if progress:
-                progress(f"epoch {epoch + 1}/{cfg.epochs}", start_batch, steps_per_epoch)
-            step = start_batch
-            with source.attached():
-                for x, y in source.batches(epoch, start_batch):
-                    global_step = (epoch - phase_start) * steps_per_epoch + step
-                    lr = lr_at(global_step, total_steps, warmup, cfg, base_lr)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    y = torch.as_tensor(y).to(device, non_blocking=True)
-                    with autocast(device, use_amp):
-                        if ddp is None:
-                            logits, feats = source.forward(model, x)
-                            loss = F.cross_entropy(
-                                logits.float(), y, label_smoothing=cfg.label_smoothing
-                            )
-                        else:
-                            logits, feats = ddp(x)
-                            ce = F.cross_entropy(
-                                logits.float(),
-                                y,
-                                label_smoothing=cfg.label_smoothing,
-                                reduction="sum",
-                                ignore_index=IGNORE,
-                            )
-                            # DDP averages over W ranks: Σ_rank ce·W/B / W = the batch mean
-                            count = min(batch_size, len(train_set) - step * batch_size)
-                            loss = ce * (world / count)
-                    # Under torchrun: before DDP's gradient all-reduce, agree that no rank
-                    # failed fetching its batch or in its forward pass (a corrupt image, out
-                    # of memory); a failed rank sends its error here instead of hanging.
-                    dist.check()
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if cfg.grad_clip:
-                        scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    try:
-                        scaler.step(optimizer)
-                    except RuntimeError as err:  # lr · update beyond float32 (lr=1e300)
-                        if "overflow" not in str(err):
-                            raise
-                        raise _diverged(
-                            epoch, step, f"the step with lr {lr:g} overflows", run_dir, history
-                        ) from None
-                    scaler.update()
-                    # Book-keeping from this same forward pass: no extra pass for NC1.
-                    value = float((ce if ddp is not None else loss).detach())
-                    if not math.isfinite(value):  # diverged: stop before anything is saved
-                        raise _diverged(epoch, step, f"the loss is {value}", run_dir, history)
-                    if ddp is not None:  # this rank's samples, without stand-ins
-                        keep = y != IGNORE
-                        b = int(keep.sum())
-                        loss_sum += value
-                        logits, feats, y = logits[keep], feats[keep], y[keep]
-                    else:
-                        b = y.numel()
-                        loss_sum += value * b
-                    correct += int((logits.detach().argmax(1) == y).sum())
-                    seen += b
-                    if stats is not None and b:
-                        stats.update(feats.detach().float(), y)
-                    step += 1
-                    if progress:
-                        progress(
-                            f"epoch {epoch + 1}/{cfg.epochs}",
-                            step,
-                            steps_per_epoch,
-                            info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%}",
-                        )
-                    if dist.any_rank(should_stop) and step < steps_per_epoch:
-                        interrupted = True
-                        break
-            if world > 1:  # the shards' sums → the global ones, on every rank
-                loss_sum, correct, seen = dist.all_reduce_sum(loss_sum, correct, seen)
-                correct, seen = int(correct), int(seen)
-                stats = dist.reduce_stats(stats)
-                dist.broadcast_buffers(model)  # BatchNorm running statistics: rank 0's
-            _check_finite_weights(model, epoch, step, run_dir, history)  # never save NaN weights
-            if interrupted:  # a stop request mid-epoch: save exactly where we are
-                partial = {
-                    "loss_sum": loss_sum,
-                    "correct": correct,
-                    "seen": seen,
-                    "stats": stats.state_dict() if stats else None,
-                }
-                save(epoch, step, partial)
-                return finish(interrupted=True)
-
-            val_acc = (
-                evaluate(
-                    model,
-                    val_source,
-                    device,
-                    amp=use_amp,
-                    progress=progress,
-                    phase=f"epoch {epoch + 1}/{cfg.epochs} validation",
-                )[0]
-                if val_source is not None
-                else None
-            )
-            history.append(
-                EpochStats(
-                    epoch + 1,
-                    phase_name,
-                    loss_sum / max(seen, 1),
-                    correct / max(seen, 1),
-                    val_acc,
-                    safe_nc1(stats),
-                    lr,
-                    time.perf_counter() - t0,
-                )
-            )
-
-            # Keep the best validation epoch; without validation, the last one.
-            if val_acc is None or best["acc"] is None or val_acc > best["acc"]:
-                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                best = {"acc": val_acc, "epoch": epoch + 1, "state": state, "bad": 0}
-            else:
-                best["bad"] += 1
-            ckpt, step0 = None, 0
-            save(epoch + 1, 0, None)
-            if on_epoch_end is not None:
-                try:
-                    on_epoch_end(history)
-                except BaseException:
-                    finish(interrupted=True)  # closes the caches
-                    raise
-            if dist.any_rank(should_stop) and epoch + 1 < cfg.epochs:
-                return finish(interrupted=True)
-            if cfg.early_stopping and val_set is not None and best["bad"] >= cfg.early_stopping:
-                stopped_early = True
-                break
-        for c in caches:  # the next phase (lp-ft) trains the prefix too: no cache
-            c.close()
-        if stopped_early:
-            break
-        phase_start = phase_end
-        epoch = phase_end
-
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    return finish(interrupted=False)
-
-
-def _diverged(epoch: int, step: int, what: str, run_dir: Path | None, history) -> TrainingError:
-    """The one-line error for a run whose loss or weights stopped being finite."""
-    kept = ""
-    if run_dir is not None and (run_dir / CHECKPOINT).is_file():
-        kept = (
-            f"; the last good checkpoint (epoch {len(history)}) is kept in {run_dir / CHECKPOINT}"
-        )
-    return TrainingError(
-        f"train: diverged at epoch {epoch + 1}, step {step + 1}: {what}; "
-        f"lower train.lr or enable train.grad_clip{kept}"
+        total_steps=(phase.end - phase.start) * spe,
+        warmup=round(cfg.warmup_epochs * spe),
+        source=source,
+        val_source=val_source,
+        ddp=ddp,
+        caches=caches,
     )
 
 
-def _check_finite_weights(
-    model: nn.Module, epoch: int, step: int, run_dir: Path | None, history
-) -> None:
-    """Raise :class:`TrainingError` when a parameter holds NaN/Inf (the last step's update
-    can break the weights after a still-finite loss), so they are never saved."""
-    for name, p in model.named_parameters():
-        if p.requires_grad and not bool(torch.isfinite(p.detach()).all()):
-            raise _diverged(
-                epoch, max(step - 1, 0), f"weight {name} is not finite", run_dir, history
-            )
-
-
-def safe_nc1(stats: CollapseStats | None) -> float | None:
-    """NC1 of ``stats``, or None when it is undefined (no samples, one class present).
-
-    Args:
-        stats: accumulated collapse statistics, or None (not tracked).
+def _epoch(run: _Run, state: TrainState, ph: _PhaseRun, epoch: int) -> bool:
+    """Train epoch ``epoch``, validate, keep the best, checkpoint, and tell the callbacks.
 
     Returns:
-        The NC1 value, or None; the statistics' warnings are silenced.
+        False when a stop request ends the run here (its checkpoint saved).
     """
-    if stats is None or stats.num_samples == 0:
-        return None
+    t0 = time.perf_counter()
+    sums, lr, stopped = _train_epoch(run, state, ph, epoch)
+    if stopped:  # a stop request mid-epoch: save exactly where we are
+        state.save(run.run_dir, partial=sums)
+        return False
+    label = f"epoch {epoch + 1}/{run.cfg.epochs}"
+    val_acc = None
+    if ph.val_source is not None:  # polls no stop request: ranks must agree, once per epoch
+        val_acc = evaluate(
+            state.model,
+            ph.val_source,
+            run.device,
+            amp=run.amp,
+            callbacks=run.callbacks,
+            phase=f"{label} validation",
+            stoppable=False,
+        )[0]
+    seen = max(sums.seen, 1)
+    stats = EpochStats(
+        epoch + 1,
+        ph.phase.name,
+        sums.loss_sum / seen,
+        sums.correct / seen,
+        val_acc,
+        safe_nc1(sums.stats),
+        lr,
+        time.perf_counter() - t0,
+    )
+    state.end_epoch(stats, run.run_dir)  # history, best epoch, checkpoint
+    run.callbacks.on_epoch_end(state.history)
+    if run.stop_requested() and epoch + 1 < run.cfg.epochs:
+        return False
+    patience = run.cfg.early_stopping
+    if patience and run.val_set is not None and state.best.bad_epochs >= patience:
+        state.stopped_early = True
+    return True
+
+
+def _train_epoch(
+    run: _Run, state: TrainState, ph: _PhaseRun, epoch: int
+) -> tuple[EpochSums, float, bool]:
+    """The epoch's training steps, from ``state.step`` on (a resumed epoch continues).
+
+    Returns:
+        ``(the epoch's sums, the last step's learning rate, stopped by a request)``.
+    """
+    state.epoch, resumed = epoch, state.resumed
+    # a resumed mid-epoch run continues the epoch's global sums (rank 0 holds them once)
+    partial = resumed.partial if resumed and state.step and dist.is_main() else None
+    sums = EpochSums.start(run.num_classes, run.cfg.track_collapse, partial)
+    if resumed is not None:
+        set_rng_state(resumed.rng, run.device)
+    state.model.train()
+    label, spe = f"epoch {epoch + 1}/{run.cfg.epochs}", run.steps_per_epoch
+    run.callbacks.on_epoch_start(state)
+    run.callbacks.on_progress(label, state.step, spe)
+    lr, stopped = float("nan"), False
+    with ph.source.attached():
+        for x, y in ph.source.batches(epoch, state.step):
+            lr, loss = _step(run, state, ph, x, y, sums)
+            state.step += 1
+            run.callbacks.on_batch_end(state, loss)
+            info = f"loss {sums.loss_sum / sums.seen:.3f} acc {sums.correct / sums.seen:.1%}"
+            run.callbacks.on_progress(label, state.step, spe, info)
+            if run.stop_requested() and state.step < spe:
+                stopped = True
+                break
+    if run.world > 1:
+        sums.all_reduce()
+        dist.broadcast_buffers(state.model)  # BatchNorm running statistics: rank 0's
+    state.check_finite(run.run_dir)  # never save NaN weights
+    return sums, lr, stopped
+
+
+def _step(
+    run: _Run, state: TrainState, ph: _PhaseRun, x: Any, y: Any, sums: EpochSums
+) -> tuple[float, float]:
+    """One optimisation step on batch ``(x, y)``, booked into ``sums``.
+
+    Returns:
+        ``(its learning rate, its loss)``.
+    """
+    cfg, optimizer, scaler = run.cfg, state.optimizer, state.scaler
+    global_step = (state.epoch - ph.phase.start) * run.steps_per_epoch + state.step
+    lr = lr_at(global_step, ph.total_steps, ph.warmup, cfg, ph.base_lr)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    y = torch.as_tensor(y).to(run.device, non_blocking=True)
+    with autocast(run.device, run.amp):
+        if ph.ddp is None:
+            logits, feats = ph.source.forward(state.model, x)
+            loss = ce = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        else:
+            logits, feats = ph.ddp(x)
+            ce = F.cross_entropy(
+                logits.float(),
+                y,
+                label_smoothing=cfg.label_smoothing,
+                reduction="sum",
+                ignore_index=IGNORE,
+            )
+            # DDP averages over W ranks: Σ_rank ce·W/B / W = the batch mean
+            count = min(run.batch_size, len(run.train_set) - state.step * run.batch_size)
+            loss = ce * (run.world / count)
+    # Under torchrun: before DDP's gradient all-reduce, agree that no rank failed fetching
+    # its batch or in its forward pass (a corrupt image, out of memory); a failed rank
+    # sends its error here instead of hanging.
+    dist.check()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+        torch.nn.utils.clip_grad_norm_(ph.params, cfg.grad_clip)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return stats.compute().nc1
-    except CollapseError:
-        return None
+        scaler.step(optimizer)
+    except RuntimeError as err:  # lr · update beyond float32 (lr=1e300)
+        if "overflow" not in str(err):
+            raise
+        raise state.diverged(run.run_dir, f"the step with lr {lr:g} overflows") from None
+    scaler.update()
+    # Book-keeping from this same forward pass: no extra pass for NC1.
+    value = float(ce.detach())
+    if not math.isfinite(value):  # diverged: stop before anything is saved
+        raise state.diverged(run.run_dir, f"the loss is {value}")
+    sums.add(logits, feats, y, value, distributed=ph.ddp is not None)
+    return lr, value

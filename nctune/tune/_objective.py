@@ -19,6 +19,7 @@ from nctune.finetune import finetune, prepare
 from nctune.runs._io import atomic_write_json, atomic_write_text
 from nctune.runs.artifacts import RECIPE_FILE, save_run
 from nctune.training.checkpoint import CHECKPOINT
+from nctune.training.callbacks import LambdaCallback
 from nctune.training.train import EpochStats
 from nctune.tune._result import TrialRecord
 from nctune.tune._space import suggest, trial_recipe
@@ -136,11 +137,11 @@ class Objective:
         result = finetune(
             cfg,
             run_dir=run_dir,
-            should_stop=self.should_stop,
-            progress=self.progress,
+            callbacks=LambdaCallback(
+                should_stop=self.should_stop, on_progress=self.progress, on_epoch_end=epoch_end
+            ),
             prepared=prepared,
             profile=profile,
-            on_epoch_end=epoch_end,
             shared_cache_dir=self.out / CACHE_DIR,
         )
         if result.interrupted:
