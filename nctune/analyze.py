@@ -106,6 +106,31 @@ def _tap_specs(
     return model, [TapSpec(n, n, "auto") for n in names], prefix
 
 
+class _NccScores:
+    """A sink for the validation pass: nearest-class-centre hits per layer against the
+    training class means; :meth:`accuracy` sums the shards' counts under torchrun."""
+
+    def __init__(self, metrics: dict[str, Any], first: str, labels: list[torch.Tensor]) -> None:
+        self.metrics, self.first, self.labels = metrics, first, labels
+        self.correct: dict[str, Any] = dict.fromkeys(metrics, 0)
+        self.seen = 0
+
+    def __call__(self, name: str, feats: torch.Tensor) -> None:
+        m, y = self.metrics[name], self.labels[0]
+        pred = ncc_predict(feats, m.class_means, m.classes)
+        # a tensor sum: no host sync per layer and batch on CUDA
+        self.correct[name] += (pred == y.to(pred.device)).sum()
+        if name == self.first:
+            self.seen += int(y.numel())
+
+    def accuracy(self) -> dict[str, float | None] | None:
+        """Layer → accuracy on the validation samples of every process; None without any."""
+        *hits, total = all_reduce_sum(*(int(c) for c in self.correct.values()), self.seen)
+        if not total:
+            return None
+        return {name: hit / total for name, hit in zip(self.correct, hits, strict=True)}
+
+
 def _num_classes(loader: Iterable, num_classes: int | None) -> int:
     if num_classes is not None:
         return num_classes
@@ -220,21 +245,9 @@ def analyze(
         metrics = {name: st.compute() for name, st in stats.items()}
         ncc: dict[str, float | None] = dict.fromkeys(metrics)
         if val_loader is not None:
-            correct = dict.fromkeys(metrics, 0)
-            seen = [0]
-
-            def score(name: str, feats: torch.Tensor) -> None:
-                m = metrics[name]
-                pred = ncc_predict(feats, m.class_means, m.classes)
-                # a tensor sum: no host sync per layer and batch on CUDA
-                correct[name] += (pred == labels[0].to(pred.device)).sum()
-                if name == specs[0].name:
-                    seen[0] += int(labels[0].numel())
-
-            run("val", val_loader, specs, score)
-            *hits, total = all_reduce_sum(*(int(correct[n]) for n in metrics), seen[0])
-            if total:
-                ncc = {name: hit / total for name, hit in zip(metrics, hits, strict=True)}
+            scores = _NccScores(metrics, specs[0].name, labels)
+            run("val", val_loader, specs, scores)
+            ncc = scores.accuracy() or ncc
     layer_list = [
         LayerCollapse(
             i, s.name, metrics[s.name].dim, metrics[s.name], ncc[s.name], s.name != PRE_LOGITS
