@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from rich.progress import (
 from nctune.errors import NctuneError, one_line
 from nctune.runs._lock import FolderClaim, recover_orphans
 from nctune.training.callbacks import Callback  # torch-free: --help stays light
+from nctune.training.strategies import STRATEGIES  # torch-free: --help stays light
 
 # Annotated option aliases, defined once (Typer's one-file-per-command style).
 RecipeArg = Annotated[
@@ -77,9 +79,13 @@ Most used overrides, --set key.path=value (repeatable):
   data.source=imagefolder data.path=DIR  your images (class folders)
   device=cuda                            auto, cpu, cuda, cuda:1, mps
   train.epochs=5                         epochs
-  strategy.name=scl                      auto, linear, full, layers, scl, lora
+  strategy.name=scl                      {strategies}
   strategy.layers=\\[layer3.1]             blocks to tune (see nctune analyze)
-"""
+""".format(  # every registered strategy, in registry order, wrapped to fit 80 columns
+    strategies=f"\n{' ' * 41}".join(
+        textwrap.wrap(", ".join(STRATEGIES), 80 - 41 - 3, break_on_hyphens=False)
+    )
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
