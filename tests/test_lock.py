@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from nctune.errors import ArtifactError
 from nctune.runs import _lock
 from nctune.runs._lock import FolderBusyError, FolderClaim, claim_folder, lock_path, recover_orphans
 
@@ -133,3 +134,74 @@ def test_recover_points_at_the_set_aside_run_when_the_new_one_has_a_checkpoint(t
     with pytest.warns(UserWarning, match=f"still in {old}"):
         assert recover_orphans(out) == [old]
     assert (old / "model.safetensors").exists() and (out / "checkpoint.pt").exists()
+
+
+# ------------------------------------------------------------------ links (issue 20, item 4)
+def test_a_lock_planted_as_a_symlink_is_refused_and_its_target_left_alone(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone's data")
+    os.utime(victim, (0, 0))  # an old file: no lock being filled right now
+    (tmp_path / "runs").mkdir()
+    lock_path(tmp_path / "runs" / "g").symlink_to(victim)
+    with pytest.raises(ArtifactError, match=r"\.g\.lock is a symbolic link") as err:
+        FolderClaim(tmp_path / "runs" / "g").acquire()
+    assert "\n" not in str(err.value)
+    assert victim.read_text() == "someone's data"  # not truncated, not overwritten
+    # a dangling link is no lock either (O_EXCL refuses to create through it)
+    lock_path(tmp_path / "runs" / "h").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        FolderClaim(tmp_path / "runs" / "h").acquire()
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_lock_planted_as_a_hard_link_is_refused(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone's data")
+    os.utime(victim, (0, 0))
+    os.link(victim, lock_path(tmp_path / "g"))
+    with pytest.raises(ArtifactError, match="hard link"):
+        FolderClaim(tmp_path / "g").acquire()
+    assert victim.read_text() == "someone's data"
+
+
+# ------------------------------------------------------------------ shared claims (tune)
+def test_shared_claims_live_together_and_exclude_an_exclusive_one(tmp_path):
+    out = tmp_path / "search"
+    first = FolderClaim(out, shared=True, command="nctune tune a").acquire()
+    second = FolderClaim(out, shared=True, command="nctune tune b").acquire()
+    try:
+        assert json.loads(lock_path(out).read_text())["shared"] is True
+        with pytest.raises(FolderBusyError, match="in use by another nctune run.*nctune tune"):
+            FolderClaim(out).acquire()
+        first.release()
+        assert lock_path(out).exists()  # the second still holds it
+        with pytest.raises(FolderBusyError):
+            FolderClaim(out).acquire()
+    finally:
+        first.release()
+        second.release()
+    assert not lock_path(out).exists()  # the last one out removes it
+    with claim_folder(out), pytest.raises(FolderBusyError, match="in use by another nctune"):
+        FolderClaim(out, shared=True).acquire()
+
+
+def test_a_shared_claim_in_another_process_excludes_an_exclusive_one(tmp_path):
+    out = tmp_path / "search"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD.replace('held-by-test")', 'held-by-test", shared=True)'), out],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusyError, match=f"pid {proc.pid}"):
+            FolderClaim(out).acquire()
+        with claim_folder(out, shared=True):
+            pass
+        assert lock_path(out).exists()  # still the other process's
+    finally:
+        proc.kill()
+        proc.wait()
+    with claim_folder(out):  # its kernel lock went with it: stale, taken over
+        assert "shared" not in json.loads(lock_path(out).read_text())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +21,7 @@ from nctune.cli.common import (
 )
 from nctune.cli.render import Output, render
 from nctune.errors import ArtifactError, DataError
-from nctune.runs._io import check_writable
+from nctune.runs._io import check_writable, partial_file, partial_path
 
 RunArg = Annotated[
     Path, typer.Argument(help="Run folder of nctune finetune (or its model.safetensors).")
@@ -105,11 +104,10 @@ def predict(
     k = min(top_k, model.num_classes)
     jsonl = out.suffix.lower() == ".jsonl"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     rows, failed = [], 0
     try:
-        with open(partial, "w", encoding="utf-8", newline="") as f, progress_bar() as progress:
+        # rows go to a hidden partial file, renamed to --out once every image is done
+        with partial_file(out) as f, progress_bar() as progress:
             if not jsonl:
                 csv.writer(f).writerow(_header(k))
             buffer = io.StringIO()
@@ -134,17 +132,10 @@ def predict(
                     buffer.seek(0)
                     buffer.truncate()
                     progress("predict", n, len(images))
-            os.fsync(f.fileno())
-        os.replace(partial, out)
     except KeyboardInterrupt:
-        notice(f"interrupted; the rows predicted so far are in {partial} ({out} not written)")
+        kept = partial_path(out)
+        notice(f"interrupted; the rows predicted so far are in {kept} ({out} not written)")
         raise typer.Exit(130) from None
-    except OSError as err:  # e.g. the disk filled up: one line, no half-written --out
-        partial.unlink(missing_ok=True)
-        raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     summary = {
         "run": str(run),
         "out": str(out),

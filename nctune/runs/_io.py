@@ -2,7 +2,10 @@
 
 A file is written to a temporary sibling, flushed to disk (``fsync``) and renamed over
 its target (``os.replace``, atomic on POSIX and Windows): a crash leaves the old file or
-the new one, never a torn one. Whole result folders are staged (:func:`staged_dir`) and
+the new one, never a torn one. Temporary files are created new (``O_CREAT | O_EXCL``) and
+never through a symbolic link (``O_NOFOLLOW``: ``tempfile.mkstemp`` does both, and so does
+:func:`partial_file`), so a link planted at a temporary name cannot make nctune write
+someone else's file. Whole result folders are staged (:func:`staged_dir`) and
 swapped in at the end, so a command that fails on bad input leaves nothing in ``--out``.
 """
 
@@ -14,9 +17,9 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -33,6 +36,9 @@ def _read_umask() -> int:
 
 
 UMASK = _read_umask()
+
+#: Never open a file through a symbolic link (0 where the platform has no such flag).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def make_public(path: str | Path, directory: bool = False) -> None:
@@ -269,6 +275,65 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_result_folder(
+    out: str | Path,
+    result_file: str,
+    doc: Any,
+    recipe_yaml: str,
+    figures: Mapping[str, Callable[[Path], Any]] | None = None,
+) -> Path:
+    """Write a command's result folder as a whole (staged: a failure leaves ``out`` as it
+    was): ``result_file`` (strict JSON of ``doc``), ``recipe.yaml``, and each figure, written
+    by ``figures[name](path)``. Raises ArtifactError when something cannot be written."""
+    with staged_dir(out) as tmp:
+        atomic_write_json(tmp / result_file, doc)
+        atomic_write_text(tmp / RECIPE_FILE, recipe_yaml)
+        for name, draw in (figures or {}).items():
+            draw(tmp / name)
+    return Path(out)
+
+
+def partial_path(out: str | Path) -> Path:
+    """Where :func:`partial_file` grows ``out``: the hidden sibling ``.NAME.partial-<pid>``."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.partial-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def partial_file(out: str | Path) -> Iterator[IO[str]]:
+    """Yield a text file (UTF-8, ``newline=""``) that becomes ``out`` when the block succeeds.
+
+    The rows go to :func:`partial_path`, created new (``O_EXCL``) and never through a link
+    (``O_NOFOLLOW``; whatever sits at that name is removed first, a link's target left
+    alone), and are fsynced and renamed over ``out`` at the end. A ``KeyboardInterrupt``
+    keeps the partial file (the rows finished so far); any other failure removes it, an
+    ``OSError`` (a full disk) becoming one ArtifactError line naming ``out``.
+    """
+    out = Path(out)
+    path = partial_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # an interrupted earlier run's rows, or a link planted there
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+    except OSError as err:
+        raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path, out)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if isinstance(err, OSError):  # e.g. the disk filled up: one line, no torn --out
+            raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
+        raise
 
 
 # ------------------------------------------------------------------ nctune file names
