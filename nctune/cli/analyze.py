@@ -11,13 +11,13 @@ from nctune.cli.common import (
     ThreadsOpt,
     VerboseOpt,
     apply_threads,
-    claim_out,
+    claim_results,
     default_out,
     handle_errors,
     progress_bar,
 )
 from nctune.cli.render import Output, render
-from nctune.runs._io import atomic_write_json, atomic_write_text, staged_dir
+from nctune.runs._io import write_result_folder
 
 
 @handle_errors
@@ -38,20 +38,16 @@ def analyze(
     from nctune.config import load_recipe
     from nctune.distributed import is_main
     from nctune.report import plot_profile, profile_table
-    from nctune.runs._io import check_replaceable, check_writable
 
     cfg = apply_threads(load_recipe(recipe, set_), threads)
-    out = check_writable(out or default_out(recipe, "analyze"))
-    out = check_replaceable(claim_out(out), "analysis.json")
+    out = claim_results(out or default_out(recipe, "analyze"), "analysis.json")
     with progress_bar() as progress:
         result = analyze_recipe(cfg, progress=lambda p, d, t: progress(f"profile: {p}", d, t))
     doc = result.to_dict()
     if not is_main():  # under torchrun every rank holds the same result; rank 0 writes it
         return
-    with staged_dir(out) as tmp:
-        atomic_write_json(tmp / "analysis.json", doc)
-        atomic_write_text(tmp / "recipe.yaml", cfg.to_yaml())
-        plot_profile(result.profile, tmp / "collapse.png", result.recommendation)
+    draw = {"collapse.png": lambda p: plot_profile(result.profile, p, result.recommendation)}
+    write_result_folder(out, "analysis.json", doc, cfg.to_yaml(), draw)
     rec = result.recommendation
     summary = Output(
         doc,

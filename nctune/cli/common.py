@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -88,6 +89,7 @@ Most used overrides, --set key.path=value (repeatable):
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C")
 
 #: stderr console: errors, warnings, progress (never mixed into --json stdout).
 err_console = Console(stderr=True)
@@ -102,7 +104,15 @@ def default_out(recipe: Path | None, command: str) -> Path:
 _command_stack: ContextVar[ExitStack | None] = ContextVar("nctune_command_stack", default=None)
 
 
-def claim_out(folder: Path, option: str = "--out") -> Path:
+def hold(claim: C) -> C:
+    """Enter ``claim`` (e.g. a :class:`nctune.runs.folder.RunFolder`) until the command ends."""
+    stack = _command_stack.get()
+    if stack is None:  # pragma: no cover - every command runs under handle_errors
+        raise RuntimeError("hold() outside a command wrapped by handle_errors")
+    return stack.enter_context(claim)
+
+
+def claim_out(folder: Path, option: str = "--out", *, shared: bool = False) -> Path:
     """Claim ``folder`` for the rest of this command, then recover what a killed one left.
 
     The claim (:class:`nctune.runs._lock.FolderClaim`, a lock file next to the folder) is held
@@ -116,6 +126,8 @@ def claim_out(folder: Path, option: str = "--out") -> Path:
     Args:
         folder: the result folder.
         option: how messages name it (``--out``, ``--resume``).
+        shared: a shared claim (``tune`` workers sharing one search folder; see
+            :class:`~nctune.runs._lock.FolderClaim`).
 
     Returns:
         ``folder``, unchanged.
@@ -123,14 +135,51 @@ def claim_out(folder: Path, option: str = "--out") -> Path:
     Raises:
         FolderBusyError: another live nctune process holds the folder.
     """
-    stack = _command_stack.get()
-    if stack is None:  # pragma: no cover - every command runs under handle_errors
-        raise RuntimeError("claim_out() outside a command wrapped by handle_errors")
     if not _dist().is_main():  # under torchrun rank 0 claims for the whole group
         return folder
-    stack.enter_context(FolderClaim(folder, option))
+    hold(FolderClaim(folder, option, shared=shared))
     recover_orphans(folder, option)
     return folder
+
+
+class StopFlag:
+    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second SIGINT aborts.
+
+    A context manager around the work (its signal handlers), called as ``should_stop``;
+    ``signum`` is the first signal received (the exit code is ``128 + signum``).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        err_console.print(
+            "[yellow]stopping after this step; saving a checkpoint…[/] (Ctrl-C again to abort)"
+        )
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+def claim_results(out: Path, result_file: str) -> Path:
+    """``out`` writable, claimed (:func:`claim_out`) and holding no more than an earlier
+    ``result_file`` run: the result folder of ``analyze``, ``sweep`` or ``rank``."""
+    from nctune.runs._io import check_replaceable, check_writable
+
+    return check_replaceable(claim_out(check_writable(out)), result_file)
 
 
 def handle_errors(fn: F) -> F:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -17,18 +15,19 @@ from nctune.cli.common import (
     QuietOpt,
     RecipeArg,
     SetOpt,
+    StopFlag,
     ThreadsOpt,
     VerboseOpt,
     apply_threads,
-    claim_out,
     default_out,
-    err_console,
     handle_errors,
+    hold,
+    notice,
     progress_bar,
 )
 from nctune.cli.render import Output, render
-from nctune.errors import ArtifactError, Interrupted, NctuneError, TrainingError
-from nctune.runs._io import atomic_write_text, check_writable
+from nctune.errors import Interrupted, NctuneError, TrainingError
+from nctune.runs._io import check_writable
 
 ResumeOpt = Annotated[
     Path | None,
@@ -43,74 +42,45 @@ OverwriteOpt = Annotated[
 ]
 
 
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            found = _first_difference(va, vb, f"{prefix}{key}.")
-            if found:
-                return found
-        elif va != vb:
-            return f"{prefix}{key}"
-    return None
+def _again(recipe: Path | None, set_: list[str] | None, run_dir: Path) -> str:
+    """The command that continues this run: the same recipe and --set values (checked)."""
+    return shlex.join(
+        [
+            "nctune",
+            "finetune",
+            *([str(recipe)] if recipe else []),
+            *[arg for s in set_ or [] for arg in ("--set", s)],
+            "--resume",
+            str(run_dir),
+        ]
+    )
 
 
-def _check_resume(run_dir: Path, cfg) -> None:
-    import yaml
+def _explain_failure(run, err: BaseException, again: str, stop: StopFlag) -> None:
+    """Say what ``err`` left in the run folder (:meth:`RunFolder.abort`) and exit with it;
+    return (for the caller to re-raise ``err``) when there is nothing to add."""
+    from nctune.distributed import PeerFailure
+    from nctune.runs.folder import Kept
 
-    from nctune.runs.artifacts import RECIPE_FILE
-    from nctune.training.checkpoint import CHECKPOINT, load_checkpoint
-
-    saved = run_dir / RECIPE_FILE
-    if not saved.is_file():
-        raise ArtifactError(f"--resume {run_dir}: not an nctune run folder (no {RECIPE_FILE})")
-    if (run_dir / "report.json").is_file() and not (run_dir / CHECKPOINT).is_file():
-        raise ArtifactError(
-            f"--resume {run_dir}: that run finished — use --out {run_dir} --overwrite to replace it, or another folder"
-        )
-    # No checkpoint and no report: stopped before the first epoch ended; it starts afresh.
-    try:
-        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        old = err
-    if not isinstance(old, dict):
-        raise ArtifactError(
-            f"--resume {run_dir}: {RECIPE_FILE} is damaged (not a recipe mapping); start a new run"
-        )
-    diff = _first_difference(old, cfg.model_dump(mode="json"))
-    if diff:
-        raise ArtifactError(
-            f"--resume {run_dir}: the recipe differs from the run's ({diff}); resume with the same recipe and --set values"
-        )
-    load_checkpoint(run_dir)  # damaged or truncated: one line now, not after the profiling pass
-
-
-class _StopFlag:
-    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second SIGINT aborts."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, object] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        err_console.print(
-            "[yellow]stopping after this step; saving a checkpoint…[/] (Ctrl-C again to abort)"
-        )
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-    def __call__(self) -> bool:
-        return self.signum is not None
+    kept = run.abort(err)
+    code = 128 + (stop.signum or signal.SIGINT)
+    if kept is Kept.CHECKPOINT:
+        # e.g. a corrupt test image, late (a diverged run names its checkpoint itself:
+        # resuming it with the same recipe would diverge again)
+        if isinstance(err, NctuneError) and run.created and not isinstance(err, TrainingError):
+            hint = f"{err}; the run's checkpoint is kept: fix that and continue with {again}"
+            if isinstance(err, PeerFailure):  # another rank's error, with its exit code
+                raise PeerFailure(hint, err.code, err.rank) from None
+            raise type(err)(hint) from None
+        if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C, or a stop between batches
+            what = "interrupted" if isinstance(err, Interrupted) else "aborted"
+            notice(f"{what}; the last checkpoint in {run.path} is kept: continue with {again}")
+            raise typer.Exit(code) from None
+    elif kept is Kept.START:
+        # stopped between batches before the first epoch ended: nothing half-made is in
+        # the folder (recipe.yaml, no checkpoint), and --resume starts it afresh
+        notice(f"interrupted before the first checkpoint. Continue with: {again}")
+        raise typer.Exit(code) from None
 
 
 @handle_errors
@@ -132,121 +102,56 @@ def finetune(
     """
     # Here, not at the top: `nctune --help` must not load torch (artifacts → safetensors.torch).
     from nctune.config import load_recipe
-    from nctune.distributed import PeerFailure, check, is_main
+    from nctune.distributed import check, is_main
     from nctune.finetune import finetune as run_finetune
     from nctune.finetune import prepare
     from nctune.report import finetune_tables
-    from nctune.runs.artifacts import RECIPE_FILE, save_run
+    from nctune.runs.folder import RunFolder
     from nctune.training.callbacks import LambdaCallback
-    from nctune.training.checkpoint import CHECKPOINT
 
     cfg = apply_threads(load_recipe(recipe, set_), threads)
     if resume is not None:
-        run_dir = claim_out(resume, "--resume")
-        _check_resume(run_dir, cfg)
+        run = hold(RunFolder(resume, "--resume", main=is_main()))
+        run.check_resume(cfg)
     else:
-        run_dir = claim_out(check_writable(out or default_out(recipe, "finetune")))
-        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            if (run_dir / "report.json").is_file() and not (run_dir / CHECKPOINT).is_file():
-                raise ArtifactError(
-                    f"--out {run_dir}: already holds a run, and it finished — use --overwrite to replace it, or another folder"
-                )
-            # --resume only where there is a checkpoint to resume from
-            hint = (
-                f"continue it with --resume {run_dir}, " if (run_dir / CHECKPOINT).is_file() else ""
-            )
-            raise ArtifactError(
-                f"--out {run_dir}: already holds a run; {hint}replace it with --overwrite, or pick another folder"
-            )
+        path = check_writable(out or default_out(recipe, "finetune"))
+        run = hold(RunFolder(path, "--out", main=is_main()))
+        run.check_new(overwrite)
     prepared = prepare(cfg)  # every bad-input check that needs the backbone/data, before writing
     check()  # under torchrun: every rank checked --out before rank 0 creates it
-    main = is_main()
 
-    created, old, stop = False, None, _StopFlag()
-    # the command that continues this run: the same recipe and --set values, checked on resume
-    again = shlex.join(
-        [
-            "nctune",
-            "finetune",
-            *([str(recipe)] if recipe else []),
-            *[arg for s in set_ or [] for arg in ("--set", s)],
-            "--resume",
-            str(run_dir),
-        ]
-    )
+    stop, again = StopFlag(), _again(recipe, set_, run.path)
     try:
-        if resume is None and main:
-            if run_dir.exists():  # --overwrite: set the old run aside until the new one exists
-                old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
-                os.replace(run_dir, old)
-            run_dir.mkdir(parents=True)
-            created = True
-            atomic_write_text(run_dir / RECIPE_FILE, cfg.to_yaml())
+        if resume is None:
+            run.create(cfg.to_yaml())  # --overwrite: the old run is set aside, not deleted
         with stop, progress_bar(epochs=cfg.train.epochs) as progress:
             result = run_finetune(
                 cfg,
-                run_dir=run_dir,
+                run_dir=run.path,
                 resume=resume is not None,
                 callbacks=[progress, LambdaCallback(should_stop=stop)],
                 prepared=prepared,
             )
     except BaseException as err:
-        if not main:  # rank 0 alone keeps or cleans up the run folder
-            raise
-        if (run_dir / CHECKPOINT).exists():
-            # e.g. a corrupt test image, late (a diverged run names its checkpoint itself:
-            # resuming it with the same recipe would diverge again)
-            if isinstance(err, NctuneError) and created and not isinstance(err, TrainingError):
-                hint = f"{err}; the run's checkpoint is kept: fix that and continue with {again}"
-                if isinstance(err, PeerFailure):  # another rank's error, with its exit code
-                    raise PeerFailure(hint, err.code, err.rank) from None
-                raise type(err)(hint) from None
-            if isinstance(err, KeyboardInterrupt):  # a second Ctrl-C, or a stop between batches
-                what = "interrupted" if isinstance(err, Interrupted) else "aborted"
-                err_console.print(
-                    f"{what}; the last checkpoint in {run_dir} is kept: continue with {again}",
-                    soft_wrap=True,
-                    highlight=False,
-                )
-                raise typer.Exit(128 + (stop.signum or signal.SIGINT)) from None
-        elif isinstance(err, Interrupted) and (old is None or not created):
-            # stopped between batches before the first epoch ended: nothing half-made is in
-            # the folder (recipe.yaml, no checkpoint), and --resume starts it afresh
-            err_console.print(
-                f"interrupted before the first checkpoint. Continue with: {again}",
-                soft_wrap=True,
-                highlight=False,
-            )
-            raise typer.Exit(128 + (stop.signum or signal.SIGINT)) from None
-        elif created:
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: restore the old run
-            if old is not None:
-                os.replace(old, run_dir)
-                old = None
+        _explain_failure(run, err, again, stop)
         raise
     finally:
-        if old is not None:  # the new run has a checkpoint (or finished): the old one goes
-            shutil.rmtree(old, ignore_errors=True)
+        run.settle()  # the new run has a checkpoint (or finished): the old one goes
     if result.interrupted:
-        err_console.print(
-            f"interrupted; checkpoint saved in {run_dir}. Continue with: {again}",
-            soft_wrap=True,
-            highlight=False,
-        )
+        notice(f"interrupted; checkpoint saved in {run.path}. Continue with: {again}")
         raise typer.Exit(128 + (stop.signum or signal.SIGINT))
-    if not main:  # every rank holds the same result; rank 0 writes it
+    if not run.main:  # every rank holds the same result; rank 0 writes it
         return
     try:
-        save_run(run_dir, result)
+        run.commit(result)  # model.safetensors, report.json, training.png; checkpoint goes
     except NctuneError as err:  # e.g. a full disk: the final checkpoint is intact
         raise type(err)(
             f"{err}; the run's checkpoint is kept: free space and continue with {again}"
         ) from None
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # complete: model.safetensors replaces it
     summary = Output(
         result.to_dict(),
         body=list(finetune_tables(result)),
-        folder=run_dir,
+        folder=run.path,
         files=("report.json", "model.safetensors", "metrics.csv", "training.png", "recipe.yaml"),
     )
     render(summary, json_)

@@ -15,20 +15,14 @@ from nctune.cli.common import (
     ThreadsOpt,
     VerboseOpt,
     apply_threads,
-    claim_out,
+    claim_results,
     default_out,
     handle_errors,
     main_process_only,
     progress_bar,
 )
 from nctune.cli.render import Output, render
-from nctune.runs._io import (
-    atomic_write_json,
-    atomic_write_text,
-    check_replaceable,
-    check_writable,
-    staged_dir,
-)
+from nctune.runs._io import write_result_folder
 
 BackbonesOpt = Annotated[
     str | None,
@@ -87,8 +81,7 @@ def rank(
     from nctune.report.rank import agreement_table, disagreements, plot_ranking, ranking_table
 
     cfg = apply_threads(load_recipe(recipe, set_), threads)
-    out = check_writable(out or default_out(recipe, "rank"))
-    out = check_replaceable(claim_out(out), "ranking.json")
+    out = claim_results(out or default_out(recipe, "rank"), "ranking.json")
     names = [b.strip() for b in backbones.split(",")] if backbones is not None else None
     with progress_bar() as progress:
         result = rank_backbones(cfg, names, by=by, validate=validate, progress=progress)
@@ -96,10 +89,8 @@ def rank(
     resolved = cfg.model_copy(deep=True)
     resolved.rank.backbones = [c.spec for c in result.candidates]
     resolved.rank.by, resolved.rank.validation = result.by, result.validation
-    with staged_dir(out) as tmp:
-        atomic_write_json(tmp / "ranking.json", doc)
-        atomic_write_text(tmp / "recipe.yaml", resolved.to_yaml())
-        plot_ranking(result, tmp / "ranking.png")
+    draw = {"ranking.png": lambda p: plot_ranking(result, p)}
+    write_result_folder(out, "ranking.json", doc, resolved.to_yaml(), draw)
     body = [ranking_table(result), *(f"[yellow]disagreement[/] {d}" for d in disagreements(result))]
     if result.agreement:
         body.append(agreement_table(result))

@@ -15,19 +15,13 @@ from nctune.cli.common import (
     ThreadsOpt,
     VerboseOpt,
     apply_threads,
-    claim_out,
+    claim_results,
     default_out,
     handle_errors,
     progress_bar,
 )
 from nctune.cli.render import Output, console_width, render
-from nctune.runs._io import (
-    atomic_write_json,
-    atomic_write_text,
-    check_replaceable,
-    check_writable,
-    staged_dir,
-)
+from nctune.runs._io import write_result_folder
 
 BlocksOpt = Annotated[
     str | None,
@@ -62,8 +56,7 @@ def sweep(
     from nctune.sweep import layer_sweep
 
     cfg = apply_threads(load_recipe(recipe, set_), threads)
-    out = check_writable(out or default_out(recipe, "sweep"))
-    out = check_replaceable(claim_out(out), "sweep.json")
+    out = claim_results(out or default_out(recipe, "sweep"), "sweep.json")
     names = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
     with progress_bar() as progress:
         result = layer_sweep(
@@ -72,10 +65,8 @@ def sweep(
     doc = result.to_dict()
     if not is_main():  # under torchrun rank 0 holds the gathered table and writes it
         return
-    with staged_dir(out) as tmp:
-        atomic_write_json(tmp / "sweep.json", doc)
-        atomic_write_text(tmp / "recipe.yaml", cfg.to_yaml())
-        plot_sweep(result, tmp / "layer_sweep.png")
+    draw = {"layer_sweep.png": lambda p: plot_sweep(result, p)}
+    write_result_folder(out, "sweep.json", doc, cfg.to_yaml(), draw)
     lines = []
     for rule, regret in result.regret.items():
         if all(g is None for g in regret.values()):

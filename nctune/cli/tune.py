@@ -15,9 +15,11 @@ from nctune.cli.common import (
     QuietOpt,
     RecipeArg,
     SetOpt,
+    StopFlag,
     ThreadsOpt,
     VerboseOpt,
     apply_threads,
+    claim_out,
     default_out,
     err_console,
     handle_errors,
@@ -25,8 +27,8 @@ from nctune.cli.common import (
     print_error,
     progress_bar,
 )
-from nctune.cli.finetune import _StopFlag
 from nctune.cli.render import Output, render
+from nctune.runs._io import check_writable
 
 TrialsOpt = Annotated[
     int | None,
@@ -79,7 +81,8 @@ def tune(
     from nctune.tune import tune as run_tune
 
     cfg = apply_threads(load_recipe(recipe, set_), threads)
-    folder = out or default_out(recipe, "tune")
+    # a shared claim: workers of one search share --out, any other command is refused
+    folder = claim_out(check_writable(out or default_out(recipe, "tune")), shared=True)
     rows: dict[int, object] = {}
     live = Live(trials_table([]), console=err_console, transient=True, auto_refresh=False)
 
@@ -94,7 +97,7 @@ def tune(
             live.update(trials_table(list(rows.values()), title="Trials"), refresh=True)
 
     try:
-        with _StopFlag() as stop, progress_bar() as progress:
+        with StopFlag() as stop, progress_bar() as progress:
             if err_console.is_terminal:
                 live.start()
             try:

@@ -1,7 +1,9 @@
 """Run folders: save a finished fine-tuning run, and load its model back.
 
 Every file is written through :mod:`nctune.runs._io` (temporary sibling, ``fsync``,
-``os.replace``), so a crash leaves the old file or the new one, never a torn one.
+``os.replace``), so a crash leaves the old file or the new one, never a torn one. Nothing
+here plots (loading a model must not import matplotlib): the training plot is written by
+:meth:`nctune.runs.folder.RunFolder.commit`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 from safetensors.torch import save_model as st_save_model
 
+from nctune.backbones import InputConfig, rebuild_architecture
+from nctune.data import eval_transform
+from nctune.errors import ArtifactError, one_line
 from nctune.runs._io import (
     CONFIG_KEY,
     FORMAT_KEY,
@@ -26,10 +31,6 @@ from nctune.runs._io import (
     parse_run_metadata,
     replacing,
 )
-from nctune.backbones import InputConfig, rebuild_architecture
-from nctune.data import eval_transform
-from nctune.errors import ArtifactError, one_line
-from nctune.report import plot_training
 from nctune.training.heads import TunedModel
 
 REPORT_FILE = "report.json"
@@ -148,15 +149,17 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
 
 
 def save_run(run_dir: str | Path, result: Any, recipe_yaml: str | None = None) -> Path:
-    """Write a finished run: ``model.safetensors``, ``report.json``, ``training.png``.
+    """Write a finished run's files: ``model.safetensors`` and ``report.json``.
 
     Each file is atomic; ``recipe.yaml`` (already written when the run started) is
-    rewritten only when ``recipe_yaml`` is given.
+    rewritten only when ``recipe_yaml`` is given. The training plot is not drawn here
+    (this module never imports matplotlib): :meth:`nctune.runs.folder.RunFolder.commit`
+    writes it next to them.
 
     Args:
         run_dir: the run folder (created if missing).
         result: the finished run (a :class:`~nctune.finetune.RunResult`): its
-            ``model``, ``classes`` and ``to_dict()`` are saved, and it is plotted.
+            ``model``, ``classes`` and ``to_dict()`` are saved.
         recipe_yaml: the resolved recipe to write as ``recipe.yaml``, or None to keep
             the existing one.
 
@@ -172,5 +175,4 @@ def save_run(run_dir: str | Path, result: Any, recipe_yaml: str | None = None) -
         atomic_write_text(run_dir / RECIPE_FILE, recipe_yaml)
     save_model(result.model, run_dir / MODEL_FILE, extra={"classes": result.classes})
     atomic_write_json(run_dir / REPORT_FILE, result.to_dict())
-    plot_training(result, run_dir / "training.png")
     return run_dir
