@@ -1,7 +1,7 @@
 """Recipe → collapse profile → layer selection → strategy → training → :class:`RunResult`.
 
 The library half of ``nctune finetune``: it returns a dataclass and writes nothing but
-checkpoints (when given a run folder); :meth:`nctune.runs.folder.RunFolder.commit` writes the
+checkpoints (when given a run folder); :func:`nctune.runs.artifacts.save_run` writes the
 report, the weights and the plot.
 """
 
@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -140,7 +140,23 @@ def _profile(
     return profile_recipe(backbone, plain, recipe, device, labelled, should_stop=should_stop)
 
 
-def prepare(recipe: Recipe) -> tuple[Backbone, DataSplits, DataSplits, torch.device]:
+class Prepared(NamedTuple):
+    """What :func:`prepare` builds for a recipe (a tuple, so ``a, b, c, d = prepare(r)`` works).
+
+    Attributes:
+        backbone: the recipe's :class:`~nctune.backbones.Backbone`.
+        splits: the data as training sees it (augmented when the recipe says so).
+        plain: the same data without augmentation (profiles, caches, NC1).
+        device: where the run computes.
+    """
+
+    backbone: Backbone
+    splits: DataSplits
+    plain: DataSplits
+    device: torch.device
+
+
+def prepare(recipe: Recipe) -> Prepared:
     """Backbone, data (and an un-augmented view of it) and device for a recipe.
 
     Everything that can fail on bad input fails here, before a run folder exists.
@@ -161,7 +177,7 @@ def prepare(recipe: Recipe) -> tuple[Backbone, DataSplits, DataSplits, torch.dev
         backbone.resolve_layers(recipe.strategy.layers, field="strategy.layers")
     if STRATEGY_REGISTRY.get(recipe.strategy.name).adapters and recipe.strategy.lora_targets:
         lora_targets(backbone.model, None, recipe.strategy.lora_targets)
-    return backbone, splits, plain, device
+    return Prepared(backbone, splits, plain, device)
 
 
 def finetune(
@@ -170,7 +186,7 @@ def finetune(
     run_dir: str | Path | None = None,
     resume: bool = False,
     callbacks: Callback | list[Callback] | None = None,
-    prepared: tuple | None = None,
+    prepared: Prepared | None = None,
     profile: CollapseProfile | None = None,
     shared_cache_dir: str | Path | None = None,
 ) -> RunResult:

@@ -20,7 +20,7 @@ from nctune.errors import ConfigError
 from nctune.tune import SearchFailedError, rank_blocks, trial_recipe, tune
 
 # the module, not the verb: nctune.tune is the function on the nctune package
-study_mod = importlib.import_module("nctune.tune._study")
+search_mod = importlib.import_module("nctune.tune._search")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def _recipe(images: Path, search: dict, **sections):
 
 def test_seeded_study_gives_the_same_best_params_twice(images, tmp_path, monkeypatch):
     measured = []
-    real = study_mod._profile
-    monkeypatch.setattr(study_mod, "_profile", lambda *a, **k: measured.append(1) or real(*a, **k))
+    real = search_mod._profile
+    monkeypatch.setattr(search_mod, "_profile", lambda *a, **k: measured.append(1) or real(*a, **k))
     recipe = _recipe(
         images,
         {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -15,11 +16,13 @@ from optuna.trial import TrialState
 
 from nctune.errors import ConfigError, NctuneError, one_line
 from nctune.finetune import finetune, prepare
-from nctune.runs._io import atomic_write_json
-from nctune.runs.folder import RunFolder
+from nctune.runs._io import atomic_write_json, atomic_write_text
+from nctune.runs.artifacts import RECIPE_FILE, save_run
 from nctune.training.callbacks import LambdaCallback
+from nctune.training.checkpoint import CHECKPOINT
 from nctune.training.train import EpochStats
 from nctune.tune._result import TrialRecord
+from nctune.tune._search import Search
 from nctune.tune._space import suggest, trial_recipe
 
 CACHE_DIR = "prefix-cache"
@@ -39,13 +42,11 @@ class _Surplus(Exception):
 class Objective:
     """One trial: sample → recipe → run folder → finetune (pruned per epoch) → score."""
 
-    def __init__(
-        self, recipe, space, want, out, profile_of, should_stop, on_trial, progress, heartbeat
-    ):
-        self.recipe, self.space, self.want, self.out = recipe, space, want, Path(out)
-        self.heartbeat = heartbeat
-        self.profile_of, self.should_stop = profile_of, should_stop
-        self.on_trial, self.progress = on_trial, progress
+    def __init__(self, search: Search, *, heartbeat: bool) -> None:
+        """Trials of ``search``; with a ``heartbeat`` (SQL storages) a trial that another
+        worker's running trials make surplus is not run."""
+        self.search, self.heartbeat = search, heartbeat
+        self.recipe, self.space, self.out = search.recipe, search.space, search.out
         self.failed, self.interrupted = 0, False
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -78,45 +79,41 @@ class Objective:
             and t.state in (*FINISHED, TrialState.RUNNING)
             and not t.user_attrs.get("surplus")
         ]
-        return len(earlier) >= self.want
+        return len(earlier) >= self.search.want
 
     def _record(self, trial, state: str, **kw) -> None:
-        if self.on_trial is not None:
-            self.on_trial(TrialRecord(trial.number, state, dict(trial.params), **kw))
+        if self.search.on_trial is not None:
+            self.search.on_trial(TrialRecord(trial.number, state, dict(trial.params), **kw))
 
     def _run(self, trial: optuna.Trial) -> float:
         if self.heartbeat and self._surplus(trial):
             raise _Surplus
         values = suggest(trial, self.space)
-        with RunFolder(self.out / TRIALS_DIR / str(trial.number), "trial") as run:
-            # trial numbers are unique: a folder already there is a deleted study's leftover
-            run.create(keep_old=False)
-            trial.set_user_attr("run_dir", str(run.path))
-            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-            self._record(trial, "RUNNING", run_dir=str(run.path))
-            try:
-                return self._train(trial, values, run)
-            except BaseException as err:
-                # a stopped trial keeps its recipe and a note of what happened, not its
-                # checkpoint
-                run.drop_checkpoint()
-                state = "PRUNED" if isinstance(err, optuna.TrialPruned) else "FAIL"
-                atomic_write_json(run.path / TRIAL_FILE, {"state": state, "reason": str(err)})
-                raise
+        run_dir = claim_run_dir(self.out / TRIALS_DIR / str(trial.number))
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        self._record(trial, "RUNNING", run_dir=str(run_dir))
+        try:
+            return self._train(trial, values, run_dir)
+        except BaseException as err:
+            # a stopped trial keeps its recipe and a note of what happened, not its checkpoint
+            (run_dir / CHECKPOINT).unlink(missing_ok=True)
+            state = "PRUNED" if isinstance(err, optuna.TrialPruned) else "FAIL"
+            atomic_write_json(run_dir / TRIAL_FILE, {"state": state, "reason": str(err)})
+            raise
 
-    def _train(self, trial: optuna.Trial, values: dict[str, Any], run: RunFolder) -> float:
+    def _train(self, trial: optuna.Trial, values: dict[str, Any], run_dir: Path) -> float:
         metric = self.recipe.search.metric
         t0 = time.perf_counter()  # the trial's wall time: data, model, training, saving
         cfg = trial_recipe(self.recipe, values, source=f"trial {trial.number}")
-        run.write_recipe(cfg.to_yaml())
-        run_dir = run.path
-        backbone, splits, plain, device = prepare(cfg)
+        atomic_write_text(run_dir / RECIPE_FILE, cfg.to_yaml())
+        built = prepare(cfg)
         # The test split is measured once, on the best trial, when the search ends: choosing
         # among trials must not see it, and a test pass per trial costs about an epoch.
-        prepared = (backbone, dataclasses.replace(splits, test=None), plain, device)
+        prepared = built._replace(splits=dataclasses.replace(built.splits, test=None))
         # the profile finetune would measure, measured once per study
         needs = cfg.strategy.needs_profile() or cfg.train.profile_after
-        profile = self.profile_of(cfg, prepared) if needs else None
+        profile = self.search.profile_of(cfg, prepared) if needs else None
 
         def epoch_end(history: list[EpochStats]) -> None:
             stats = history[-1]
@@ -140,7 +137,9 @@ class Objective:
             cfg,
             run_dir=run_dir,
             callbacks=LambdaCallback(
-                should_stop=self.should_stop, on_progress=self.progress, on_epoch_end=epoch_end
+                should_stop=self.search.should_stop,
+                on_progress=self.search.progress,
+                on_epoch_end=epoch_end,
             ),
             prepared=prepared,
             profile=profile,
@@ -148,7 +147,8 @@ class Objective:
         )
         if result.interrupted:
             raise _Interrupted
-        run.commit(result)  # model, report and training plot; the checkpoint goes
+        save_run(run_dir, result)
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
         doc = result.to_dict()
         attrs = {
             "val_accuracy": result.val_accuracy,
@@ -173,3 +173,17 @@ class Objective:
             **{k: v for k, v in attrs.items() if k != "cache"},
         )
         return score
+
+
+def claim_run_dir(run_dir: Path) -> Path:
+    """Create the trial's run folder; trial numbers are unique, so an existing folder is a
+    leftover of a study that was deleted and started again: it is replaced."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        stale = run_dir.with_name(f".{run_dir.name}.stale-{os.getpid()}")
+        os.replace(run_dir, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+        run_dir.mkdir()
+    return run_dir

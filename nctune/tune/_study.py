@@ -18,14 +18,14 @@ from torch.utils.data import DataLoader
 
 from nctune.config import Recipe, recipe_from_dict
 from nctune.errors import ConfigError, NctuneError
-from nctune.finetune import _profile, prepare
+from nctune.finetune import prepare
 from nctune.report.search import plot_search
 from nctune.runs._io import atomic_write_json, atomic_write_text, check_writable
 from nctune.runs.artifacts import MODEL_FILE, RECIPE_FILE, REPORT_FILE, load_finetuned
-from nctune.runs.folder import first_difference
 from nctune.training.train import evaluate
 from nctune.tune._objective import FINISHED, TRIALS_DIR, Objective
 from nctune.tune._result import SearchFailedError, SearchResult, TrialRecord
+from nctune.tune._search import Search
 from nctune.tune._space import grid, resolved_space
 from nctune.tune._storage import comparable, make_pruner, make_sampler, open_storage, shown
 
@@ -87,58 +87,32 @@ def tune(
             "search.space: empty; name the recipe fields to search, e.g. "
             "{train.lr: {float: [0.0003, 0.01], log: true}}"
         )
-    want = trials or s.trials
     out = check_writable(out)
-    url = storage or f"sqlite:///{(out / STUDY_DB).resolve()}"
-    name = study_name or out.resolve().name
-    direction = s.direction or ("minimize" if s.metric == "nc1_after" else "maximize")
 
     # Everything that can fail on bad input fails here, before a trial runs.
-    base = prepare(recipe)
-    if s.metric == "val_accuracy" and base[1].val is None:
+    search = Search(
+        recipe,
+        out=out,
+        url=storage or f"sqlite:///{(out / STUDY_DB).resolve()}",
+        name=study_name or out.resolve().name,
+        direction=s.direction or ("minimize" if s.metric == "nc1_after" else "maximize"),
+        want=trials or s.trials,
+        base=prepare(recipe),
+        start=start,
+        enqueue=enqueue,
+        should_stop=should_stop,
+        on_trial=on_trial,
+        progress=progress,
+    )
+    if s.metric == "val_accuracy" and search.base.splits.val is None:
         raise ConfigError(
             "search.metric: val_accuracy needs a validation split (set data.val_fraction > 0)"
         )
-    profiles: dict[str, Any] = {}
-    timing = {"profile": 0.0}
-
-    def profile_of(r: Recipe, prepared=None):
-        key = json.dumps(
-            [
-                r.backbone.model_dump(mode="json"),
-                r.data.model_dump(mode="json", exclude={"augment", "batch_size", "num_workers"}),
-                r.analysis.model_dump(mode="json"),
-                r.seed,
-            ],
-            sort_keys=True,
-        )
-        if key not in profiles:
-            backbone, _, plain, device = prepared or (base if r is recipe else prepare(r))
-            t0 = time.perf_counter()
-            profiles[key] = _profile(backbone, plain, r, device, progress, "profile")
-            timing["profile"] += time.perf_counter() - t0
-        return profiles[key]
-
-    space = resolved_space(recipe, profile_of)
+    search.space = resolved_space(recipe, search.profile_of)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return _study(
-            recipe,
-            out,
-            url,
-            name,
-            direction,
-            want,
-            space,
-            profile_of,
-            timing,
-            start,
-            enqueue,
-            should_stop,
-            on_trial,
-            progress,
-        )
+        return _study(search)
     except NctuneError:
         # A search that never got going (unreadable storage, another recipe's study) or
         # whose every trial failed leaves nothing behind in a folder it created.
@@ -147,24 +121,10 @@ def tune(
         raise
 
 
-def _study(
-    recipe,
-    out,
-    url,
-    name,
-    direction,
-    want,
-    space,
-    profile_of,
-    timing,
-    start,
-    enqueue,
-    should_stop,
-    on_trial,
-    progress,
-) -> SearchResult:
+def _study(search: Search) -> SearchResult:
     """Open (or continue) the study, run it, collect it."""
-    store = open_storage(url, recipe.search.heartbeat, recipe.search.grace)
+    recipe = search.recipe
+    store = open_storage(search.url, recipe.search.heartbeat, recipe.search.grace)
     with warnings.catch_warnings():
         # Optuna flags the heartbeat as experimental and its retry callback as renamed
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -174,34 +134,21 @@ def _study(
         try:
             study = optuna.create_study(
                 storage=store,
-                study_name=name,
-                direction=direction,
-                sampler=make_sampler(recipe, space),
+                study_name=search.name,
+                direction=search.direction,
+                sampler=make_sampler(recipe, search.space),
                 pruner=make_pruner(recipe),
                 load_if_exists=True,
             )
-            _claim_study(study, recipe, name)
-            if enqueue and not study.get_trials(deepcopy=False):
-                for params in enqueue:
+            _claim_study(study, recipe, search.name)
+            if search.enqueue and not study.get_trials(deepcopy=False):
+                for params in search.enqueue:
                     study.enqueue_trial(params)
-            interrupted = _run(
-                study,
-                recipe,
-                space,
-                want,
-                out,
-                profile_of,
-                should_stop,
-                on_trial,
-                progress,
-                start,
-                isinstance(store, optuna.storages.RDBStorage),
-            )
+            heartbeat = isinstance(store, optuna.storages.RDBStorage)
+            interrupted = _run(study, search, heartbeat=heartbeat)
         finally:
             optuna.logging.set_verbosity(verbosity)
-        return _finish(
-            study, recipe, url, name, direction, want, space, out, start, timing, interrupted
-        )
+        return _finish(study, search, interrupted=interrupted)
 
 
 def _claim_study(study: optuna.Study, recipe: Recipe, name: str) -> None:
@@ -216,16 +163,24 @@ def _claim_study(study: optuna.Study, recipe: Recipe, name: str) -> None:
     if theirs != mine and not finished:  # nothing came of the old recipe: this one takes over
         study.set_user_attr("nctune_recipe", mine)
     elif theirs != mine:
-        diff = first_difference(theirs, mine) or "?"
+        diff = _first_difference(theirs, mine) or "?"
         raise ConfigError(
             f"--study {name}: this study searches another recipe (differs at {diff}); "
             "continue it with the same recipe, or pick another --study or --out"
         )
 
 
-def _run(
-    study, recipe, space, want, out, profile_of, should_stop, on_trial, progress, start, heartbeat
-):
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return prefix.rstrip(".") if a != b else None
+
+
+def _run(study: optuna.Study, search: Search, *, heartbeat: bool) -> bool:
     """Run trials until the study holds ``want`` finished ones; True when stopped early.
 
     With a heartbeat (SQL storages) trials other workers are running count toward
@@ -233,15 +188,13 @@ def _run(
     worker's trial is failed after the grace period, retried (queued as waiting) and run
     here. A journal storage has no heartbeat, so only finished trials count there.
     """
-    s = recipe.search
+    s, want = search.recipe.search, search.want
     own_failures = 0
-    objective = Objective(
-        recipe, space, want, out, profile_of, should_stop, on_trial, progress, heartbeat
-    )
+    objective = Objective(search, heartbeat=heartbeat)
     while True:
-        if should_stop is not None and should_stop():
+        if search.should_stop is not None and search.should_stop():
             return True
-        if s.timeout is not None and time.perf_counter() - start > s.timeout:
+        if s.timeout is not None and time.perf_counter() - search.start > s.timeout:
             return False
         if own_failures >= want:
             return False
@@ -261,7 +214,7 @@ def _run(
         own_failures += objective.failed - before
         if objective.interrupted:
             return True
-        if s.sampler == "grid" and _grid_done(study, space):
+        if s.sampler == "grid" and _grid_done(study, search.space):
             return False
 
 
@@ -272,8 +225,9 @@ def _grid_done(study, space) -> bool:
     return len(seen) >= total
 
 
-def _finish(study, recipe, url, name, direction, want, space, out, start, timing, interrupted):
+def _finish(study: optuna.Study, search: Search, *, interrupted: bool) -> SearchResult:
     """Collect the study, keep the best model, write search.json, best.yaml, search.png."""
+    recipe, out = search.recipe, search.out
     frozen = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
     records = [TrialRecord.from_frozen(t) for t in frozen]
     complete = [t for t in frozen if t.state == TrialState.COMPLETE]
@@ -311,19 +265,19 @@ def _finish(study, recipe, url, name, direction, want, space, out, start, timing
         if any("will be equal" in str(w.message) for w in caught):
             importances = {}  # too few trials to tell the parameters apart: say nothing
     result = SearchResult(
-        study_name=name,
-        storage=shown(url),
+        study_name=search.name,
+        storage=shown(search.url),
         out=str(out),
         metric=recipe.search.metric,
-        direction=direction,
-        trials_requested=want,
-        space={k: {**v, "choices": v.get("choices")} for k, v in space.items()},
+        direction=search.direction,
+        trials_requested=search.want,
+        space={k: {**v, "choices": v.get("choices")} for k, v in search.space.items()},
         trials=records,
         best=best_record,
         best_recipe=str(best_recipe) if best_recipe else None,
         importances=importances,
-        profile_seconds=timing["profile"],
-        seconds=time.perf_counter() - start,
+        profile_seconds=search.profile_seconds,
+        seconds=time.perf_counter() - search.start,
         interrupted=interrupted,
     )
     atomic_write_json(out / SEARCH_FILE, result.to_dict())
@@ -338,11 +292,11 @@ def _best_test_accuracy(run_dir: Path) -> float | None:
         cfg = recipe_from_dict(
             yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8")), str(run_dir)
         )
-        _, splits, _, device = prepare(cfg)
-        if splits.test is None:
+        built = prepare(cfg)
+        if built.splits.test is None:
             return None
-        model = load_finetuned(run_dir, device=str(device))
-        loader = DataLoader(splits.test, batch_size=cfg.data.batch_size, shuffle=False)
-        report["test_accuracy"] = evaluate(model, loader, device, amp=cfg.train.amp)[0]
+        model = load_finetuned(run_dir, device=str(built.device))
+        loader = DataLoader(built.splits.test, batch_size=cfg.data.batch_size, shuffle=False)
+        report["test_accuracy"] = evaluate(model, loader, built.device, amp=cfg.train.amp)[0]
         atomic_write_json(run_dir / REPORT_FILE, report)
     return report["test_accuracy"]
