@@ -1,7 +1,7 @@
 """Recipe → collapse profile → layer selection → strategy → training → :class:`RunResult`.
 
 The library half of ``nctune finetune``: it returns a dataclass and writes nothing but
-checkpoints (when given a run folder); :func:`nctune.runs.artifacts.save_run` writes the
+checkpoints (when given a run folder); :meth:`nctune.runs.folder.RunFolder.commit` writes the
 report, the weights and the plot.
 """
 

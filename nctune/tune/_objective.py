@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -16,10 +14,9 @@ from optuna.trial import TrialState
 
 from nctune.errors import ConfigError, NctuneError, one_line
 from nctune.finetune import finetune, prepare
-from nctune.runs._io import atomic_write_json, atomic_write_text
-from nctune.runs.artifacts import RECIPE_FILE, save_run
+from nctune.runs._io import atomic_write_json
+from nctune.runs.folder import RunFolder
 from nctune.training.callbacks import LambdaCallback
-from nctune.training.checkpoint import CHECKPOINT
 from nctune.training.train import EpochStats
 from nctune.tune._result import TrialRecord
 from nctune.tune._search import Search
@@ -89,24 +86,28 @@ class Objective:
         if self.heartbeat and self._surplus(trial):
             raise _Surplus
         values = suggest(trial, self.space)
-        run_dir = claim_run_dir(self.out / TRIALS_DIR / str(trial.number))
-        trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        self._record(trial, "RUNNING", run_dir=str(run_dir))
-        try:
-            return self._train(trial, values, run_dir)
-        except BaseException as err:
-            # a stopped trial keeps its recipe and a note of what happened, not its checkpoint
-            (run_dir / CHECKPOINT).unlink(missing_ok=True)
-            state = "PRUNED" if isinstance(err, optuna.TrialPruned) else "FAIL"
-            atomic_write_json(run_dir / TRIAL_FILE, {"state": state, "reason": str(err)})
-            raise
+        with RunFolder(self.out / TRIALS_DIR / str(trial.number), "trial") as run:
+            # trial numbers are unique: a folder already there is a deleted study's leftover
+            run.create(keep_old=False)
+            trial.set_user_attr("run_dir", str(run.path))
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            self._record(trial, "RUNNING", run_dir=str(run.path))
+            try:
+                return self._train(trial, values, run)
+            except BaseException as err:
+                # a stopped trial keeps its recipe and a note of what happened, not its
+                # checkpoint
+                run.drop_checkpoint()
+                state = "PRUNED" if isinstance(err, optuna.TrialPruned) else "FAIL"
+                atomic_write_json(run.path / TRIAL_FILE, {"state": state, "reason": str(err)})
+                raise
 
-    def _train(self, trial: optuna.Trial, values: dict[str, Any], run_dir: Path) -> float:
+    def _train(self, trial: optuna.Trial, values: dict[str, Any], run: RunFolder) -> float:
         metric = self.recipe.search.metric
         t0 = time.perf_counter()  # the trial's wall time: data, model, training, saving
         cfg = trial_recipe(self.recipe, values, source=f"trial {trial.number}")
-        atomic_write_text(run_dir / RECIPE_FILE, cfg.to_yaml())
+        run.write_recipe(cfg.to_yaml())
+        run_dir = run.path
         built = prepare(cfg)
         # The test split is measured once, on the best trial, when the search ends: choosing
         # among trials must not see it, and a test pass per trial costs about an epoch.
@@ -147,8 +148,7 @@ class Objective:
         )
         if result.interrupted:
             raise _Interrupted
-        save_run(run_dir, result)
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+        run.commit(result)  # model, report and training plot; the checkpoint goes
         doc = result.to_dict()
         attrs = {
             "val_accuracy": result.val_accuracy,
@@ -173,17 +173,3 @@ class Objective:
             **{k: v for k, v in attrs.items() if k != "cache"},
         )
         return score
-
-
-def claim_run_dir(run_dir: Path) -> Path:
-    """Create the trial's run folder; trial numbers are unique, so an existing folder is a
-    leftover of a study that was deleted and started again: it is replaced."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        run_dir.mkdir()
-    except FileExistsError:
-        stale = run_dir.with_name(f".{run_dir.name}.stale-{os.getpid()}")
-        os.replace(run_dir, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-        run_dir.mkdir()
-    return run_dir

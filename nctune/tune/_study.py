@@ -22,6 +22,7 @@ from nctune.finetune import prepare
 from nctune.report.search import plot_search
 from nctune.runs._io import atomic_write_json, atomic_write_text, check_writable
 from nctune.runs.artifacts import MODEL_FILE, RECIPE_FILE, REPORT_FILE, load_finetuned
+from nctune.runs.folder import first_difference
 from nctune.training.train import evaluate
 from nctune.tune._objective import FINISHED, TRIALS_DIR, Objective
 from nctune.tune._result import SearchFailedError, SearchResult, TrialRecord
@@ -163,21 +164,11 @@ def _claim_study(study: optuna.Study, recipe: Recipe, name: str) -> None:
     if theirs != mine and not finished:  # nothing came of the old recipe: this one takes over
         study.set_user_attr("nctune_recipe", mine)
     elif theirs != mine:
-        diff = _first_difference(theirs, mine) or "?"
+        diff = first_difference(theirs, mine) or "?"
         raise ConfigError(
             f"--study {name}: this study searches another recipe (differs at {diff}); "
             "continue it with the same recipe, or pick another --study or --out"
         )
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-            if found:
-                return found
-        return None
-    return prefix.rstrip(".") if a != b else None
 
 
 def _run(study: optuna.Study, search: Search, *, heartbeat: bool) -> bool:
