@@ -54,6 +54,10 @@ def all_reduce_stats(stats: CollapseStats, group: dist.ProcessGroup | None = Non
         shift = stats.shift.clone()
         dist.broadcast(shift, src=src, group=group)
         stats.rebase(shift)
+        # the coarsest dtype any rank fed decides what counts as rounding noise
+        eps = torch.tensor([stats._eps], dtype=torch.float64, device=flag_device)
+        dist.all_reduce(eps, op=dist.ReduceOp.MAX, group=group)
+        stats._eps = float(eps.item())
         s = stats._sums
         tensors = [s.counts, s.sums, s.sq_norms]
         if s.second_moment is not None:

@@ -24,6 +24,44 @@ import torch
 #: Eigenvalues of Σ_B below this fraction of the largest count as zero in Σ_B⁺.
 PINV_RTOL = 1e-10
 
+_EPS32 = torch.finfo(torch.float32).eps
+_EPS64 = torch.finfo(torch.float64).eps
+
+
+def resolution(dtype: torch.dtype) -> float:
+    """The relative precision of features of ``dtype``: its machine epsilon (integers: 0).
+
+    Args:
+        dtype: the dtype the features were given in (before the float64 sums).
+
+    Returns:
+        ``torch.finfo(dtype).eps`` for floating dtypes, else 0 (integers are exact).
+    """
+    return torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+
+
+def same_feature_rtol(eps: float) -> float:
+    """How small a spread, relative to the squared feature magnitude, is rounding noise.
+
+    Features of identical images still differ by the rounding of the network's arithmetic,
+    so "every feature is the same" is a test against a floor proportional to ‖μ‖²: for
+    float32 (or coarser) features that floor is ``PINV_RTOL`` (a relative spread of 1e-5,
+    about 80 float32 epsilons), and for finer features it shrinks with the square of their
+    epsilon,
+
+        ρ(ε) = PINV_RTOL · min(1, (max(ε, ε₆₄) / ε₃₂)²)     (≈ 3.5e-28 for float64)
+
+    so a float64 offset of 1e5× the spread is data, not noise. The spread itself is measured
+    around the shift c, so it never cancels against the offset.
+
+    Args:
+        eps: the coarsest :func:`resolution` of the features fed.
+
+    Returns:
+        ρ(ε).
+    """
+    return PINV_RTOL * min(1.0, (max(eps, _EPS64) / _EPS32) ** 2)
+
 
 def accumulation_device(device: torch.device) -> torch.device:
     """Device for float64 sums: the features' own, except MPS (no float64) → CPU.

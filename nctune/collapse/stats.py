@@ -21,6 +21,8 @@ from nctune.collapse.functional import (
     _trace_ratio,
     accumulation_device,
     nc2_from_means,
+    resolution,
+    same_feature_rtol,
 )
 from nctune.collapse.metrics import CollapseMetrics
 from nctune.errors import CollapseError
@@ -64,10 +66,14 @@ class CollapseStats:
     Defined behaviour:
         * declared classes with no samples are left out of every metric (K counts the
           classes present) and a :class:`CollapseWarning` names them;
-        * class means that coincide (tr Σ_B ≤ 1e-10 · (tr Σ_W + mean_k ‖μ_k‖²), e.g. a
+        * class means that coincide (tr Σ_B ≤ 1e-10 · tr Σ_W + ρ · mean_k ‖μ_k‖², e.g. a
           layer that maps every image alike): NC1, trace ratio and CDNV are ``inf`` (no
           class separation at all), or ``NaN`` when every feature is also the same
-          (tr Σ_W below that bound too), with a :class:`CollapseWarning`;
+          (tr Σ_W ≤ ρ · mean_k ‖μ_k‖²), with a :class:`CollapseWarning`. ρ is the rounding
+          noise of the features' dtype (:func:`~nctune.collapse.functional.same_feature_rtol`:
+          1e-10 for float32, ≈ 3.5e-28 for float64; the coarsest dtype fed decides), so
+          float32 noise between identical images coincides while float64 features with
+          a common offset 1e5× (or 1e9×) their spread keep their exact metrics;
         * numpy arrays and other array-likes are converted with ``torch.as_tensor``;
         * fewer than two classes present, NaN/Inf features, labels outside ``[0, K)``,
           a width ``D`` different from the first batch's: :class:`~nctune.errors.CollapseError`,
@@ -118,6 +124,7 @@ class CollapseStats:
         self.shift: torch.Tensor | None = None
         self._sums: _Sums | None = None
         self._batches = 0
+        self._eps = 0.0  # the coarsest feature dtype's epsilon (see same_feature_rtol)
         # Two-pass state: frozen after next_pass().
         self.pass_index = 1
         self._frozen_means: torch.Tensor | None = None  # (K, D) shifted means, all classes
@@ -185,6 +192,7 @@ class CollapseStats:
             full = self.mode == "full"
             self._sums = _batch_sums(x - self.shift, y, self.num_classes, full, into=self._sums)
         self._batches += 1
+        self._eps = max(self._eps, resolution(features.dtype))
         return self
 
     def _add(self, batch: _Sums) -> None:
@@ -275,6 +283,7 @@ class CollapseStats:
             delta = other.shift.to(self.device) - self.shift
             self._add(_reshift(theirs, delta))
         self._batches += other._batches
+        self._eps = max(self._eps, other._eps)
         return self
 
     def _copy_from(self, other: CollapseStats) -> None:
@@ -285,7 +294,7 @@ class CollapseStats:
         self._sums = other._sums.map(torch.clone)
         self._frozen_means, self._directions = c(other._frozen_means), c(other._directions)
         self._proj_sq, self._pass2_counts = c(other._proj_sq), c(other._pass2_counts)
-        self._batches = other._batches
+        self._batches, self._eps = other._batches, other._eps
 
     @torch.inference_mode(False)  # state tensors stay normal: updatable in and out of it
     def rebase(self, shift: torch.Tensor) -> None:
@@ -322,6 +331,7 @@ class CollapseStats:
             "shift": self.shift,
             "sums": None if s is None else [s.counts, s.sums, s.sq_norms, s.second_moment],
             "batches": self._batches,
+            "eps": self._eps,
             "pass_index": self.pass_index,
             "frozen_means": self._frozen_means,
             "directions": self._directions,
@@ -348,6 +358,8 @@ class CollapseStats:
         self.dim, self.shift = state["dim"], state["shift"]
         self._sums = None if state["sums"] is None else _Sums(*state["sums"])
         self._batches, self.pass_index = state["batches"], state["pass_index"]
+        # a state saved before the precision was recorded came from float32 features
+        self._eps = float(state.get("eps", torch.finfo(torch.float32).eps))
         self._frozen_means, self._directions = state["frozen_means"], state["directions"]
         self._proj_sq, self._pass2_counts = state["proj_sq"], state["pass2_counts"]
 
@@ -408,11 +420,14 @@ class CollapseStats:
         tr_w, tr_b = _trace_ratio(g)
         ratio, cdnv = (tr_w / tr_b if tr_b > 0 else math.nan), _cdnv(g)
         # Class means that coincide (a layer mapping every image alike, e.g. an all-black
-        # image folder) leave Σ_B = 0: NC1 would read 0, "perfectly collapsed". Relative to
-        # the features' own scale, so float32 noise between identical images counts as 0.
-        scale = tr_w + float((g.means + self.shift).square().sum(dim=1).mean())
-        if tr_b <= PINV_RTOL * scale:
-            spread = tr_w > PINV_RTOL * scale
+        # image folder) leave Σ_B = 0: NC1 would read 0, "perfectly collapsed". The spreads
+        # are centred (around c), so only the rounding noise of the features' own dtype,
+        # relative to their magnitude, counts as zero: float32 noise between identical
+        # images does, a float64 spread 1e-6 of a common offset does not.
+        magnitude = float((g.means + self.shift).square().sum(dim=1).mean())
+        noise = same_feature_rtol(self._eps) * magnitude
+        if tr_b <= PINV_RTOL * tr_w + noise:
+            spread = tr_w > PINV_RTOL * tr_w + noise
             nc1 = ratio = cdnv = math.inf if spread else math.nan
             warnings.warn(
                 "the class means coincide (no between-class spread): NC1, trace ratio and CDNV "
