@@ -17,22 +17,18 @@ import pytest
 from typer.testing import CliRunner
 
 from nctune.cli import app
+from tests.tiny import set_args, tiny
 
 GOLDEN = Path(__file__).parent / "golden" / "output_keys.json"
 
-TINY = [
-    "backbone.name=timm:test_resnet",
-    "backbone.pretrained=false",
-    "data.subset=vendored",
+TINY = tiny(
     "data.samples_per_class=6",
     "data.val_fraction=0.2",
     "data.test_fraction=0.2",
-    "data.image_size=32",
-    "data.batch_size=16",
     "train.epochs=1",
     "train.warmup_epochs=0",
     "search.space={train.lr: {float: [0.001, 0.1], log: true}}",
-]
+)
 
 
 def key_paths(doc: Any, prefix: str = "") -> set[str]:
@@ -50,7 +46,7 @@ def key_paths(doc: Any, prefix: str = "") -> set[str]:
 
 
 def run(*args: str) -> dict:
-    res = CliRunner().invoke(app, [*args, *[a for s in TINY for a in ("--set", s)], "--json"])
+    res = CliRunner().invoke(app, [*args, *set_args(TINY), "--json"])
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout)
 

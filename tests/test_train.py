@@ -15,20 +15,15 @@ from nctune.training.callbacks import LambdaCallback
 from nctune.training.checkpoint import CHECKPOINT, load_checkpoint
 from nctune.training.strategies import apply_strategy
 from nctune.training.train import fit
+from tests.tiny import tiny
 
-TINY = [
-    "backbone.name=timm:test_resnet",
-    "backbone.pretrained=false",
-    "data.subset=vendored",
+TINY = tiny(
     "data.samples_per_class=12",
     "data.max_test_samples=50",
-    "data.val_fraction=0.03",
-    "data.image_size=32",
-    "data.batch_size=16",
     "train.epochs=3",
     "train.lr=0.01",
     "train.warmup_epochs=0.5",
-]
+)
 
 
 def run(

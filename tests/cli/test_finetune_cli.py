@@ -23,19 +23,9 @@ from nctune.config import load_recipe
 from nctune.data import build_data
 from nctune.errors import DataError
 from nctune.training.train import evaluate
+from tests.tiny import extend, tiny
 
-TINY = [
-    "backbone.name=timm:test_resnet",
-    "backbone.pretrained=false",
-    "data.subset=vendored",
-    "data.samples_per_class=10",
-    "data.val_fraction=0.03",
-    "data.max_test_samples=60",
-    "data.image_size=32",
-    "data.batch_size=16",
-    "train.epochs=2",
-    "train.lr=0.01",
-]
+TINY = tiny("data.max_test_samples=60", "train.epochs=2", "train.lr=0.01")
 REPORT_KEYS = {
     "strategy",
     "tuned_layers",
@@ -206,13 +196,12 @@ def test_bad_input_found_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_
 
 
 # --------------------------------------------------------------- signals
-SLOW = [
-    *TINY[:-2],
+SLOW = extend(
+    TINY,
     "data.samples_per_class=60",
     "train.epochs=4",
-    "train.lr=0.01",
     "strategy.name=full",  # no prefix cache: every epoch costs real time, easy to interrupt
-]
+)
 
 
 def _cmd(*args: str) -> list[str]:

@@ -22,29 +22,18 @@ from typer.testing import CliRunner, Result
 
 from nctune.cli import app
 from nctune.runs._lock import lock_path
+from tests.tiny import extend, set_args, tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 # the modules themselves: nctune.finetune (the attribute) is the public function once used
 FINETUNE = importlib.import_module("nctune.finetune")
 TRAIN = importlib.import_module("nctune.training.train")
 ARTIFACTS = importlib.import_module("nctune.runs.artifacts")
-TINY = [
-    "backbone.name=timm:test_resnet",
-    "backbone.pretrained=false",
-    "data.subset=vendored",
-    "data.samples_per_class=10",
-    "data.val_fraction=0.03",
-    "data.max_test_samples=60",
-    "data.image_size=32",
-    "data.batch_size=16",
-    "train.epochs=2",
-    "train.lr=0.01",
-    "strategy.name=linear",
-]
+TINY = tiny("data.max_test_samples=60", "train.epochs=2", "train.lr=0.01", "strategy.name=linear")
 
 
 def sets(*extra: str) -> list[str]:
-    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+    return set_args([*TINY, *extra])
 
 
 def invoke(*args: object) -> Result:
@@ -93,7 +82,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180.0) -> Non
 
 
 # ------------------------------------------------------------------ two runs, one folder
-LONG = [*TINY[:-3], "train.epochs=200", "train.lr=0.01", "strategy.name=full"]
+LONG = extend(TINY, "train.epochs=200", "strategy.name=full")
 
 
 @pytest.mark.slow

@@ -19,25 +19,19 @@ import pytest
 from typer.testing import CliRunner
 
 from nctune.cli import app
+from tests.tiny import set_args, tiny
 
-TINY = [
-    "backbone.name=timm:test_resnet",
-    "backbone.pretrained=false",
-    "data.subset=vendored",
-    "data.samples_per_class=10",
-    "data.val_fraction=0.03",
-    "data.image_size=32",
-    "data.batch_size=16",
+TINY = tiny(
     "strategy.name=linear",
     "train.epochs=1",
     "train.warmup_epochs=0",
     "train.profile_after=false",
     "search.space={train.lr: {float: [0.001, 0.1], log: true}}",
-]
+)
 
 
 def sets(*extra: str) -> list[str]:
-    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+    return set_args([*TINY, *extra])
 
 
 def invoke(*args: str):
