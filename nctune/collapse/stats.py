@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from typing import Literal
 
@@ -32,6 +33,18 @@ Mode = Literal["auto", "full", "two_pass"]
 #: Default width above which ``mode="auto"`` switches to the bounded-memory two-pass mode.
 #: At D = 4096 the full mode keeps a 128 MiB float64 second-moment matrix per layer.
 DEFAULT_MAX_FULL_DIM = 4096
+
+
+def _integer(name: str, value: object) -> int:
+    """``value`` as an int (numpy integers too); a bool, float or text names ``name``."""
+    if isinstance(value, bool):  # True is an int to Python, not a class count
+        raise CollapseError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise CollapseError(
+            f"{name} must be an integer, got {value!r} ({type(value).__name__})"
+        ) from None
 
 
 class CollapseWarning(UserWarning):
@@ -102,19 +115,24 @@ class CollapseStats:
         pass_index: 1, or 2 after :meth:`next_pass`.
 
     Raises:
-        CollapseError: ``num_classes < 2`` or an unknown ``mode``.
+        CollapseError: ``num_classes`` not an integer ≥ 2, an unknown ``mode``, or
+            ``max_full_dim`` not an integer ≥ 1 (one line naming the argument).
     """
 
     def __init__(
         self, num_classes: int, mode: Mode = "auto", max_full_dim: int = DEFAULT_MAX_FULL_DIM
     ) -> None:
+        num_classes = _integer("num_classes", num_classes)
         if num_classes < 2:
             raise CollapseError(f"num_classes must be at least 2, got {num_classes}")
         if mode not in ("auto", "full", "two_pass"):
             raise CollapseError(f"mode must be 'auto', 'full' or 'two_pass', got {mode!r}")
-        self.num_classes = int(num_classes)
+        max_full_dim = _integer("max_full_dim", max_full_dim)
+        if max_full_dim < 1:
+            raise CollapseError(f"max_full_dim must be at least 1, got {max_full_dim}")
+        self.num_classes = num_classes
         self.requested_mode: Mode = mode
-        self.max_full_dim = int(max_full_dim)
+        self.max_full_dim = max_full_dim
         self.reset()
 
     # ------------------------------------------------------------------ state

@@ -9,12 +9,14 @@ here plots (loading a model must not import matplotlib): the training plot is wr
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 from safetensors.torch import save_model as st_save_model
+from torch import Tensor
 
 from nctune.backbones import InputConfig, rebuild_architecture
 from nctune.data import eval_transform
@@ -31,9 +33,29 @@ from nctune.runs._io import (
     parse_run_metadata,
     replacing,
 )
+from nctune.taps import resolve_device
 from nctune.training.heads import TunedModel
 
 REPORT_FILE = "report.json"
+
+
+def non_finite_tensor(tensors: Mapping[str, Tensor | None]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or Inf, else None.
+
+    Every tensor counts — parameters and buffers alike (a BatchNorm ``running_var`` of
+    ``inf`` makes the model answer one class for every input): nothing nctune saves or
+    loads may hold one. Integer tensors (``num_batches_tracked``) are exact; None is skipped.
+
+    Args:
+        tensors: a state dict (or any name → tensor mapping).
+
+    Returns:
+        The first offending name, in the mapping's order.
+    """
+    for name, t in tensors.items():
+        if t is not None and t.is_floating_point() and not bool(t.isfinite().all()):
+            return name
+    return None
 
 
 def _read_metadata(file: Path) -> tuple[dict[str, Any], list[str] | None]:
@@ -66,9 +88,13 @@ def save_model(model: TunedModel, path: str | Path, extra: dict[str, Any] | None
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ArtifactError: the file cannot be written.
+        ArtifactError: a tensor of ``model`` (parameter or buffer) holds NaN or Inf (nothing
+            is written), or the file cannot be written.
     """
     path = Path(path)
+    bad = non_finite_tensor(model.state_dict())
+    if bad is not None:  # the training loop stops first (diverged); this is the last guard
+        raise ArtifactError(f"{path}: not saved: tensor {bad} is not finite (NaN or Inf)")
     meta = {
         FORMAT_KEY: FORMAT_VERSION,
         "kind": "finetuned",
@@ -95,7 +121,7 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
 
     Args:
         path: an ``nctune finetune`` output folder, or the ``model.safetensors`` in it.
-        device: where to put the model.
+        device: where to put the model (``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``).
 
     Returns:
         The :class:`~nctune.training.strategies.TunedModel` in eval mode, with ``classes`` (label
@@ -110,10 +136,14 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
         ArtifactError: no model file at ``path``, a file that is not an nctune fine-tuned
             model (unreadable), metadata that does not match the schema :func:`save_model`
             writes (a missing, extra or mistyped field, a negative ``num_classes``, bad JSON;
-            the message names the field), or weights that do not fit the recorded
-            architecture.
-        BackboneError: the recorded architecture cannot be rebuilt.
+            the message names the field), weights that do not fit the recorded
+            architecture, or a tensor holding NaN or Inf (named).
+        BackboneError: the recorded architecture cannot be rebuilt, or ``device`` is CUDA
+            on a machine without it.
+        ConfigError: ``device`` is not a device (checked first, so it is not blamed on
+            the file).
     """
+    device = resolve_device(device)
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.is_file():
@@ -136,6 +166,12 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
         raise ArtifactError(
             f"{file}: weights do not match the recorded architecture ({one_line(str(err), 200)})"
         ) from None
+    bad = non_finite_tensor(model.state_dict())
+    if bad is not None:  # it would answer NaN, or one class for every input
+        raise ArtifactError(
+            f"{file}: tensor {bad} is not finite (NaN or Inf): the file is damaged or the run "
+            "diverged; fine-tune it again"
+        )
     model.input_config = InputConfig(
         **{
             **config["input_config"],

@@ -20,8 +20,9 @@ the loader must not import upwards, so this module binds ``predict`` after loadi
 from __future__ import annotations
 
 import functools
+import operator
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,9 @@ import torch
 from torch import nn
 
 from nctune.data import IMG_EXTENSIONS, eval_transform, list_images, open_image, read_manifest
-from nctune.errors import DataError, NctuneError, one_line
+from nctune.errors import ConfigError, DataError, NctuneError, one_line
 from nctune.runs.artifacts import load_finetuned as _load_run_model
+from nctune.taps import resolve_device
 
 __all__ = [
     "Prediction",
@@ -165,16 +167,85 @@ def _prepare(item: Any, transform: Callable[[Any], torch.Tensor]) -> torch.Tenso
             from torchvision.transforms.functional import to_pil_image
 
             return transform(to_pil_image(item))
-        if item.ndim != 3:
-            raise DataError(
-                f"a float tensor input must be one (3, T, T) image, got {tuple(item.shape)}"
-            )
-        return item.to(torch.float32)  # already preprocessed (e.g. by model.transform)
+        # already preprocessed (e.g. by model.transform); _check_item saw (3, T, T), finite
+        return item.to(torch.float32)
     if isinstance(item, (str, os.PathLike)):
         return transform(open_image(os.fspath(item)))
     if hasattr(item, "convert"):  # a PIL image
         return transform(item)
     raise DataError(f"cannot predict on a {type(item).__name__}; pass paths, PIL images or tensors")
+
+
+def _count(name: str, value: Any, minimum: int) -> int:
+    """An integer argument ``name`` of at least ``minimum`` (numpy integers too)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise ConfigError(
+            f"{name}: must be an integer, got {value!r} ({type(value).__name__})"
+        ) from None
+    if n < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {n}")
+    return n
+
+
+def _check_item(where: str, item: Any) -> None:
+    """Refuse, before any work, an input that is not an image at all: a float tensor that
+    is not one finite (3, T, T) image, or an object of another type. A file that cannot be
+    read is not checked here: its row fails, the others go on."""
+    if isinstance(item, torch.Tensor):
+        if item.dtype == torch.uint8:  # raw pixels: the eval transform decides
+            return
+        if item.ndim != 3 or item.shape[0] != 3:
+            raise ConfigError(
+                f"{where}: a float tensor must be one preprocessed (3, T, T) image with "
+                f"3 channels, got shape {tuple(item.shape)}"
+            )
+        if not bool(torch.isfinite(item).all()):
+            raise ConfigError(f"{where}: the image tensor holds NaN or Inf values")
+        return
+    if isinstance(item, (str, os.PathLike)) or hasattr(item, "convert"):
+        return
+    raise ConfigError(
+        f"{where}: cannot predict on a {type(item).__name__}; pass paths, PIL images or tensors"
+    )
+
+
+def _as_list(images: Any) -> list[Any]:
+    """:func:`predict`'s ``images`` as a list of single images; ConfigError naming
+    ``images`` when it is neither an image, a (B, 3, T, T) batch nor a list of images."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            return [images]
+        if images.dtype != torch.uint8 and images.shape[1] != 3:
+            raise ConfigError(
+                f"images: a (B, 3, T, T) batch must have 3 channels, got shape "
+                f"{tuple(images.shape)}"
+            )
+        return list(images)
+    if isinstance(images, (str, os.PathLike)) or hasattr(images, "convert"):
+        return [images]
+    if type(images).__module__ == "numpy":  # an array would iterate row by row
+        raise ConfigError(
+            "images: a numpy array is not accepted; pass "
+            "torch.from_numpy(a).permute(2, 0, 1) (uint8 H×W×3 pixels) or PIL.Image.fromarray(a)"
+        )
+    if isinstance(images, (Mapping, bytes)) or not isinstance(images, Iterable):
+        raise ConfigError(
+            "images: expected an image path, a PIL image, a tensor or a list of them, "
+            f"got {type(images).__name__}"
+        )
+    return list(images)
+
+
+def _not_finite(src: str, logits: torch.Tensor) -> str:
+    bad = logits[~torch.isfinite(logits)][0].item()
+    return (
+        f"{src}: the model's output is not finite ({bad}); its weights hold NaN or Inf, "
+        "or it overflows on this input"
+    )
 
 
 def _sources(images: Sequence[Any]) -> list[str]:
@@ -192,41 +263,56 @@ def iter_predict(
     device: str | torch.device | None = None,
     top_k: int = 1,
     workers: int | None = None,
+    strict: bool = False,
 ) -> Iterator[Prediction]:
     """Yield one :class:`Prediction` per image, in input order, batch by batch.
 
     The streaming form of :func:`predict` (the CLI writes each row as it comes). An image
-    that cannot be read yields a row with ``error`` set; the others are unaffected.
+    that cannot be read yields a row with ``error`` set; the others are unaffected. So does
+    an image whose logits are not finite (a model with NaN weights, or one that overflows
+    on it): a NaN probability is never an answer.
 
     Args:
         model: a fine-tuned model (from :func:`load_finetuned`), or any classifier with
             ``num_classes`` and ``input_config`` (or ``transform``).
         images: paths, PIL images, uint8 ``(C, H, W)`` pixel tensors (transformed like
-            files) or float ``(3, T, T)`` tensors already preprocessed (fed as they are).
+            files) or finite float ``(3, T, T)`` tensors already preprocessed (fed as they
+            are).
         batch_size: images per forward pass.
         device: where to run (default: where the model's parameters are).
         top_k: how many of the most probable classes to list per image.
-        workers: threads decoding and transforming images (default ``min(4, CPUs)``).
+        workers: threads decoding and transforming images (default, or 0:
+            ``min(4, CPUs)``).
+        strict: raise :class:`~nctune.errors.DataError` for an image whose logits are not
+            finite instead of yielding its error row (:func:`predict` does).
 
     Yields:
         :class:`Prediction` rows.
 
     Raises:
-        DataError: ``batch_size`` or ``top_k`` below 1.
+        ConfigError: before any work, one line naming the argument: ``batch_size`` or
+            ``top_k`` not an integer ≥ 1, ``workers`` not one ≥ 0, a ``device`` that is not
+            one (or is not available), ``model`` not a module, or ``images[i]`` that is
+            no image (a float tensor other than one finite ``(3, T, T)`` image, or an
+            object of another type).
+        DataError: with ``strict``, an image whose logits are not finite.
     """
-    if batch_size < 1:
-        raise DataError(f"--batch-size: must be at least 1, got {batch_size}")
-    if top_k < 1:
-        raise DataError(f"--top-k: must be at least 1, got {top_k}")
+    batch_size = _count("batch_size", batch_size, 1)
+    top_k = _count("top_k", top_k, 1)
+    workers = _count("workers", workers, 0) if workers is not None else 0
+    workers = workers or min(4, os.cpu_count() or 1)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model: expected a fine-tuned nn.Module, got {type(model).__name__}")
+    for i, item in enumerate(images):
+        _check_item(f"images[{i}]", item)
     classes = _classes(model)
     k = min(top_k, len(classes))
     transform = _transform(model)
     if device is not None:
-        model.to(device)
+        model.to(resolve_device(device))
     dev = next(model.parameters()).device
     model.eval()
     sources = _sources(images)
-    workers = workers or min(4, os.cpu_count() or 1)
 
     def load(item: Any) -> torch.Tensor | Exception:
         try:
@@ -239,12 +325,12 @@ def iter_predict(
             chunk = images[start : start + batch_size]
             loaded = list(pool.map(load, chunk)) if workers > 1 else [load(x) for x in chunk]
             good = [i for i, t in enumerate(loaded) if isinstance(t, torch.Tensor)]
-            probs = None
             if good:
                 x = torch.stack([loaded[i] for i in good]).to(dev)  # type: ignore[misc]
                 with torch.inference_mode():
-                    probs = torch.softmax(model(x).float(), dim=1).cpu()
-                top_p, top_i = probs.topk(k, dim=1)
+                    logits = model(x).float().cpu()
+                finite = torch.isfinite(logits).all(dim=1)
+                top_p, top_i = torch.softmax(logits, dim=1).topk(k, dim=1)
             row_of = {i: r for r, i in enumerate(good)}
             for i, t in enumerate(loaded):
                 src = sources[start + i]
@@ -252,6 +338,11 @@ def iter_predict(
                     yield Prediction(src, error=_error(t))
                     continue
                 r = row_of[i]
+                if not finite[r]:  # softmax would turn it into a NaN "probability"
+                    if strict:
+                        raise DataError(_not_finite(src, logits[r]))
+                    yield Prediction(src, error=_not_finite(src, logits[r]))
+                    continue
                 idx = [int(j) for j in top_i[r]]
                 ps = [float(p) for p in top_p[r]]
                 yield Prediction(
@@ -282,7 +373,7 @@ def predict(
         model: a fine-tuned model (from :func:`load_finetuned`).
         images: one image or a list of them: paths, PIL images, uint8 ``(C, H, W)`` pixel
             tensors, float ``(3, T, T)`` preprocessed tensors, or one float ``(B, 3, T, T)``
-            batch of preprocessed images.
+            batch of preprocessed images (not a numpy array: convert it first).
         batch_size: images per forward pass.
         device: where to run (default: where the model is).
         top_k: how many of the most probable classes each row lists.
@@ -292,16 +383,23 @@ def predict(
         :class:`Predictions` in input order; unreadable images are rows with ``error``.
 
     Raises:
-        DataError: ``batch_size`` or ``top_k`` below 1, or an input of an unknown type.
+        ConfigError: before any work, one line naming the argument: ``images`` that are
+            no images (None, a number, a mapping, a numpy array, a tensor without 3
+            channels or holding NaN/Inf), or a bad ``batch_size``, ``top_k``, ``workers``
+            or ``device`` (see :func:`iter_predict`).
+        DataError: the model's logits for an image are not finite (NaN or Inf): no
+            probability is made up for it.
     """
-    if isinstance(images, torch.Tensor) and images.ndim == 4:
-        images = list(images)
-    elif isinstance(images, (str, os.PathLike, torch.Tensor)) or hasattr(images, "convert"):
-        images = [images]
-    images = list(images)
+    images = _as_list(images)
     items = list(
         iter_predict(
-            model, images, batch_size=batch_size, device=device, top_k=top_k, workers=workers
+            model,
+            images,
+            batch_size=batch_size,
+            device=device,
+            top_k=top_k,
+            workers=workers,
+            strict=True,
         )
     )
     return Predictions(items, _classes(model))
