@@ -9,16 +9,19 @@ weights are loaded).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from nctune.backbones import IMAGENET_INPUT
+from nctune.backbones import IMAGENET_INPUT, create_backbone, list_sources
+from nctune.backbones.factory import TIMM_PREFIXES, parse_spec
 from nctune.config import Recipe, apply_overrides, recipe_from_dict
 from nctune.data import build_data
-from nctune.errors import ConfigError
+from nctune.errors import BackboneError, ConfigError
 from nctune.recipe_fields import field_rows
 
 #: The keys the starter spells out, per section (everything else keeps its default and
@@ -69,10 +72,48 @@ def _comment(description: str) -> str:
     return " ".join(first.split())
 
 
+def check_backbone(recipe: Recipe, named: str = "backbone.name") -> None:
+    """Refuse a backbone its source does not know, without weights, memory or network.
+
+    The architecture is built by its own source with random weights on PyTorch's ``meta``
+    device (shapes only), so an unknown model name (``nonsense`` is an unknown timm model)
+    or rejected ``model_kwargs`` fail now rather than at the first ``analyze``. Names only a
+    hub can resolve (timm's ``hf-hub:``/``local-dir:``) are checked when used; a build that
+    fails for any other reason than the name (a model that cannot live on ``meta``) is left
+    to the real build too.
+
+    Args:
+        recipe: the starter's validated recipe.
+        named: how the message names the backbone (``--backbone`` for ``nctune init``).
+
+    Raises:
+        BackboneError: one line naming ``named``, the source's reason and the known sources.
+    """
+    try:
+        _, inner = parse_spec(recipe.backbone.name)
+        if inner.partition(":")[0].strip().lower() in TIMM_PREFIXES:
+            return
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # a file's weights copied onto meta tensors
+            create_backbone(recipe.backbone, pretrained=False)
+    except BackboneError as err:
+        detail = str(err).removeprefix("backbone.name: ")
+        if detail == str(err):  # not the name: e.g. backbone.model_kwargs, already named
+            raise
+        sources = ", ".join(f"{s}:" for s in list_sources())
+        raise BackboneError(
+            f"{named}: {detail} (known sources: {sources}; a bare name is a timm model)"
+        ) from None
+    except Exception:  # not the name's fault (a model that cannot live on meta): the real
+        return  # build tells, when the recipe is used
+
+
 def starter_recipe(
     data: str | Path,
     backbone: str = "packaged:efficientnet_lite0",
     overrides: list[str] | None = None,
+    *,
+    backbone_named: str = "backbone.name",
 ) -> Starter:
     """Write and check a commented recipe that fine-tunes ``backbone`` on an image folder.
 
@@ -80,12 +121,15 @@ def starter_recipe(
         data: a folder of class folders (or with ``train/`` and ``val/``/``test/`` inside).
         backbone: ``source:name`` (default: the packaged Lite0, which needs no download).
         overrides: ``key.path=value`` strings applied on top of the starter values.
+        backbone_named: how an unknown backbone is named in the error (the CLI: its
+            ``--backbone`` option).
 
     Returns:
         The :class:`Starter`.
 
     Raises:
-        ConfigError: an invalid override or backbone name.
+        ConfigError: an invalid override or backbone source.
+        BackboneError: a model its source does not know (:func:`check_backbone`).
         DataError: the folder is missing or has fewer than two classes with images.
     """
     base: dict[str, Any] = {
@@ -97,6 +141,7 @@ def starter_recipe(
         },
     }
     recipe = recipe_from_dict(apply_overrides(base, list(overrides or [])), "nctune init")
+    check_backbone(recipe, backbone_named)
     dumped = recipe.model_dump(mode="json")
     rows = {r.key: r for r in field_rows()}
     lines = [

@@ -86,7 +86,9 @@ def init(
         raise ArtifactError(f"--out {out}: already exists; use --overwrite or another file")
     if out.is_dir():
         raise ArtifactError(f"--out {out}: is a folder; give the recipe file's path")
-    starter = starter_recipe(data, backbone, set_)
+    # an unknown model is named as the user gave it: --backbone, unless --set replaced it
+    named = "backbone.name" if any(s.startswith("backbone.name") for s in set_ or []) else None
+    starter = starter_recipe(data, backbone, set_, backbone_named=named or "--backbone")
     atomic_write_text(out, starter.text.replace("THIS_FILE", str(out)))
     lines = [
         (
