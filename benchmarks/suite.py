@@ -90,6 +90,14 @@ LR_GRID: dict[str, list[float | None]] = {
     "scl": [3e-3, 1e-3, 3e-4],
     "lora": [3e-3, 1e-3, 3e-4],
 }
+# auto's levers measured one at a time (issue 19): variants run as their own "strategy"
+# (they keep auto's rate grid; auto-lr chooses its own rate by the range test).
+VARIANTS: dict[str, list[str]] = {
+    "auto-knee": ["strategy.name=auto", "strategy.probe_blocks=1", "strategy.warm_start=false"],
+    "auto-nowarm": ["strategy.name=auto", "strategy.warm_start=false"],
+    "auto-lr": ["strategy.name=auto", "strategy.lr_finder=true"],
+}
+LR_GRID.update({"auto-knee": LR_GRID["auto"], "auto-nowarm": LR_GRID["auto"], "auto-lr": [None]})
 _FMNIST = ["data.source=fashion_mnist", "data.subset=vendored", "data.val_fraction=0.1"]
 _DIGITS = ["data.source=digits", "data.val_fraction=0.15", "data.test_fraction=0.25"]
 _SHAPES = ["data.source=imagefolder", "data.path={shapes}", "data.val_fraction=0.15"]
@@ -192,7 +200,7 @@ def plan(settings: Settings) -> list[Spec]:
             base = settings.base_overrides(task, seed)
             for strategy in settings.strategies:
                 for lr in settings.lrs[strategy]:
-                    o = [*base, f"strategy.name={strategy}"]
+                    o = [*base, *VARIANTS.get(strategy, [f"strategy.name={strategy}"])]
                     if lr is not None:
                         o.append(f"train.lr={lr:g}")
                     specs.append(Spec(task, strategy, seed, lr, tuple(o), recipe=recipe))

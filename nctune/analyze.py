@@ -194,9 +194,61 @@ def analyze(
     Raises:
         Interrupted: ``should_stop`` asked to stop.
     """
-    start = time.perf_counter()
-    k = _num_classes(loader, num_classes)
     module, specs, prefix = _tap_specs(model, layers, include_pre_logits)
+    return profile_taps(
+        module,
+        specs,
+        loader,
+        val_loader=val_loader,
+        num_classes=_num_classes(loader, num_classes),
+        prefix_tokens=prefix,
+        token_pool=token_pool,
+        max_full_dim=max_full_dim,
+        device=device,
+        progress=progress,
+        features=features,
+        should_stop=should_stop,
+        backbone=getattr(model, "spec", None),
+    )
+
+
+def profile_taps(
+    module: nn.Module,
+    specs: list[TapSpec],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_classes: int,
+    val_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    prefix_tokens: int = 1,
+    token_pool: TokenPool = "cls",
+    max_full_dim: int = DEFAULT_MAX_FULL_DIM,
+    device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
+    features: FeatureFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    backbone: str | None = None,
+) -> CollapseProfile:
+    """:func:`analyze`'s pass over explicit taps: the one profiling code path.
+
+    ``analyze`` (and so ``nctune analyze``, ``rank``, ``sweep``, ``tune`` and
+    ``finetune``'s profile before training) and ``finetune``'s re-measurement after
+    training (the tuned blocks and the head's input, from the prefix cache where there is
+    one) all stream their features through here.
+
+    Args:
+        module: what runs: ``module(x)`` for every batch ``x`` of ``loader``.
+        specs: the taps, shallow → deep; the forward stops after the deepest.
+        loader, val_loader, num_classes, token_pool, max_full_dim, device, progress,
+            features, should_stop: as in :func:`analyze`.
+        prefix_tokens: class/register tokens at the front of token maps.
+        backbone: the spec recorded in the profile.
+
+    Returns:
+        The profile of the tapped layers, in ``specs`` order.
+    """
+    start = time.perf_counter()
+    k = num_classes
+    prefix = prefix_tokens
     if device is None:
         param = next(module.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -260,7 +312,7 @@ def analyze(
         num_samples=first.num_samples,
         num_classes=first.num_classes,
         seconds=time.perf_counter() - start,
-        backbone=getattr(model, "spec", None),
+        backbone=backbone,
     )
 
 

@@ -7,8 +7,8 @@ report, the weights and the plot.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -18,13 +18,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nctune.analyze import profile_recipe
+from nctune.auto import choose_lr, plan_auto, probes
 from nctune.backbones import Backbone, create_backbone
 from nctune.data import DataSplits, build_data, resolve_input_config
-from nctune.distributed import is_main, shard_dataset
-from nctune.profile import CollapseProfile
+from nctune.distributed import is_main, shard_dataset, world_size
+from nctune.profile import PRE_LOGITS, CollapseProfile, LayerCollapse
 from nctune.taps import resolve_device
+from nctune.training.batches import ImageBatches, try_cache
 from nctune.training.callbacks import Callback, CallbackList, LambdaCallback
 from nctune.training.loggers import epoch_loggers
+from nctune.training.measure import changed_blocks, layers_before_after, measure_after
 from nctune.training.strategies import (
     STRATEGY_REGISTRY,
     AppliedStrategy,
@@ -52,7 +55,12 @@ class RunResult:
         wall_seconds: training time (prefix caching, epochs, validation).
         history: per epoch: loss, accuracy, val_accuracy, nc1 (head input, from the
             training pass), lr, seconds.
-        layers: per block: NC1 before and after training.
+        layers: per block: NC1 and NCC accuracy before and after training; blocks before
+            the first tuned one keep their profile figures (``remeasured: false``).
+        probe: ``auto``'s collapse probe — every probed block's figures, the winner and
+            why (None when no probe ran).
+        lr_finder: the learning-rate range test that set ``train.lr`` (None: not run).
+        after_cached: the after-training pass ran from the prefix cache (suffix only).
     """
 
     strategy: str
@@ -78,6 +86,9 @@ class RunResult:
     device: str = "cpu"
     total_seconds: float = 0.0
     profile_seconds: float = 0.0
+    probe: dict[str, Any] | None = None
+    lr_finder: dict[str, Any] | None = None
+    after_cached: bool = False
     model: nn.Module | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +116,9 @@ class RunResult:
             "device",
             "total_seconds",
             "profile_seconds",
+            "probe",
+            "lr_finder",
+            "after_cached",
         ]
         out = {k: getattr(self, k) for k in keys}
         out["trainable_percent"] = 100.0 * self.trainable_params / max(1, self.total_params)
@@ -115,29 +129,25 @@ def _loader(dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
-def _head_nc1(
-    model: nn.Module,
-    dataset,
-    batch_size: int,
-    device: torch.device,
-    num_classes: int,
-    amp: bool,
-    should_stop: Callable[[], bool] | None = None,
-) -> tuple[float | None, float]:
-    """(NC1 of the head's input, accuracy) on ``dataset`` in eval mode."""
-    # under torchrun each rank measures its shard; evaluate sums the shards
-    loader = _loader(shard_dataset(dataset), batch_size)
-    stop = LambdaCallback(should_stop=should_stop)  # a pass of its own: no progress display
-    acc, stats = evaluate(model, loader, device, num_classes, amp, callbacks=stop)
-    return safe_nc1(stats), acc
-
-
 def _profile(
     backbone, plain: DataSplits, recipe: Recipe, device, progress, phase: str, should_stop=None
 ) -> CollapseProfile:
     """:func:`~nctune.analyze.profile_recipe`, its progress labelled with ``phase``."""
     labelled = (lambda p, d, t: progress(f"{phase}: {p}", d, t)) if progress else None
     return profile_recipe(backbone, plain, recipe, device, labelled, should_stop=should_stop)
+
+
+@dataclass
+class _Context:
+    """What the steps of one :func:`finetune` call share."""
+
+    recipe: Recipe
+    backbone: Backbone
+    splits: DataSplits
+    plain: DataSplits
+    device: torch.device
+    callbacks: CallbackList
+    sources: tuple | None = None  # the prefix cache's (train, val, info), when built here
 
 
 class Prepared(NamedTuple):
@@ -221,72 +231,191 @@ def finetune(
     start = time.perf_counter()
     cb = CallbackList.of(callbacks)
     backbone, splits, plain, device = prepared or prepare(recipe)
-    s, t, bs, k = recipe.strategy, recipe.train, recipe.data.batch_size, splits.num_classes
-    needs_profile = s.needs_profile()
+    s, t, k = recipe.strategy, recipe.train, splits.num_classes
     before = profile
     t_profile = time.perf_counter()
-    if before is None and (needs_profile or t.profile_after):
+    if before is None and (s.needs_profile() or t.profile_after):
         before = _profile(
             backbone, plain, recipe, device, cb.on_progress, "profile", cb.should_stop
         )
     profile_seconds = time.perf_counter() - t_profile
-    applied = _apply(recipe, backbone, k, before)
+    plan = None
+    if probes(recipe, before):
+        plan = plan_auto(
+            recipe,
+            backbone,
+            plain.train,
+            plain.val,
+            before,
+            num_classes=k,
+            device=device,
+            run_dir=Path(run_dir) if run_dir is not None else None,
+            resume=resume,
+        )
+    applied = _apply(recipe, backbone, k, before, [plan.block] if plan else None)
+    if plan is not None and plan.winner_state is not None:  # continue from the probe
+        applied.tuned.load_state_dict(plan.winner_state, strict=False)
     # Saved with the weights: the config the data pipeline resolved (data.image_size may
     # override the backbone's default), so a reloaded model preprocesses like val/test.
     applied.tuned.set_input_config(resolve_input_config(backbone.input_config, recipe.data))
     applied.model.to(device)
-    nc1_before, _ = _head_nc1(applied.model, plain.train, bs, device, k, t.amp, cb.should_stop)
-    # rank 0 alone writes the run folder's logs (every rank has the same history), and
-    # before the caller's hooks see the epoch
-    loggers = epoch_loggers(run_dir if is_main() else None, t.tensorboard)
-    result = fit(
-        applied,
-        splits.train,
-        splits.val,
-        t,
-        num_classes=k,
-        batch_size=bs,
-        block_names=backbone.block_names,
-        num_workers=recipe.data.num_workers,
-        seed=recipe.seed,
-        device=device,
-        augment=recipe.data.augment,
-        run_dir=run_dir,
-        resume=resume,
-        probe_epochs=s.probe_epochs,
-        full_lr_scale=s.full_lr_scale,
-        callbacks=CallbackList([*loggers, cb]),
-        shared_cache_dir=shared_cache_dir,
-    )
-    run = _run_result(applied, result, backbone, splits, device)
-    run.nc1_before, run.profile_seconds = nc1_before, profile_seconds
-    if result.interrupted:
-        run.total_seconds = time.perf_counter() - start
-        return run
-
-    model = applied.export().eval()
-    run.model = model
-    run.nc1_after, run.train_accuracy = _head_nc1(
-        model, plain.train, bs, device, k, t.amp, cb.should_stop
-    )
-    if splits.test is not None:
-        test = _loader(shard_dataset(splits.test), bs)
-        run.test_accuracy = evaluate(model, test, device, amp=t.amp)[0]
-    if before is not None and t.profile_after:
-        after = _profile(
-            backbone, plain, recipe, device, cb.on_progress, "profile after", cb.should_stop
+    ctx = _Context(recipe, backbone, splits, plain, device, cb)
+    ctx.sources = sources = _prefix_sources(ctx, applied, run_dir, shared_cache_dir)
+    try:
+        if plan is not None:
+            if s.lr_finder and sources is not None and sources[0] is not None:
+                choose_lr(plan, applied.model, sources[0], recipe, device)
+            if run_dir is not None and is_main():
+                plan.save(Path(run_dir))
+            if plan.lr is not None:
+                t = t.model_copy(update={"lr": plan.lr})
+        nc1_before = _nc1_before(ctx, applied, before, plan)
+        # rank 0 alone writes the run folder's logs (every rank has the same history), and
+        # before the caller's hooks see the epoch
+        loggers = epoch_loggers(run_dir if is_main() else None, t.tensorboard)
+        result = fit(
+            applied,
+            splits.train,
+            splits.val,
+            t,
+            num_classes=k,
+            batch_size=recipe.data.batch_size,
+            block_names=backbone.block_names,
+            num_workers=recipe.data.num_workers,
+            seed=recipe.seed,
+            device=device,
+            augment=recipe.data.augment,
+            run_dir=run_dir,
+            resume=resume,
+            probe_epochs=s.probe_epochs,
+            full_lr_scale=s.full_lr_scale,
+            callbacks=CallbackList([*loggers, cb]),
+            shared_cache_dir=shared_cache_dir,
+            sources=sources,
         )
-        run.layers = _layers_before_after(before, after, applied.tuned_layers)
-    model.eval()
+        run = _run_result(applied, result, backbone, splits, device)
+        run.nc1_before, run.profile_seconds = nc1_before, profile_seconds
+        if plan is not None:
+            run.probe, run.lr_finder = plan.probe, plan.lr_finder
+            run.selection = plan.selection(s.selection_rule()[0])
+        if not result.interrupted:
+            _measure_after(ctx, run, applied, before)
+    finally:
+        for c in (sources or (None, None))[:2]:
+            if c is not None:
+                c.close()
     run.total_seconds = time.perf_counter() - start
     return run
 
 
+def _prefix_sources(ctx: _Context, applied: AppliedStrategy, run_dir, shared) -> tuple | None:
+    """The run's frozen-prefix cache, built once here so the passes before training, the
+    epochs and the pass after training all read it (None where ``fit`` decides alone:
+    caching off, augmented data, or several processes, whose caches are shards)."""
+    recipe, device = ctx.recipe, ctx.device
+    t = recipe.train
+    if t.cache_prefix == "off" or recipe.data.augment or world_size() > 1:
+        return None
+    return try_cache(
+        applied.tuned,
+        ctx.backbone.block_names,
+        ctx.splits.train,
+        ctx.splits.val,
+        cfg=t,
+        batch_size=recipe.data.batch_size,
+        seed=recipe.seed,
+        device=device,
+        amp=t.amp and device.type == "cuda",
+        run_dir=Path(run_dir) if run_dir is not None else None,
+        shared_dir=Path(shared) if shared is not None else None,
+        callbacks=ctx.callbacks,
+    )
+
+
+def _nc1_before(ctx: _Context, applied, before: CollapseProfile | None, plan) -> float | None:
+    """NC1 of the head's input before training, from what was already measured when it can
+    be: the probe measured the winner's; without a skip head the head sees the pre-logits
+    features the profile measured (on the whole training split). Else one pass — over the
+    prefix cache when there is one (the suffix only)."""
+    recipe, plain, sources = ctx.recipe, ctx.plain, ctx.sources
+    if plan is not None:
+        return plan.nc1_before
+    pre = _pre_logits(before)
+    skip = STRATEGY_REGISTRY.get(recipe.strategy.name).skip
+    if not skip and pre is not None and before.num_samples == len(plain.train):
+        return pre.nc1 if math.isfinite(pre.nc1) else None
+    source = sources[0] if sources is not None and sources[0] is not None else None
+    if source is None:
+        source = ImageBatches(shard_dataset(plain.train), recipe.data.batch_size, ctx.device)
+    stop = LambdaCallback(should_stop=ctx.callbacks.should_stop)  # no progress display
+    _, stats = evaluate(
+        applied.model, source, ctx.device, plain.num_classes, recipe.train.amp, callbacks=stop
+    )
+    return safe_nc1(stats)
+
+
+def _pre_logits(profile: CollapseProfile | None) -> LayerCollapse | None:
+    if profile is None:
+        return None
+    return next((layer for layer in profile.layers if layer.name == PRE_LOGITS), None)
+
+
+def _measure_after(ctx: _Context, run: RunResult, applied, before) -> None:
+    """The kept model's figures: head-input NC1 and training accuracy, the blocks training
+    could change (:func:`~nctune.training.measure.measure_after`, one pass — the suffix
+    only from the prefix cache), and the test accuracy."""
+    recipe, backbone, plain, sources, device = (
+        ctx.recipe,
+        ctx.backbone,
+        ctx.plain,
+        ctx.sources,
+        ctx.device,
+    )
+    t, bs = recipe.train, recipe.data.batch_size
+    model = applied.export().eval()
+    run.model = model
+    profiled = {layer.name for layer in before.layers} if before is not None else set()
+    changed = changed_blocks(backbone.block_names, applied.tuned_layers) if t.profile_after else []
+    blocks = [
+        (b.name, b.layout) for b in backbone.blocks() if b.name in changed and b.name in profiled
+    ]
+    cached = sources is not None and sources[0] is not None and model is applied.tuned
+    if cached:
+        train, val = sources[0], sources[1]
+    else:
+        train = ImageBatches(shard_dataset(plain.train), bs, device)
+        val = ImageBatches(shard_dataset(plain.val), bs, device) if plain.val is not None else None
+    after = measure_after(
+        model,
+        train,
+        val if profiled else None,
+        blocks=blocks,
+        classifier=backbone.classifier_name if changed and PRE_LOGITS in profiled else None,
+        num_classes=plain.num_classes,
+        token_pool=recipe.analysis.token_pool,
+        prefix_tokens=backbone.num_prefix_tokens,
+        device=device,
+        callbacks=ctx.callbacks,
+    )
+    run.nc1_after, run.train_accuracy = after.nc1, after.accuracy
+    run.after_cached = after.cached
+    test = ctx.splits.test  # a search's trials have none: the best is tested after the search
+    if test is not None:
+        run.test_accuracy = evaluate(model, _loader(shard_dataset(test), bs), device, amp=t.amp)[0]
+    if before is not None and t.profile_after:
+        run.layers = layers_before_after(before, after, applied.tuned_layers)
+    model.eval()
+
+
 def _apply(
-    recipe: Recipe, backbone: Backbone, num_classes: int, profile: CollapseProfile | None
+    recipe: Recipe,
+    backbone: Backbone,
+    num_classes: int,
+    profile: CollapseProfile | None,
+    layers: list[str] | None = None,
 ) -> AppliedStrategy:
-    """The recipe's strategy on ``backbone``, its blocks chosen from ``profile`` by the rule
-    when the recipe names none."""
+    """The recipe's strategy on ``backbone``: on ``layers`` (the probe's choice), else the
+    recipe's blocks, else those the rule chooses from ``profile``."""
     s = recipe.strategy
     rule, rule_params = s.selection_rule()
     torch.manual_seed(recipe.seed)  # the head's initialisation depends on the seed alone
@@ -294,7 +423,7 @@ def _apply(
         backbone,
         s.name,
         num_classes,
-        layers=s.layers,
+        layers=layers or s.layers,
         profile=profile,
         rule=rule,
         rule_params=rule_params,
@@ -332,21 +461,3 @@ def _run_result(
         classes=list(splits.classes),
         device=str(device),
     )
-
-
-def _layers_before_after(
-    before: CollapseProfile, after: CollapseProfile, tuned_layers: list[str]
-) -> list[dict[str, Any]]:
-    """Per block: NC1 and NCC accuracy before and after training, and whether it trained."""
-    return [
-        {
-            "name": b.name,
-            "dim": b.dim,
-            "nc1_before": b.nc1,
-            "nc1_after": a.nc1,
-            "ncc_before": b.ncc_accuracy,
-            "ncc_after": a.ncc_accuracy,
-            "tuned": b.name in tuned_layers or tuned_layers == ["*"],
-        }
-        for b, a in zip(before.layers, after.layers, strict=True)
-    ]

@@ -227,6 +227,25 @@ class StrategyConfig(Section):
         le=1.0,
         description="lp-ft: learning-rate factor for the full fine-tuning phase.",
     )
+    probe_blocks: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="auto: how many of the rule's best blocks the collapse probe tries (1: the rule's pick, no probe).",
+    )
+    probe_steps: int | None = Field(
+        None,
+        ge=1,
+        description="auto: the probe's budget in optimizer steps, split evenly across the blocks (default: one epoch's steps).",
+    )
+    warm_start: bool = Field(
+        True,
+        description="auto: fit the probed heads by a linear probe first, and continue training from the winner's probed weights.",
+    )
+    lr_finder: bool = Field(
+        False,
+        description="auto: choose train.lr by a short learning-rate range test on the winner's cached prefix.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -142,6 +142,30 @@ def plot_profile(
     return atomic_write_bytes(path, _png(profile_figure(profile, recommendation)))
 
 
+def probe_table(probe: dict[str, Any]) -> Table:
+    """``auto``'s collapse probe: every probed block's figures, the winner in bold, and why."""
+    t = Table(
+        title=f"Collapse probe: {probe['steps']} steps over {len(probe['candidates'])} blocks",
+        caption=probe["why"],
+        header_style="bold",
+    )
+    for col in ("block", "steps", "NC1 before", "NC1 after", "val acc", "train loss"):
+        t.add_column(col, justify="left" if col == "block" else "right", no_wrap=col == "block")
+    for c in probe["candidates"]:
+        won = c["block"] == probe["winner"]
+        acc = "–" if c["val_accuracy"] is None else f"{100 * c['val_accuracy']:.1f}%"
+        t.add_row(
+            c["block"] + (" ◀" if won else ""),
+            str(c["steps"]),
+            _fmt(c["nc1_before"]),
+            _fmt(c["nc1_after"]),
+            acc,
+            _fmt(c["train_loss"]),
+            style="bold green" if won else None,
+        )
+    return t
+
+
 def finetune_tables(result: Any) -> list[Table]:
     """The collapse-versus-accuracy report of a fine-tuning run: per-block NC1 before/after,
     then the summary (accuracy, trainable parameters, time)."""
@@ -163,6 +187,8 @@ def finetune_tables(result: Any) -> list[Table]:
         for row in result.layers:
             b, a = row["nc1_before"], row["nc1_after"]
             change = "–" if not (b and a) else f"{(a - b) / b:+.0%}"
+            if row.get("remeasured") is False:  # before the first tuned block: not re-run
+                change = "frozen"
             pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
             style = "bold green" if row["tuned"] and result.tuned_layers != ["*"] else None
             t.add_row(
@@ -176,6 +202,8 @@ def finetune_tables(result: Any) -> list[Table]:
                 style=style,
             )
         tables.append(t)
+    if getattr(result, "probe", None):
+        tables.append(probe_table(result.probe))
     s = Table(title="Result", show_header=False)
     s.add_column(style="bold")
     s.add_column()

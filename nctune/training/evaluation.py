@@ -89,7 +89,7 @@ def evaluate(
     model.eval()
     stats = CollapseStats(num_classes) if num_classes else None
     correct = seen = 0
-    total = _num_batches(source)
+    total = num_batches(source)
     callbacks.on_progress(phase, 0, total)
     try:
         with source.attached():
@@ -110,7 +110,7 @@ def evaluate(
     return (correct / seen if seen else float("nan")), dist.reduce_stats(stats)
 
 
-def _num_batches(source) -> int | None:
+def num_batches(source) -> int | None:
     """How many batches ``source.batches()`` yields, when that is known (for progress)."""
     if isinstance(source, CachedBatches):
         return math.ceil(len(source.cache) / source.batch_size)

@@ -65,6 +65,8 @@ class Strategy:
         reports_as: the name written to reports (``auto`` runs ``scl``).
         probe_first: trains the head alone first, then everything (lp-ft's two phases).
         adapters: trains PEFT adapters on modules chosen by ``strategy.lora_targets``.
+        probes: chooses its block by a short collapse probe of the rule's best candidates
+            (``strategy.probe_blocks``; :mod:`nctune.training.probe`) when none is named.
         help: one line on what trains, for ``--help``, the recipe field's description
             and docs/recipes.md.
     """
@@ -76,6 +78,7 @@ class Strategy:
     reports_as: str | None = None
     probe_first: bool = False
     adapters: bool = False
+    probes: bool = False
     help: str = ""
 
 
@@ -431,7 +434,8 @@ register_strategy(
     selects_layers=True,
     skip=True,
     reports_as="scl",
-    help="NC-guided block choice, then scl",
+    probes=True,
+    help="NC-guided block choice (the rule's best blocks, probed briefly), then scl",
 )(_layers)
 
 #: Registered strategy names, in registration order.

@@ -85,6 +85,7 @@ class _Run:
     run_dir: Path | None
     shared_cache_dir: Path | None
     callbacks: CallbackList
+    sources: tuple | None = None
     world: int = field(default_factory=dist.world_size)
 
     @property
@@ -155,6 +156,7 @@ def fit(
     full_lr_scale: float = 0.1,
     callbacks: Callback | list[Callback] | None = None,
     shared_cache_dir: str | Path | None = None,
+    sources: tuple | None = None,
 ) -> TrainResult:
     """Train ``applied.model`` on ``train_set``; keep the weights of the best validation epoch.
 
@@ -192,6 +194,10 @@ def fit(
         shared_cache_dir: keep the frozen-prefix cache in this folder, keyed by its
             content, so later runs on the same prefix and data read it instead of
             recomputing it (see :meth:`~nctune.training.prefix_cache.PrefixCache.build`).
+        sources: the first phase's ``(cached train, cached val, info)`` from
+            :func:`~nctune.training.batches.try_cache`, built by the caller (who measures
+            from the same cache before and after training, and closes it); None: ``fit``
+            caches the prefix itself.
 
     Returns:
         The per-epoch history and how the run ended.
@@ -224,6 +230,7 @@ def fit(
         run_dir=Path(run_dir) if run_dir is not None else None,
         shared_cache_dir=Path(shared_cache_dir) if shared_cache_dir is not None else None,
         callbacks=CallbackList.of(callbacks),
+        sources=sources,
     )
     caches: list = []
     try:
@@ -305,6 +312,9 @@ def _start_phase(run: _Run, state: TrainState, phase: _Phase) -> _PhaseRun:
     caches = []
     if cfg.cache_prefix != "off" and run.augment:
         state.cache = CacheInfo(False, reason="data.augment is on: the prefix differs every epoch")
+    elif run.sources is not None and phase.start == 0:  # the caller's, closed by the caller
+        cached, cached_val, state.cache = run.sources
+        source, val_source = cached or source, cached_val or val_source
     elif cfg.cache_prefix != "off":
         cached, cached_val, state.cache = try_cache(
             state.applied.tuned,

@@ -251,14 +251,7 @@ def stopped_run(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("stopped") / "run"
     with pytest.MonkeyPatch.context() as m:
-        real = FINETUNE._head_nc1
-        calls = []
-
-        def head_nc1(*args, **kwargs):
-            calls.append(1)
-            return real(*args, **kwargs) if len(calls) == 1 else fails_after_training()
-
-        m.setattr(FINETUNE, "_head_nc1", head_nc1)
+        m.setattr(FINETUNE, "_measure_after", fails_after_training)
         assert invoke("finetune", *sets(), "--out", out).exit_code == 2
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.csv", "recipe.yaml"]
     return out

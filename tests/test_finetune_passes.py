@@ -1,0 +1,91 @@
+"""What a fine-tuning run costs beyond training, counted in passes over the training images
+(issue 19, "the report for free"): every image the run reads goes through a counting
+dataset, so a measurement that quietly re-runs the network over the training split fails
+here. Frozen blocks keep their profile figures after training, exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from torch.utils.data import Dataset
+
+from nctune.config import load_recipe
+from nctune.finetune import Prepared, finetune, prepare
+from tests.tiny import tiny
+
+
+class Counting(Dataset):
+    """A dataset that counts the samples read from it."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner, self.reads = inner, 0
+        self.classes = getattr(inner, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.inner[i]
+
+
+def passes(*overrides: str):
+    """(passes over the training images, the run's result)."""
+    recipe = load_recipe(None, tiny("train.epochs=2", "train.warmup_epochs=0", *overrides))
+    backbone, splits, _, device = prepare(recipe)  # no augmentation: plain is splits
+    counted = Counting(splits.train)
+    splits = dataclasses.replace(splits, train=counted)
+    result = finetune(recipe, prepared=Prepared(backbone, splits, splits, device))
+    return counted.reads / len(counted), result
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        # the profile, then the cache (features before the head): nothing after training
+        (["strategy.name=linear"], 2),
+        # the profile, then the cache of the block's input: before/after from the cache
+        (["strategy.name=scl", "strategy.layers=[layer3.0]"], 2),
+        # the profile, the probe's cache (shallowest candidate), the winner's cache
+        (["strategy.name=auto"], 3),
+        # no probe: the profile and the rule's block's cache
+        (["strategy.name=auto", "strategy.probe_blocks=1"], 2),
+    ],
+)
+def test_passes_over_the_training_images(strategy, expected):
+    n, result = passes(*strategy)
+    assert n == expected, f"{strategy}: {n} passes over the training images"
+    assert result.after_cached and result.nc1_after is not None
+    assert result.train_accuracy is not None and result.test_accuracy is not None
+
+
+def test_full_measures_only_what_it_reports():
+    """Everything trains, so nothing is cached: the profile, two epochs, one pass after."""
+    n, result = passes("strategy.name=full")
+    assert n == 1 + 2 + 1, n
+    assert not result.after_cached and all(layer["remeasured"] for layer in result.layers)
+
+
+def test_frozen_blocks_keep_their_profile_figures_exactly():
+    _, result = passes("strategy.name=scl", "strategy.layers=[layer3.0]")
+    by_name = {layer["name"]: layer for layer in result.layers}
+    frozen = [name for name in by_name if name.startswith(("layer1", "layer2"))]
+    assert frozen and not any(by_name[n]["remeasured"] for n in frozen)
+    for name in frozen:
+        assert by_name[name]["nc1_after"] == by_name[name]["nc1_before"]
+        assert by_name[name]["ncc_after"] == by_name[name]["ncc_before"]
+    changed = [n for n in by_name if n.startswith(("layer3", "layer4")) or n == "pre_logits"]
+    assert changed and all(by_name[n]["remeasured"] for n in changed)
+    assert by_name["layer3.0"]["nc1_after"] != by_name["layer3.0"]["nc1_before"]
+
+
+def test_the_cached_after_pass_equals_the_image_pass():
+    """The suffix-only pass from the prefix cache measures what the whole network does."""
+    _, cached = passes("strategy.name=scl", "strategy.layers=[layer3.0]")
+    _, images = passes("strategy.name=scl", "strategy.layers=[layer3.0]", "train.cache_prefix=off")
+    assert cached.after_cached and not images.after_cached
+    assert cached.nc1_after == pytest.approx(images.nc1_after, rel=1e-4)
+    assert cached.train_accuracy == pytest.approx(images.train_accuracy)
+    for a, b in zip(cached.layers, images.layers, strict=True):
+        assert a["nc1_after"] == pytest.approx(b["nc1_after"], rel=1e-4), a["name"]
