@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from rich.table import Table
 
+from nctune.report.probe import lr_panel, probe_panel
 from nctune.runs._io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -247,13 +248,24 @@ def training_figure(result: Any) -> Figure:
     Epoch ticks are integers; the kept (best) epoch is a vertical line on every panel, and
     the NC1 before training (``result.nc1_before``, eval mode) a horizontal reference line.
 
+    A run of ``auto`` with a collapse probe (``result.probe``) gets a fourth panel, the
+    probed blocks' NC1 before → after and the winner (:func:`nctune.report.probe.probe_panel`);
+    with a learning-rate range test (``result.lr_finder``) one more, its loss curve and the
+    chosen rate (:func:`nctune.report.probe.lr_panel`). Without either the figure is the three
+    per-epoch panels.
+
     Returns:
-        A :class:`matplotlib.figure.Figure` with three axes: loss, accuracy, NC1.
+        A :class:`matplotlib.figure.Figure` whose first three axes are loss, accuracy, NC1;
+        then the probe's (and its validation-accuracy twin) and the range test's, if any.
     """
     h = result.history
     epochs = [e["epoch"] for e in h]
-    fig = _figure(figsize=(11, 3.6))
-    ax0, ax1, ax2 = fig.subplots(1, 3)
+    probe = getattr(result, "probe", None)
+    lr_finder = getattr(result, "lr_finder", None)
+    ratios = [1.0, 1.0, 1.0] + ([1.1] if probe else []) + ([0.9] if lr_finder else [])
+    fig = _figure(figsize=(11 + 3.7 * (len(ratios) - 3), 3.6))
+    axes = fig.subplots(1, len(ratios), width_ratios=ratios)
+    ax0, ax1, ax2 = axes[:3]
     ax0.plot(epochs, [e["loss"] for e in h], "o-", color="tab:red", label="train loss")
     ax0.set_ylabel("cross-entropy")
     ax1.plot(epochs, [100 * e["accuracy"] for e in h], "o-", label="train (running)")
@@ -286,6 +298,10 @@ def training_figure(result: Any) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    if probe:
+        probe_panel(axes[3], probe)
+    if lr_finder:
+        lr_panel(axes[-1], lr_finder)
     fig.suptitle(
         f"{result.strategy} fine-tuning · {result.backbone} on {result.dataset or 'data'}",
         fontsize=9,
