@@ -18,12 +18,14 @@ from torch import nn
 from nctune import distributed as dist
 from nctune.collapse import CollapseStats
 from nctune.errors import ArtifactError, TrainingError, one_line
+from nctune.runs.artifacts import non_finite_tensor
 from nctune.training.batches import IGNORE
 from nctune.training.checkpoint import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
     Checkpoint,
     PartialEpoch,
+    damaged,
     rng_state,
     save_checkpoint,
 )
@@ -173,6 +175,7 @@ class TrainState:
         best: the kept epoch.
         resumed: the checkpoint this run continues, until its first epoch ends (its RNG
             state, optimizer and mid-epoch sums are still to be used).
+        resumed_from: that checkpoint's path (for messages).
         cache: what the frozen-prefix cache did, for the result.
         stopped_early: early stopping ended the run.
     """
@@ -187,18 +190,44 @@ class TrainState:
     history: list[EpochStats] = field(default_factory=list)
     best: Best = field(default_factory=Best)
     resumed: Checkpoint | None = None
+    resumed_from: Path | None = None
     cache: CacheInfo = field(default_factory=lambda: CacheInfo(False, reason=""))
     stopped_early: bool = False
 
-    def restore(self, ckpt: Checkpoint, path: Path) -> None:
+    def restore(
+        self,
+        ckpt: Checkpoint,
+        path: Path,
+        *,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+    ) -> None:
         """Continue from ``ckpt`` (read from ``path``): position, weights, history, best epoch.
 
         The optimizer and scaler follow when their phase starts
-        (:meth:`restore_optimizer`), the RNG state when the resumed epoch starts.
+        (:meth:`restore_optimizer`), the RNG state when the resumed epoch starts. What
+        :func:`~nctune.training.checkpoint.load_checkpoint` could not check without the
+        run is checked here, before any training: the position against the recipe.
+
+        Args:
+            ckpt: the checked checkpoint.
+            path: where it was read (for messages).
+            epochs: ``train.epochs``: the position must not lie beyond it.
+            steps_per_epoch: a mid-epoch ``step`` must lie within an epoch.
 
         Raises:
-            ArtifactError: the weights do not fit this run's model.
+            ArtifactError: the weights do not fit this run's model, or the position lies
+                beyond the recipe's epochs or an epoch's steps (one line naming the field).
         """
+        if epochs is not None and (ckpt.epoch, ckpt.step) > (epochs, 0):
+            where = f"epoch {ckpt.epoch}" + (f", step {ckpt.step}" if ckpt.step else "")
+            raise damaged(
+                path, "epoch", f"the checkpoint is at {where}, beyond train.epochs {epochs}"
+            )
+        if steps_per_epoch is not None and ckpt.step >= steps_per_epoch:
+            raise damaged(
+                path, "step", f"{ckpt.step} is beyond the {steps_per_epoch} steps of an epoch"
+            )
         self.epoch, self.step = ckpt.epoch, ckpt.step
         if ckpt.phase == "full" and self.applied.phase != "full":
             self.applied.start_full_phase()
@@ -211,14 +240,39 @@ class TrainState:
             ) from None
         self.history = [EpochStats(**h.model_dump()) for h in ckpt.history]
         self.best = Best(ckpt.best_acc, ckpt.best_epoch, ckpt.best_state, ckpt.bad_epochs)
-        self.resumed = ckpt
+        self.resumed, self.resumed_from = ckpt, path
 
     def restore_optimizer(self, phase: str) -> None:
         """Load the resumed checkpoint's optimizer and scaler when it was saved in ``phase``
-        (an lp-ft run stopped in its probe continues its full phase with a fresh one)."""
-        if self.resumed is not None and self.resumed.phase == phase:
-            self.optimizer.load_state_dict(self.resumed.optimizer)
-            self.scaler.load_state_dict(self.resumed.scaler)
+        (an lp-ft run stopped in its probe continues its full phase with a fresh one).
+
+        Raises:
+            ArtifactError: the optimizer's or scaler's state does not fit this phase's
+                parameters (other groups, other ids, a moment of another shape): one line,
+                before the phase's first step.
+        """
+        if self.resumed is None or self.resumed.phase != phase:
+            return
+        path = self.resumed_from or CHECKPOINT
+        for where, target, saved in (
+            ("optimizer", self.optimizer, self.resumed.optimizer),
+            ("scaler", self.scaler, self.resumed.scaler),
+        ):
+            try:
+                target.load_state_dict(saved)
+            except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:
+                raise damaged(path, where, one_line(err, 160)) from None
+        # a moment of another shape would only fail inside the first step
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                for name, value in self.optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                        raise damaged(
+                            path,
+                            "optimizer",
+                            f"its {name} of shape {tuple(value.shape)} is for no parameter "
+                            f"of shape {tuple(p.shape)}",
+                        )
 
     def checkpoint(self, partial: EpochSums | None = None) -> dict[str, Any]:
         """This state as the document :class:`~nctune.training.checkpoint.Checkpoint`
@@ -254,12 +308,18 @@ class TrainState:
         self.save(run_dir)
 
     def check_finite(self, run_dir: Path | None) -> None:
-        """Raise :meth:`diverged` when a trainable parameter holds NaN/Inf (the last step's
-        update can break the weights after a still-finite loss), so they are never saved."""
-        for name, p in self.model.named_parameters():
-            if p.requires_grad and not bool(torch.isfinite(p.detach()).all()):
-                what = f"weight {name} is not finite"
-                raise self.diverged(run_dir, what, step=max(self.step - 1, 0))
+        """Raise :meth:`diverged` when any tensor of the model's state dict holds NaN/Inf.
+
+        Parameters and buffers alike: the last step's update can break the weights after a
+        still-finite loss, and a huge step can send a BatchNorm ``running_var`` to ``inf``
+        while the training loss (batch statistics) stays finite — the model then answers
+        one class for every input. Called at the end of every epoch's steps, before the
+        kept epoch is captured and before every checkpoint, so neither is ever non-finite.
+        """
+        bad = non_finite_tensor(self.model.state_dict())
+        if bad is not None:
+            what = f"tensor {bad} is not finite"
+            raise self.diverged(run_dir, what, step=max(self.step - 1, 0))
 
     def diverged(self, run_dir: Path | None, what: str, step: int | None = None) -> TrainingError:
         """The one-line error for a run whose loss or weights stopped being finite at step

@@ -289,7 +289,9 @@ def _setup(applied: AppliedStrategy, run: _Run, resume: bool) -> TrainState:
     )
     ckpt = load_checkpoint(run.run_dir) if (resume and run.run_dir) else None
     if ckpt is not None:
-        state.restore(ckpt, run.run_dir / CHECKPOINT)
+        state.restore(
+            ckpt, run.run_dir / CHECKPOINT, epochs=cfg.epochs, steps_per_epoch=run.steps_per_epoch
+        )
     return state
 
 
