@@ -130,7 +130,7 @@ class SearchConfig(Section):
     )
     metric: Literal["val_accuracy", "nc1_after"] = Field(
         "val_accuracy",
-        description="What a trial scores: best validation accuracy, or NC1 of the head input after training.",
+        description="What a trial scores: val_accuracy (the best validation accuracy, maximised) or nc1_after (NC1 of the head input after training, on the training split, minimised). tune warns before its first trial when the validation split holds under 20 images a class, too few to rank trials by val_accuracy.",
     )
     direction: Literal["maximize", "minimize"] | None = Field(
         None, description="Default: maximize val_accuracy, minimize nc1_after."
@@ -140,7 +140,8 @@ class SearchConfig(Section):
         description="TPE, random or grid (grid needs choice or int/float with step); seeded by the recipe's seed.",
     )
     pruner: Literal["median", "hyperband", "none"] = Field(
-        "median", description="Stop poor trials early from their per-epoch validation accuracy."
+        "median",
+        description="Stop poor trials early from their per-epoch validation accuracy (nc1_after: the epoch's head-input NC1 from the training pass).",
     )
     startup_trials: int = Field(
         2, ge=0, description="median pruner: trials that always finish before any is pruned."

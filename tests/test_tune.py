@@ -8,19 +8,33 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import optuna
 import pytest
 import yaml
 from PIL import Image
 
 from nctune.config import load_recipe, recipe_from_dict
 from nctune.errors import ConfigError
-from nctune.tune import SearchFailedError, rank_blocks, trial_recipe, tune
+from nctune.profile import PRE_LOGITS
+from nctune.tune import (
+    SearchFailedError,
+    SmallValidationWarning,
+    rank_blocks,
+    small_val_advice,
+    trial_recipe,
+    tune,
+)
 
 # the module, not the verb: nctune.tune is the function on the nctune package
 search_mod = importlib.import_module("nctune.tune._search")
+
+# the generated folder's 9 validation images are deliberately few: no advice needed here
+pytestmark = pytest.mark.filterwarnings("ignore::nctune.tune.SmallValidationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +123,76 @@ def test_seeded_study_gives_the_same_best_params_twice(images, tmp_path, monkeyp
     doc = json.loads((tmp_path / "a" / "search.json").read_text())
     assert doc["best"]["number"] == a.best.number and len(doc["trials"]) == 4
     assert (tmp_path / "a" / "search.png").stat().st_size > 0
+
+
+def test_nc1_after_metric_picks_the_most_collapsed_trial_from_one_profile(
+    images, tmp_path, monkeypatch
+):
+    profiles = []
+    real = search_mod._profile
+    monkeypatch.setattr(
+        search_mod, "_profile", lambda *a, **k: profiles.append(real(*a, **k)) or profiles[-1]
+    )
+    recipe = _recipe(
+        images,
+        {
+            "trials": 3,
+            "pruner": "none",
+            "metric": "nc1_after",
+            "space": {"train.lr": {"choice": [0.001, 0.03, 0.3]}},
+        },
+        strategy={"name": "layers", "layers": ["layer4.0"]},  # a tuned block: NC1 moves
+        train={"epochs": 2, "profile_after": True},
+        data={"test_fraction": 0.2},
+    )
+    out = tmp_path / "s"
+    enqueue = [{"train.lr": lr} for lr in (0.001, 0.03, 0.3)]
+    with warnings.catch_warnings():
+        # scored by training-set collapse: the 9-image validation split is no concern
+        warnings.simplefilter("error", SmallValidationWarning)
+        result = tune(recipe, out=out, enqueue=enqueue)
+    assert result.metric == "nc1_after" and result.direction == "minimize"
+    assert result.count("COMPLETE") == 3
+    lowest = min(result.trials, key=lambda t: t.nc1_after)
+    assert len({t.nc1_after for t in result.trials}) == 3  # no tie decides the test
+    assert result.best.number == lowest.number and result.best.value == lowest.nc1_after
+    assert result.best.test_accuracy is not None  # the best trial is tested, as with accuracy
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["metric"] == "nc1_after" and doc["best"]["number"] == lowest.number
+    assert load_recipe(out / "best.yaml").train.lr == lowest.params["train.lr"]
+    # the pruner's per-epoch values are the head-input NC1 of each epoch's training pass
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}")
+    for t in study.trials:
+        report = json.loads((out / "trials" / str(t.number) / "report.json").read_text())
+        assert t.intermediate_values == {e["epoch"]: e["nc1"] for e in report["history"]}
+        # one profile for the study; without a skip head the NC1-before is its pre-logits
+        # NC1, not measured again by the trial
+        pre = next(layer for layer in profiles[0].layers if layer.name == PRE_LOGITS)
+        assert report["nc1_before"] == pre.nc1
+    assert len(profiles) == 1
+
+
+def test_small_val_advice_follows_the_probes_threshold():
+    def splits(n_val, k=10):
+        return SimpleNamespace(val=[0] * n_val if n_val else None, num_classes=k)
+
+    acc = recipe_from_dict({"data": {"val_fraction": 0.05}})
+    advice = small_val_advice(acc, splits(199))
+    assert advice is not None and "\n" not in advice
+    for part in (
+        "199 validation images",
+        "10 classes",
+        "200 images",
+        "data.val_fraction",
+        "now 0.05",
+        "search.metric: nc1_after",
+        "−0.86",
+    ):
+        assert part in advice, part
+    assert small_val_advice(acc, splits(200)) is None
+    assert small_val_advice(acc, splits(0)) is None  # no split: tune refuses val_accuracy
+    nc1 = recipe_from_dict({"search": {"metric": "nc1_after"}})
+    assert small_val_advice(nc1, splits(9)) is None
 
 
 def test_pruner_stops_a_bad_trial_before_its_last_epoch(images, tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +21,7 @@ from nctune.cli.common import (
     StopFlag,
     ThreadsOpt,
     VerboseOpt,
+    _show_warnings,
     apply_threads,
     claim_out,
     default_out,
@@ -56,6 +60,24 @@ StudyOpt = Annotated[
 ]
 
 
+@contextmanager
+def _said_at_once(category: type[Warning]) -> Iterator[None]:
+    """Warnings of ``category`` show the moment they are raised (advice worth reading
+    before the trials run, not after them); every other warning waits for the end of the
+    command as usual."""
+    with warnings.catch_warnings():
+        later = warnings.showwarning  # handle_errors' recorder
+
+        def show(message, cat, filename, lineno, file=None, line=None) -> None:
+            if issubclass(cat, category):
+                _show_warnings([warnings.WarningMessage(message, cat, filename, lineno)])
+            else:
+                later(message, cat, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 @handle_errors
 def tune(
     recipe: RecipeArg = None,
@@ -77,7 +99,7 @@ def tune(
     """
     from nctune.config import load_recipe
     from nctune.report.search import search_tables, trials_table
-    from nctune.tune import SearchFailedError
+    from nctune.tune import SearchFailedError, SmallValidationWarning
     from nctune.tune import tune as run_tune
 
     cfg = apply_threads(load_recipe(recipe, set_), threads)
@@ -97,7 +119,11 @@ def tune(
             live.update(trials_table(list(rows.values()), title="Trials"), refresh=True)
 
     try:
-        with StopFlag() as stop, progress_bar() as progress:
+        with (
+            StopFlag() as stop,
+            progress_bar() as progress,
+            _said_at_once(SmallValidationWarning),  # a too-small val split: said up front
+        ):
             if err_console.is_terminal:
                 live.start()
             try:

@@ -10,7 +10,10 @@ What nctune adds to a plain Optuna loop:
   profile, measured once per (backbone, data, seed) and shared by every trial;
 * frozen-prefix features are cached once per (prefix weights, block, data, transform) in
   ``OUT/prefix-cache`` and read by every later trial that tunes the same block;
-* trials report validation accuracy after every epoch, so the pruner stops poor ones.
+* trials report validation accuracy after every epoch, so the pruner stops poor ones;
+  with ``search.metric: nc1_after`` they are scored (and pruned) by the head-input NC1 on
+  the training split instead, for validation splits too small to rank them — which the
+  search says before its first trial (:class:`SmallValidationWarning`).
 
 Several workers (processes, machines) share a study through its storage: SQLite in
 ``OUT/study.db`` by default, any SQLAlchemy URL (PostgreSQL, MySQL), or an Optuna
@@ -27,7 +30,15 @@ from nctune.tune._objective import CACHE_DIR, TRIAL_FILE, TRIALS_DIR
 from nctune.tune._result import SearchFailedError, SearchResult, TrialRecord
 from nctune.tune._space import rank_blocks, trial_recipe
 from nctune.tune._storage import open_storage
-from nctune.tune._study import BEST_RECIPE, PLOT_FILE, SEARCH_FILE, STUDY_DB, tune
+from nctune.tune._study import (
+    BEST_RECIPE,
+    PLOT_FILE,
+    SEARCH_FILE,
+    STUDY_DB,
+    SmallValidationWarning,
+    small_val_advice,
+    tune,
+)
 
 __all__ = [
     "BEST_RECIPE",
@@ -39,9 +50,11 @@ __all__ = [
     "TRIAL_FILE",
     "SearchFailedError",
     "SearchResult",
+    "SmallValidationWarning",
     "TrialRecord",
     "open_storage",
     "rank_blocks",
+    "small_val_advice",
     "trial_recipe",
     "tune",
 ]

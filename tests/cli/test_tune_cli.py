@@ -81,8 +81,27 @@ def test_json_result_and_every_trial_failing(tmp_path):
         str(tmp_path / "bad"),
     )
     assert res.exit_code == 2, res.output
-    lines = res.stderr.splitlines()
+    # the tiny recipe's 90 validation images draw the small-split warning first
+    lines = [line for line in res.stderr.splitlines() if not line.startswith("warning:")]
     assert len(lines) == 1 and "all 2 trials failed" in lines[0] and "no_such_block" in lines[0]
+
+
+def test_a_val_split_too_small_to_rank_trials_is_said_before_the_search(tmp_path):
+    # 90 validation images for 10 classes: under the 20 a class that can rank trials
+    res = invoke("tune", *sets(), "--trials", "1", "--out", str(tmp_path / "small"))
+    assert res.exit_code == 0, res.output
+    lines = res.stderr.splitlines()
+    said = [line for line in lines if line.startswith("warning: search.metric")]
+    assert len(said) == 1, res.stderr
+    for part in ("90 validation images", "10 classes", "data.val_fraction", "nc1_after"):
+        assert part in said[0], said[0]
+    assert lines[0] == said[0]  # before the first trial's output, not after the search
+    # 210 validation images rank trials: nothing to say
+    res = invoke(
+        "tune", *sets("data.val_fraction=0.07"), "--trials", "1", "--out", str(tmp_path / "big")
+    )
+    assert res.exit_code == 0, res.output
+    assert "warning:" not in res.stderr, res.stderr
 
 
 # ------------------------------------------------------------ processes
