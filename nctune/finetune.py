@@ -28,6 +28,7 @@ from nctune.training.batches import ImageBatches, try_cache
 from nctune.training.callbacks import Callback, CallbackList, LambdaCallback
 from nctune.training.loggers import epoch_loggers
 from nctune.training.measure import changed_blocks, layers_before_after, measure_after
+from nctune.training.prefix_cache import find_cut
 from nctune.training.strategies import (
     STRATEGY_REGISTRY,
     AppliedStrategy,
@@ -379,18 +380,26 @@ def _measure_after(ctx: _Context, run: RunResult, applied, before) -> None:
     blocks = [
         (b.name, b.layout) for b in backbone.blocks() if b.name in changed and b.name in profiled
     ]
-    cached = sources is not None and sources[0] is not None and model is applied.tuned
+    # The cache holds the input of the first module that trained when it was built; it is
+    # still the model's only while that is true (lp-ft's full phase trains the prefix too).
+    cached = (
+        sources is not None
+        and sources[0] is not None
+        and model is applied.tuned
+        and find_cut(model, backbone.block_names) == sources[0].cache.cut
+    )
     if cached:
         train, val = sources[0], sources[1]
     else:
         train = ImageBatches(shard_dataset(plain.train), bs, device)
         val = ImageBatches(shard_dataset(plain.val), bs, device) if plain.val is not None else None
+    classifier = backbone.classifier_name if changed and PRE_LOGITS in profiled else None
     after = measure_after(
         model,
         train,
-        val if profiled else None,
+        val if blocks or classifier else None,  # NCC of re-measured layers only
         blocks=blocks,
-        classifier=backbone.classifier_name if changed and PRE_LOGITS in profiled else None,
+        classifier=classifier,
         num_classes=plain.num_classes,
         token_pool=recipe.analysis.token_pool,
         prefix_tokens=backbone.num_prefix_tokens,

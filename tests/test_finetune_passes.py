@@ -67,6 +67,14 @@ def test_full_measures_only_what_it_reports():
     assert not result.after_cached and all(layer["remeasured"] for layer in result.layers)
 
 
+def test_lp_ft_measures_its_changed_prefix_from_images():
+    """lp-ft's full phase trains the prefix its probe phase cached: after training the
+    cache is stale, so the pass after runs the images (not the probe-phase cache)."""
+    n, result = passes("strategy.name=lp-ft", "strategy.probe_epochs=1")
+    assert n == 1 + 1 + 1 + 1, n  # profile, probe-phase cache, one full epoch, the pass after
+    assert not result.after_cached and all(layer["remeasured"] for layer in result.layers)
+
+
 def test_frozen_blocks_keep_their_profile_figures_exactly():
     _, result = passes("strategy.name=scl", "strategy.layers=[layer3.0]")
     by_name = {layer["name"]: layer for layer in result.layers}
