@@ -14,6 +14,7 @@ from nctune.collapse import CollapseStats
 from nctune.errors import ArtifactError, one_line
 from nctune.runs._io import atomic_write_bytes
 from nctune.runs.artifacts import non_finite_tensor
+from nctune.training.evaluation import EpochStats
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -68,17 +69,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", allow_inf_nan=True)
 
 
-class _EpochRecord(_Strict):
-    epoch: int = Field(ge=1)
-    phase: Literal["main", "probe", "full"]
-    loss: float
-    accuracy: float
-    val_accuracy: float | None
-    nc1: float | None
-    lr: float
-    seconds: float
-
-
 class PartialEpoch(_Strict):
     """The running sums of an epoch a stop request cut short (resumed exactly)."""
 
@@ -118,7 +108,7 @@ class Checkpoint(_Strict):
     optimizer: dict[str, Any]
     scaler: dict[str, Any]
     rng: RngState
-    history: list[_EpochRecord]
+    history: list[EpochStats]
     best_acc: float | None
     best_epoch: int = Field(ge=-1)
     best_state: dict[str, torch.Tensor] | None

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
 
 import torch
+from pydantic import ConfigDict, Field
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -39,8 +41,12 @@ class EpochStats:
         seconds: wall time of the epoch, validation included.
     """
 
-    epoch: int
-    phase: str
+    # The checkpoint validates its history against these very fields (pydantic reads a
+    # dataclass's annotations): one schema for the record and its check.
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid", allow_inf_nan=True)
+
+    epoch: Annotated[int, Field(ge=1)]
+    phase: Literal["main", "probe", "full"]
     loss: float
     accuracy: float
     val_accuracy: float | None

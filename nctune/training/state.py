@@ -238,7 +238,7 @@ class TrainState:
             raise ArtifactError(
                 f"{path}: its weights do not fit this run's model ({first}); start a new run"
             ) from None
-        self.history = [EpochStats(**h.model_dump()) for h in ckpt.history]
+        self.history = list(ckpt.history)
         self.best = Best(ckpt.best_acc, ckpt.best_epoch, ckpt.best_state, ckpt.bad_epochs)
         self.resumed, self.resumed_from = ckpt, path
 
