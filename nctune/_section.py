@@ -22,6 +22,22 @@ MAX_INT = 2**31 - 1
 #: gives a run, and the input config a saved run records (``nctune.runs._io``).
 MIN_IMAGE_SIZE = 8
 
+#: Largest input side in pixels: the recipe's ``data.image_size`` and the input config a
+#: saved run records. timm's largest pretrained input is 1024 px; a tampered or mistyped
+#: side (100000) would make the eval transform resize every image to gigapixels before the
+#: crop — a MemoryError, or the kernel's OOM killer.
+MAX_IMAGE_SIZE = 4096
+
+#: Bounds of a saved input config's ``crop_pct`` (resize the shorter side to
+#: ``floor(T / crop_pct)``, then centre-crop ``T``). Every timm pretrained config lies in
+#: [0.875, 1.15] and torchvision's weights in [0.87, 1]; 0.5 leaves room for custom
+#: backbones while the resized side stays at most ``2 T`` (8192 px at
+#: :data:`MAX_IMAGE_SIZE`), where ``crop_pct = 1e-6`` would ask for a million times ``T``.
+#: Above 1 (timm's VOLO models use 1.15) the eval transform counts it as 1, so 2 refuses
+#: only nonsense.
+MIN_CROP_PCT = 0.5
+MAX_CROP_PCT = 2.0
+
 
 class Section(BaseModel):
     """Base of every recipe section: no unknown keys, validated on assignment too.

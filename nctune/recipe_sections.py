@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from nctune._section import MIN_IMAGE_SIZE, Section
+from nctune._section import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Section
 from nctune.backbones.factory import spec_source
 from nctune.backbones.sources import SOURCES as BACKBONE_SOURCES
 from nctune.data.sources import SOURCES, sources_help
@@ -135,6 +135,7 @@ class DataConfig(Section):
     image_size: int | None = Field(
         None,
         ge=MIN_IMAGE_SIZE,
+        le=MAX_IMAGE_SIZE,
         description="Input side in pixels; default: the backbone's input size.",
     )
     augment: bool = Field(

