@@ -63,6 +63,55 @@ def _input(key, value):
     return edit
 
 
+# ------------------------------------------------------------------ item 5: predict --out
+def _manifest(folder: Path, data: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{p},{Path(p).parent.name}\n" for p in list_images(data / "val")[:3])
+    manifest = folder / "list.csv"
+    manifest.write_text("path,label\n" + rows)
+    return manifest
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "hardlink"])
+def test_predict_refuses_an_out_that_is_an_input_manifest(run_copy, tmp_path, spelling):
+    run, data = run_copy
+    manifest = _manifest(tmp_path / "in", data)
+    before = manifest.read_bytes()
+    out = {
+        "same": manifest,
+        "dotdot": tmp_path / "in" / ".." / "in" / "list.csv",
+        "symlink": tmp_path / "in" / "link.csv",
+        "hardlink": tmp_path / "in" / "hard.csv",
+    }[spelling]
+    if spelling == "symlink":
+        out.symlink_to(manifest)
+    elif spelling == "hardlink":
+        os.link(manifest, out)
+    listing = sorted(p.name for p in manifest.parent.iterdir())
+    res = invoke("predict", run, manifest, "--out", out)
+    assert res.exit_code == 2, res.output
+    assert "--out" in one_line(res)
+    assert manifest.read_bytes() == before
+    assert sorted(p.name for p in manifest.parent.iterdir()) == listing  # no partial file
+
+
+def test_predict_refuses_an_out_given_as_an_input_file(run_copy, tmp_path):
+    run, data = run_copy
+    rows = tmp_path / "rows.jsonl"  # any file given by name is read (as an image)
+    rows.write_text('{"keep": true}\n')
+    res = invoke("predict", run, data / "val", rows, "--out", rows)
+    assert res.exit_code == 2 and "--out" in one_line(res)
+    assert rows.read_text() == '{"keep": true}\n'
+
+
+def test_predict_still_writes_next_to_its_manifest(run_copy, tmp_path):
+    run, data = run_copy
+    manifest = _manifest(tmp_path / "in", data)
+    res = invoke("predict", run, manifest, "--out", tmp_path / "in" / "pred.csv")
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "in" / "pred.csv").read_text().splitlines()) == 4
+
+
 # ------------------------------------------------------------------ items 14, 18: metadata
 TAMPERED = [
     ("crop-pct-tiny", {"config": _input("crop_pct", 1e-6)}, "config.input_config.crop_pct"),

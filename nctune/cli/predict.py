@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +39,7 @@ PredOutOpt = Annotated[
     typer.Option(
         "--out",
         "-o",
-        help="Rows file: .csv or .jsonl (default RUN/predictions.csv).",
+        help="Rows file: .csv or .jsonl, not one of the inputs (default RUN/predictions.csv).",
         show_default=False,
     ),
 ]
@@ -57,6 +58,23 @@ FORMATS = (".csv", ".jsonl")
 def _header(top_k: int) -> list[str]:
     extra = [f"{name}_{r}" for r in range(2, top_k + 1) for name in ("label", "probability")]
     return ["path", "label", "probability", *extra, "error"]
+
+
+def _refuse_an_input(out: Path, inputs: list[Path], images: list[str]) -> None:
+    """ArtifactError naming --out when it is one of the inputs: a manifest, a file given
+    by name or listed in a manifest — the same file through a link or another spelling
+    too (compared by device and inode). The rows would replace what they were read from."""
+    try:
+        target = out.stat()
+    except OSError:  # nothing there yet (or a dangling link): it is no input
+        return
+    for path in [*inputs, *images]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            raise ArtifactError(f"--out {out}: is the input {path}; write the rows to another file")
 
 
 def _csv_row(p, top_k: int) -> list[str]:
@@ -100,6 +118,7 @@ def predict(
         raise ArtifactError(f"--out {out}: is a folder; give a .csv or .jsonl file")
     check_writable(out.parent)
     images = expand_inputs(inputs, split=split)  # an empty input fails here, before loading
+    _refuse_an_input(out, inputs, images)
     model = load_finetuned(run, device=str(resolve_device(device)))
     k = min(top_k, model.num_classes)
     jsonl = out.suffix.lower() == ".jsonl"
