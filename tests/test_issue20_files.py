@@ -180,3 +180,85 @@ def test_the_recipe_bounds_the_image_size_as_a_run_does():
     assert load_recipe(None, tiny("data.image_size=4096")).data.image_size == 4096
     with pytest.raises(ConfigError, match="data.image_size"):
         load_recipe(None, tiny("data.image_size=100000"))
+
+
+# ------------------------------------------------------------------ item 15: --opset
+@pytest.mark.parametrize("opset", ["7", "0", "-1", "99"])
+def test_export_refuses_an_opset_it_would_not_write(run_copy, tmp_path, opset):
+    run, _ = run_copy
+    out = tmp_path / "out" / "m.onnx"
+    res = invoke("export", run, "--opset", opset, "--out", out)
+    assert res.exit_code == 2, res.output
+    line = one_line(res)
+    assert not out.parent.exists() and not (run / "model.onnx").exists()
+    from nctune.serving.export import onnx_opset_range
+
+    low, high = onnx_opset_range()
+    assert "--opset" in line and f"{low} to {high}" in line
+
+
+def test_export_refuses_an_opset_for_torchscript(run_copy, tmp_path):
+    run, _ = run_copy
+    res = invoke("export", run, "-f", "torchscript", "--opset", "18", "--out", tmp_path / "m.pt")
+    assert res.exit_code == 2 and "--opset" in one_line(res)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_the_opset_range_is_the_exporters_own():
+    from nctune.serving.export import onnx_opset_range
+
+    low, high = onnx_opset_range()
+    assert low == 18 and high >= 18  # torch 2.5+ exports opset 18 and converts upward only
+
+
+@pytest.mark.slow
+def test_an_opset_the_exporter_falls_back_from_is_not_written(run_copy, tmp_path, monkeypatch):
+    # below its own opset the exporter keeps 18 and only logs a traceback: caught after
+    # the export too, should the range ever be wider than what the exporter honours
+    pytest.importorskip("onnxruntime")
+    from nctune.serving import export
+
+    run, _ = run_copy
+    monkeypatch.setattr(export, "onnx_opset_range", lambda: (17, 25))
+    with pytest.raises(ExportError, match="wrote opset 18"):
+        export.export_run(run, "onnx", tmp_path / "m.onnx", opset=17)
+    assert list(tmp_path.iterdir()) == [run]
+
+
+# ------------------------------------------------------------------ item 23: stale temps
+KILLED_EXPORT = """
+import os, signal, sys
+import nctune.serving.export as e
+def die(*args, **kwargs):  # the file is written, the verification not yet done
+    os.kill(os.getpid(), signal.SIGKILL)
+e._run_torchscript = die
+e.export_run(sys.argv[1], "torchscript")
+"""
+
+
+def test_a_rerun_removes_what_a_killed_export_left(run_copy):
+    from nctune.serving.export import export_run
+
+    run, _ = run_copy
+    before = {p.name for p in run.iterdir()}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(run)], env=env, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    left = {p.name for p in run.iterdir()} - before
+    assert left and all(name.startswith(".") for name in left)  # the unverified file
+    export_run(run, "torchscript")
+    assert {p.name for p in run.iterdir()} == before | {"model.pt"}
+
+
+def test_a_rerun_keeps_the_temporaries_of_live_or_foreign_exports(run_copy):
+    from nctune.serving.export import export_run
+
+    run, _ = run_copy
+    live = run / f".nctune-export-{socket.gethostname()}-1-abc"  # pid 1 always runs
+    foreign = run / ".nctune-export-other-host-999999999-abc"
+    odd = run / ".nctune-export-not-ours"
+    for folder in (live, foreign, odd):
+        folder.mkdir()
+        (folder / "model.pt").write_bytes(b"busy")
+    export_run(run, "torchscript")
+    assert all((folder / "model.pt").read_bytes() == b"busy" for folder in (live, foreign, odd))

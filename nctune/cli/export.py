@@ -25,7 +25,11 @@ FileOutOpt = Annotated[
     ),
 ]
 OpsetOpt = Annotated[
-    int | None, typer.Option("--opset", help="ONNX opset (default: torch's exporter's).")
+    int | None,
+    typer.Option(
+        "--opset",
+        help="ONNX opset, within the range the exporter writes as asked (default: its own).",
+    ),
 ]
 DynamicOpt = Annotated[
     bool, typer.Option("--dynamic-batch", help="ONNX: any batch size (default: batch 1).")

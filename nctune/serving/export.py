@@ -7,9 +7,11 @@ decoded to RGB, resized so the shorter side is ``floor(T / crop_pct)``, centre-c
 stack needs no nctune and no mean/std. The input config and the class names travel inside
 the file (ONNX ``metadata_props["nctune"]``, TorchScript extra file ``nctune.json``).
 
-Every export is checked before it is written: the file is written next to its target,
-loaded by its own runtime (onnxruntime, ``torch.jit.load``), run on a batch of real
-validation images of the run, and compared with the PyTorch model. Only when
+Every export is checked before it is written: the file is written next to its target (in
+a private folder ``.nctune-export-<host>-<pid>-*`` that the next export into that folder
+removes if its process died, SIGKILL included), loaded by its own runtime (onnxruntime,
+``torch.jit.load``), run on a batch of real validation images of the run, and compared
+with the PyTorch model. Only when
 
     max |logits_export − logits_torch| ≤ tolerance · max(1, max |logits_torch|)
 
@@ -25,6 +27,9 @@ import contextlib
 import io
 import json
 import os
+import shutil
+import socket
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,16 +44,19 @@ from nctune.data import build_data, open_image
 from nctune.data.input_config import per_channel, resize_side
 from nctune.errors import ArtifactError, DataError, ExportError, NctuneError, one_line
 from nctune.runs._io import check_writable
+from nctune.runs._lock import _pid_alive
 from nctune.runs.artifacts import load_finetuned
 from nctune.serving.inference import expand_inputs
 
-__all__ = ["FORMATS", "TOLERANCE", "ExportError", "ExportResult", "export_run"]
+__all__ = ["FORMATS", "TOLERANCE", "ExportError", "ExportResult", "export_run", "onnx_opset_range"]
 
 FORMATS = ("onnx", "torchscript")
 #: Default relative tolerance on logits (see the module docstring for the exact check).
 TOLERANCE = 1e-4
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 EXTRA_HINT = 'pip install "nctune[export]"'
+#: The private folder an export writes into before the file is verified and renamed.
+TMP_PREFIX = ".nctune-export-"
 
 
 @dataclass
@@ -170,6 +178,89 @@ def _require(*modules: str) -> None:
             ) from None
 
 
+def onnx_opset_range() -> tuple[int, int]:
+    """The ONNX opsets the installed exporter writes as asked: ``(lowest, highest)``.
+
+    torch's exporter (``dynamo=True``) builds the graph at its own opset (torchlib's: 18
+    with torch 2.14) and reaches another one through onnxscript's version converter,
+    which converts upward only, up to its ``SUPPORTED_MAX_ONNX_OPSET`` (25 with onnxscript
+    0.7). Below that floor it falls back to onnx's C converter, which fails on common ops
+    (``ReduceMean``'s axes) and keeps the floor — a file of another opset than asked, with
+    a traceback in the log; above the ceiling the export fails. Where the private constants
+    cannot be read, only the exporter's own opset counts as honoured.
+
+    Returns:
+        The inclusive range of ``opset`` values :func:`export_run` accepts.
+    """
+    low = 18
+    with contextlib.suppress(ImportError, AttributeError):
+        from torch.onnx._internal.exporter import _constants
+
+        low = int(_constants.TORCHLIB_OPSET)
+    high = low
+    with contextlib.suppress(ImportError, AttributeError):
+        from onnxscript.version_converter import _version_converter as converter
+
+        low = max(low, int(converter.SUPPORTED_MIN_ONNX_OPSET))
+        high = int(converter.SUPPORTED_MAX_ONNX_OPSET)
+    with contextlib.suppress(ImportError, AttributeError):
+        import onnx
+
+        high = min(high, int(onnx.defs.onnx_opset_version()))
+    return low, max(low, high)
+
+
+def _check_opset(format: str, opset: Any) -> None:
+    """Refuse, before any work, an ``opset`` the exporter would not write as asked."""
+    if opset is None:
+        return
+    if format != "onnx":
+        raise ExportError(f"--opset: only --format onnx has an opset (got --format {format})")
+    low, high = onnx_opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise ExportError(
+            f"--opset: {opset!r:.20} is not an opset this exporter writes; give {low} to "
+            f"{high} (torch {torch.__version__.split('+')[0]} exports opset {low} and "
+            "converts upward only)"
+        )
+
+
+def _remove_stale_temporaries(folder: Path, name: str) -> None:
+    """Delete what killed exports into ``folder`` left behind (the rest is left alone).
+
+    Private folders ``.nctune-export-<host>-<pid>-*`` of this host whose process is gone
+    (another host's processes cannot be seen: theirs stay), and the ``.NAME.tmp-<pid>``
+    files earlier nctune versions wrote ``NAME`` through. A symbolic link is never followed.
+    """
+    host = socket.gethostname()
+    legacy = f".{name}.tmp-"
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            if entry.name.startswith(TMP_PREFIX):
+                # <host>-<pid>-<mkdtemp's letters>: a host name may hold dashes, those never
+                parts = entry.name[len(TMP_PREFIX) :].rsplit("-", 2)
+                mine = len(parts) == 3 and parts[0] == host and parts[1].isdigit()
+                stale = mine and not _pid_alive(int(parts[1]))
+                if stale and entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+            elif entry.name.startswith(legacy):
+                pid = entry.name[len(legacy) :]
+                if pid.isdigit() and not _pid_alive(int(pid)) and not entry.is_dir():
+                    entry.unlink(missing_ok=True)
+
+
+def _private_dir(out: Path) -> Path:
+    """A new private folder next to ``out`` (``O_EXCL``-like: ``mkdir`` never follows a
+    link) named so that :func:`_remove_stale_temporaries` knows its owner."""
+    prefix = f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out.parent, out.name)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    except OSError as err:
+        raise ArtifactError(f"--out {out}: cannot write ({err.strerror or err})") from None
+
+
 def _write_onnx(
     serving: nn.Module,
     example: torch.Tensor,
@@ -254,7 +345,8 @@ def export_run(
         run: an ``nctune finetune`` output folder (or its ``model.safetensors``).
         format: ``'onnx'`` (needs the ``nctune[export]`` extra) or ``'torchscript'``.
         out: the file to write (default ``RUN/model.onnx`` or ``RUN/model.pt``).
-        opset: ONNX opset version (default: the exporter's).
+        opset: ONNX opset version (default: the exporter's); one of
+            :func:`onnx_opset_range`, ONNX only.
         dynamic_batch: ONNX with a dynamic batch dimension (default: batch 1).
         tolerance: allowed relative logit difference (see the module docstring).
         images: image files/folders to verify on (default: the run's validation split,
@@ -266,7 +358,9 @@ def export_run(
 
     Raises:
         ExportError: unknown format, a missing optional package (naming the extra), an
-            exporter failure, or logits beyond the tolerance — nothing is written.
+            ``opset`` outside :func:`onnx_opset_range` (or given for TorchScript; checked
+            before the run is loaded), an exporter failure or a file of another opset
+            than asked, or logits beyond the tolerance — nothing is written.
         ArtifactError: the run cannot be loaded or ``out`` cannot be written.
         DataError: the verification images cannot be found or read.
     """
@@ -280,6 +374,7 @@ def export_run(
     run = Path(run)
     if format == "onnx":
         _require("onnx", "onnxscript", "onnxruntime")  # before any slow work
+    _check_opset(format, opset)
     model = load_finetuned(run, device="cpu")
     run_dir = run if run.is_dir() else run.parent
     out = Path(out) if out is not None else run_dir / f"model{SUFFIX[format]}"
@@ -300,13 +395,18 @@ def export_run(
     if dynamic_batch and len(example) < 2:
         example = pixels[:1].repeat(2, 1, 1, 1)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    private = _private_dir(out)
+    tmp = private / out.name
     used_opset = None
     try:
         try:
             if format == "onnx":
                 used_opset = _write_onnx(serving, example, tmp, opset, dynamic_batch, meta)
+                if opset is not None and used_opset != opset:  # a fallback, not the ask
+                    raise ExportError(
+                        f"--opset {opset}: the exporter wrote opset {used_opset} instead; "
+                        "nothing written"
+                    )
                 exported = _run_onnx(tmp, pixels, dynamic_batch)
             else:
                 _write_torchscript(serving, example, tmp, meta)
@@ -326,7 +426,7 @@ def export_run(
             )
         os.replace(tmp, out)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(private, ignore_errors=True)
     return ExportResult(
         path=out,
         format=format,
