@@ -7,7 +7,6 @@ report, the weights and the plot.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,27 +14,31 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from nctune.analyze import profile_recipe
 from nctune.auto import choose_lr, plan_auto, probes
 from nctune.backbones import Backbone, create_backbone
 from nctune.data import DataSplits, build_data, resolve_input_config
-from nctune.distributed import is_main, shard_dataset, world_size
-from nctune.profile import PRE_LOGITS, CollapseProfile, LayerCollapse
+from nctune.distributed import is_main
+from nctune.passes import (
+    HeadInputs,
+    RunContext,
+    head_cut,
+    measure_after_training,
+    nc1_before,
+    prefix_sources,
+)
+from nctune.profile import CollapseProfile
 from nctune.taps import resolve_device
-from nctune.training.batches import ImageBatches, try_cache
-from nctune.training.callbacks import Callback, CallbackList, LambdaCallback
+from nctune.training.callbacks import Callback, CallbackList
 from nctune.training.loggers import epoch_loggers
-from nctune.training.measure import changed_blocks, layers_before_after, measure_after
-from nctune.training.prefix_cache import find_cut
 from nctune.training.strategies import (
     STRATEGY_REGISTRY,
     AppliedStrategy,
     apply_strategy,
     lora_targets,
 )
-from nctune.training.train import TrainResult, evaluate, fit, safe_nc1
+from nctune.training.train import TrainResult, fit
 
 if TYPE_CHECKING:
     from nctune.config import Recipe
@@ -126,29 +129,22 @@ class RunResult:
         return out
 
 
-def _loader(dataset, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
-
-
 def _profile(
-    backbone, plain: DataSplits, recipe: Recipe, device, progress, phase: str, should_stop=None
+    backbone,
+    plain: DataSplits,
+    recipe: Recipe,
+    device,
+    progress,
+    phase: str,
+    should_stop=None,
+    *,
+    features=None,
 ) -> CollapseProfile:
     """:func:`~nctune.analyze.profile_recipe`, its progress labelled with ``phase``."""
     labelled = (lambda p, d, t: progress(f"{phase}: {p}", d, t)) if progress else None
-    return profile_recipe(backbone, plain, recipe, device, labelled, should_stop=should_stop)
-
-
-@dataclass
-class _Context:
-    """What the steps of one :func:`finetune` call share."""
-
-    recipe: Recipe
-    backbone: Backbone
-    splits: DataSplits
-    plain: DataSplits
-    device: torch.device
-    callbacks: CallbackList
-    sources: tuple | None = None  # the prefix cache's (train, val, info), when built here
+    return profile_recipe(
+        backbone, plain, recipe, device, labelled, features=features, should_stop=should_stop
+    )
 
 
 class Prepared(NamedTuple):
@@ -233,11 +229,19 @@ def finetune(
     cb = CallbackList.of(callbacks)
     backbone, splits, plain, device = prepared or prepare(recipe)
     s, t, k = recipe.strategy, recipe.train, splits.num_classes
-    before = profile
+    before, head_inputs = profile, None
     t_profile = time.perf_counter()
     if before is None and (s.needs_profile() or t.profile_after):
+        head_inputs = HeadInputs(t.cache_max_mb) if head_cut(recipe) else None
         before = _profile(
-            backbone, plain, recipe, device, cb.on_progress, "profile", cb.should_stop
+            backbone,
+            plain,
+            recipe,
+            device,
+            cb.on_progress,
+            "profile",
+            cb.should_stop,
+            features=head_inputs,
         )
     profile_seconds = time.perf_counter() - t_profile
     plan = None
@@ -260,8 +264,13 @@ def finetune(
     # override the backbone's default), so a reloaded model preprocesses like val/test.
     applied.tuned.set_input_config(resolve_input_config(backbone.input_config, recipe.data))
     applied.model.to(device)
-    ctx = _Context(recipe, backbone, splits, plain, device, cb)
-    ctx.sources = sources = _prefix_sources(ctx, applied, run_dir, shared_cache_dir)
+    ctx = RunContext(recipe, backbone, splits, plain, device, cb)
+    t_cache = time.perf_counter()
+    if head_inputs is not None:
+        ctx.sources = head_inputs.sources(ctx, applied)
+    if ctx.sources is None:
+        ctx.sources = prefix_sources(ctx, applied, run_dir, shared_cache_dir)
+    sources, cache_seconds = ctx.sources, time.perf_counter() - t_cache
     try:
         if plan is not None:
             if s.lr_finder and sources is not None and sources[0] is not None:
@@ -270,7 +279,7 @@ def finetune(
                 plan.save(Path(run_dir))
             if plan.lr is not None:
                 t = t.model_copy(update={"lr": plan.lr})
-        nc1_before = _nc1_before(ctx, applied, before, plan)
+        nc1_first = nc1_before(ctx, applied, before, plan)
         # rank 0 alone writes the run folder's logs (every rank has the same history), and
         # before the caller's hooks see the epoch
         loggers = epoch_loggers(run_dir if is_main() else None, t.tensorboard)
@@ -295,125 +304,19 @@ def finetune(
             sources=sources,
         )
         run = _run_result(applied, result, backbone, splits, device)
-        run.nc1_before, run.profile_seconds = nc1_before, profile_seconds
+        run.nc1_before, run.profile_seconds = nc1_first, profile_seconds
+        run.wall_seconds += cache_seconds  # training time includes building its cache
         if plan is not None:
             run.probe, run.lr_finder = plan.probe, plan.lr_finder
             run.selection = plan.selection(s.selection_rule()[0])
         if not result.interrupted:
-            _measure_after(ctx, run, applied, before)
+            measure_after_training(ctx, run, applied, before)
     finally:
         for c in (sources or (None, None))[:2]:
             if c is not None:
                 c.close()
     run.total_seconds = time.perf_counter() - start
     return run
-
-
-def _prefix_sources(ctx: _Context, applied: AppliedStrategy, run_dir, shared) -> tuple | None:
-    """The run's frozen-prefix cache, built once here so the passes before training, the
-    epochs and the pass after training all read it (None where ``fit`` decides alone:
-    caching off, augmented data, or several processes, whose caches are shards)."""
-    recipe, device = ctx.recipe, ctx.device
-    t = recipe.train
-    if t.cache_prefix == "off" or recipe.data.augment or world_size() > 1:
-        return None
-    return try_cache(
-        applied.tuned,
-        ctx.backbone.block_names,
-        ctx.splits.train,
-        ctx.splits.val,
-        cfg=t,
-        batch_size=recipe.data.batch_size,
-        seed=recipe.seed,
-        device=device,
-        amp=t.amp and device.type == "cuda",
-        run_dir=Path(run_dir) if run_dir is not None else None,
-        shared_dir=Path(shared) if shared is not None else None,
-        callbacks=ctx.callbacks,
-    )
-
-
-def _nc1_before(ctx: _Context, applied, before: CollapseProfile | None, plan) -> float | None:
-    """NC1 of the head's input before training, from what was already measured when it can
-    be: the probe measured the winner's; without a skip head the head sees the pre-logits
-    features the profile measured (on the whole training split). Else one pass — over the
-    prefix cache when there is one (the suffix only)."""
-    recipe, plain, sources = ctx.recipe, ctx.plain, ctx.sources
-    if plan is not None:
-        return plan.nc1_before
-    pre = _pre_logits(before)
-    skip = STRATEGY_REGISTRY.get(recipe.strategy.name).skip
-    if not skip and pre is not None and before.num_samples == len(plain.train):
-        return pre.nc1 if math.isfinite(pre.nc1) else None
-    source = sources[0] if sources is not None and sources[0] is not None else None
-    if source is None:
-        source = ImageBatches(shard_dataset(plain.train), recipe.data.batch_size, ctx.device)
-    stop = LambdaCallback(should_stop=ctx.callbacks.should_stop)  # no progress display
-    _, stats = evaluate(
-        applied.model, source, ctx.device, plain.num_classes, recipe.train.amp, callbacks=stop
-    )
-    return safe_nc1(stats)
-
-
-def _pre_logits(profile: CollapseProfile | None) -> LayerCollapse | None:
-    if profile is None:
-        return None
-    return next((layer for layer in profile.layers if layer.name == PRE_LOGITS), None)
-
-
-def _measure_after(ctx: _Context, run: RunResult, applied, before) -> None:
-    """The kept model's figures: head-input NC1 and training accuracy, the blocks training
-    could change (:func:`~nctune.training.measure.measure_after`, one pass — the suffix
-    only from the prefix cache), and the test accuracy."""
-    recipe, backbone, plain, sources, device = (
-        ctx.recipe,
-        ctx.backbone,
-        ctx.plain,
-        ctx.sources,
-        ctx.device,
-    )
-    t, bs = recipe.train, recipe.data.batch_size
-    model = applied.export().eval()
-    run.model = model
-    profiled = {layer.name for layer in before.layers} if before is not None else set()
-    changed = changed_blocks(backbone.block_names, applied.tuned_layers) if t.profile_after else []
-    blocks = [
-        (b.name, b.layout) for b in backbone.blocks() if b.name in changed and b.name in profiled
-    ]
-    # The cache holds the input of the first module that trained when it was built; it is
-    # still the model's only while that is true (lp-ft's full phase trains the prefix too).
-    cached = (
-        sources is not None
-        and sources[0] is not None
-        and model is applied.tuned
-        and find_cut(model, backbone.block_names) == sources[0].cache.cut
-    )
-    if cached:
-        train, val = sources[0], sources[1]
-    else:
-        train = ImageBatches(shard_dataset(plain.train), bs, device)
-        val = ImageBatches(shard_dataset(plain.val), bs, device) if plain.val is not None else None
-    classifier = backbone.classifier_name if changed and PRE_LOGITS in profiled else None
-    after = measure_after(
-        model,
-        train,
-        val if blocks or classifier else None,  # NCC of re-measured layers only
-        blocks=blocks,
-        classifier=classifier,
-        num_classes=plain.num_classes,
-        token_pool=recipe.analysis.token_pool,
-        prefix_tokens=backbone.num_prefix_tokens,
-        device=device,
-        callbacks=ctx.callbacks,
-    )
-    run.nc1_after, run.train_accuracy = after.nc1, after.accuracy
-    run.after_cached = after.cached
-    test = ctx.splits.test  # a search's trials have none: the best is tested after the search
-    if test is not None:
-        run.test_accuracy = evaluate(model, _loader(shard_dataset(test), bs), device, amp=t.amp)[0]
-    if before is not None and t.profile_after:
-        run.layers = layers_before_after(before, after, applied.tuned_layers)
-    model.eval()
 
 
 def _apply(

@@ -6,6 +6,7 @@ here. Frozen blocks keep their profile figures after training, exactly."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import pytest
 from torch.utils.data import Dataset
@@ -43,8 +44,8 @@ def passes(*overrides: str):
 @pytest.mark.parametrize(
     ("strategy", "expected"),
     [
-        # the profile, then the cache (features before the head): nothing after training
-        (["strategy.name=linear"], 2),
+        # one: the profile pass's pre-logits features are the cache; nothing after training
+        (["strategy.name=linear"], 1),
         # the profile, then the cache of the block's input: before/after from the cache
         (["strategy.name=scl", "strategy.layers=[layer3.0]"], 2),
         # the profile, the probe's cache (shallowest candidate), the winner's cache
@@ -60,6 +61,21 @@ def test_passes_over_the_training_images(strategy, expected):
     assert result.train_accuracy is not None and result.test_accuracy is not None
 
 
+def test_the_head_only_cache_from_the_profile_trains_like_its_own_pass(monkeypatch):
+    """A linear probe trained on the profile pass's features ends where one trained on a
+    cache computed by a pass of its own does."""
+    module = importlib.import_module("nctune.finetune")  # nctune.finetune is the verb
+
+    n, shared = passes("strategy.name=linear")
+    monkeypatch.setattr(module, "head_cut", lambda recipe: False)  # a cache pass of its own
+    m, separate = passes("strategy.name=linear")
+    assert (n, m) == (1, 2)
+    assert shared.cache["used"] and separate.cache["used"]
+    assert shared.val_accuracy == separate.val_accuracy
+    assert shared.nc1_after == pytest.approx(separate.nc1_after, rel=1e-5)
+    assert shared.history[-1]["loss"] == pytest.approx(separate.history[-1]["loss"], rel=1e-5)
+
+
 def test_full_measures_only_what_it_reports():
     """Everything trains, so nothing is cached: the profile, two epochs, one pass after."""
     n, result = passes("strategy.name=full")
@@ -71,7 +87,8 @@ def test_lp_ft_measures_its_changed_prefix_from_images():
     """lp-ft's full phase trains the prefix its probe phase cached: after training the
     cache is stale, so the pass after runs the images (not the probe-phase cache)."""
     n, result = passes("strategy.name=lp-ft", "strategy.probe_epochs=1")
-    assert n == 1 + 1 + 1 + 1, n  # profile, probe-phase cache, one full epoch, the pass after
+    assert n == 1 + 1 + 1, n  # the profile (its features: the probe phase's cache), one full
+    # epoch, the pass after
     assert not result.after_cached and all(layer["remeasured"] for layer in result.layers)
 
 

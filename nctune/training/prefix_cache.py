@@ -129,6 +129,28 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @classmethod
+    def of_head_inputs(
+        cls, features: torch.Tensor, labels: torch.Tensor, reason: str
+    ) -> PrefixCache:
+        """A head cut's cache from features computed elsewhere (the profile pass's
+        pre-logits features of every sample, in order): the head's input needs no pass of
+        its own.
+
+        Args:
+            features: ``(N, D)`` head inputs, in the data's order.
+            labels: ``(N,)`` their labels.
+            reason: what the cache info says about where they came from.
+
+        Returns:
+            An in-memory cache at :data:`HEAD`.
+        """
+        mb = features.numel() * features.element_size() / 2**20
+        info = CacheInfo(True, HEAD, "memory", mb, reason)
+        cache = cls(HEAD, features, labels.long(), (), {}, info, None)
+        cache._dtype = features.dtype
+        return cache
+
     def close(self) -> None:
         """Delete the disk cache, if any."""
         self.inputs = None

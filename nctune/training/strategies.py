@@ -65,6 +65,8 @@ class Strategy:
         reports_as: the name written to reports (``auto`` runs ``scl``).
         probe_first: trains the head alone first, then everything (lp-ft's two phases).
         adapters: trains PEFT adapters on modules chosen by ``strategy.lora_targets``.
+        head_only: trains the head alone (nothing in the backbone: the cache is the
+            pre-logits features the profile pass already computes).
         probes: chooses its block by a short collapse probe of the rule's best candidates
             (``strategy.probe_blocks``; :mod:`nctune.training.probe`) when none is named.
         help: one line on what trains, for ``--help``, the recipe field's description
@@ -79,6 +81,7 @@ class Strategy:
     probe_first: bool = False
     adapters: bool = False
     probes: bool = False
+    head_only: bool = False
     help: str = ""
 
 
@@ -352,7 +355,9 @@ def apply_strategy(
     return applied
 
 
-@register_strategy("linear", help="the head only, a linear probe on frozen features")
+@register_strategy(
+    "linear", head_only=True, help="the head only, a linear probe on frozen features"
+)
 def _linear(
     model: TunedModel, layers: list[str] | None, options: dict
 ) -> tuple[nn.Module, list[str]]:

@@ -174,19 +174,19 @@ def test_resume_refuses_a_different_recipe_and_a_finished_run(tmp_path):
 
 def test_bad_input_found_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_path, monkeypatch):
     finetune_mod = importlib.import_module("nctune.finetune")  # nctune.finetune is the verb
-    real = finetune_mod._measure_after
+    real = finetune_mod.measure_after_training
 
     def corrupt_after_training(*args, **kwargs):
         raise DataError("data: test/img.png: cannot read image; fix or remove the file")
 
-    monkeypatch.setattr(finetune_mod, "_measure_after", corrupt_after_training)
+    monkeypatch.setattr(finetune_mod, "measure_after_training", corrupt_after_training)
     out = tmp_path / "run"
     res = invoke("finetune", *sets("strategy.name=linear"), "--out", str(out), "-q")
     assert res.exit_code == 2, res.output
     lines = res.stderr.splitlines()  # -q: no epoch lines, the error alone
     assert len(lines) == 1 and "img.png" in lines[0] and f"--resume {out}" in lines[0]
     assert (out / "checkpoint.pt").exists()
-    monkeypatch.setattr(finetune_mod, "_measure_after", real)  # the user fixed the image
+    monkeypatch.setattr(finetune_mod, "measure_after_training", real)  # the user fixed the image
     res = invoke("finetune", *sets("strategy.name=linear"), "--resume", str(out))
     assert res.exit_code == 0, res.output
     assert (out / "report.json").exists() and not (out / "checkpoint.pt").exists()

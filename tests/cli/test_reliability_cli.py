@@ -251,7 +251,7 @@ def stopped_run(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("stopped") / "run"
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(FINETUNE, "_measure_after", fails_after_training)
+        m.setattr(FINETUNE, "measure_after_training", fails_after_training)
         assert invoke("finetune", *sets(), "--out", out).exit_code == 2
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.csv", "recipe.yaml"]
     return out
