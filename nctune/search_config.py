@@ -7,6 +7,7 @@ below it and cannot import it).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -14,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nctune._section import Section
 
 _ROOT: dict[str, type[BaseModel]] = {}
+
+#: Most points a grid search may hold: every point is a fine-tuning run, and the grid is
+#: listed in memory before the first trial (``int: [1, 2147483647]`` would be 2**31 values).
+MAX_GRID = 10_000
 
 
 def set_root(recipe: type[BaseModel]) -> None:
@@ -66,11 +71,26 @@ class Distribution(Section):
                 raise ValueError(f"log: true needs lo > 0 (got [{lo}, {hi}])")
             if self.log and self.step is not None:
                 raise ValueError("log and step cannot be combined")
+            if self.int_ is not None and self.step is not None and self.step != int(self.step):
+                raise ValueError(
+                    f"step: {self.step:g} is not a whole number; an int range steps by whole "
+                    "numbers (e.g. step: 2), a fractional step needs float: [lo, hi]"
+                )
         elif self.log or self.step is not None:
             raise ValueError(f"log/step apply to float and int ranges, not to {kinds[0]}")
         if self.choice is not None and not self.choice:
             raise ValueError("choice: give at least one value")
         return self
+
+    def points(self) -> float:
+        """How many values a grid search visits here (float: may be huge, never listed)."""
+        if self.choice is not None:
+            return len(self.choice)
+        if self.blocks_from_profile is not None:
+            return self.blocks_from_profile
+        lo, hi = self.float_ or self.int_ or (0, 0)
+        step = self.step or 1
+        return math.floor((hi - lo) / step + 1e-9) + 1
 
     @property
     def kind(self) -> str:
@@ -176,10 +196,19 @@ class SearchConfig(Section):
 
     @model_validator(mode="after")
     def _grid(self) -> SearchConfig:
-        if self.sampler == "grid":
-            for path, dist in self.space.items():
-                if dist.kind == "float" and dist.step is None:
-                    raise ValueError(
-                        f"space: {path}: the grid sampler needs a step for a float range"
-                    )
+        if self.sampler != "grid":
+            return self
+        for path, dist in self.space.items():
+            if dist.kind == "float" and dist.step is None:
+                raise ValueError(f"space: {path}: the grid sampler needs a step for a float range")
+        sizes = {path: dist.points() for path, dist in self.space.items()}
+        total = math.prod(sizes.values())
+        if total > MAX_GRID:
+            path = max(sizes, key=sizes.__getitem__)  # the field to shrink first
+            part = f" ({sizes[path]:,.0f} of them its values)" if len(sizes) > 1 else ""
+            raise ValueError(
+                f"space: {path}: the grid holds {total:,.0f} points{part}, over the "
+                f"{MAX_GRID:,} a grid search may run; give it a larger step or fewer values, "
+                "or use sampler: tpe or random"
+            )
         return self

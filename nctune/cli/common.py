@@ -149,6 +149,9 @@ class StopFlag:
     ``signum`` is the first signal received (the exit code is ``128 + signum``).
     """
 
+    #: What the first signal prints (a search's subclass says what happens to its trial).
+    message = "[yellow]stopping after this step; saving a checkpoint…[/] (Ctrl-C again to abort)"
+
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, object] = {}
@@ -162,9 +165,7 @@ class StopFlag:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        err_console.print(
-            "[yellow]stopping after this step; saving a checkpoint…[/] (Ctrl-C again to abort)"
-        )
+        err_console.print(self.message)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,6 +59,16 @@ StudyOpt = Annotated[
         "--study", help="Study name (default: the --out folder's name).", show_default=False
     ),
 ]
+
+
+class _SearchStop(StopFlag):
+    """A search's stop flag: the running trial ends at its next step and is queued again for
+    the next run of the command (a trial keeps no checkpoint), finished trials stay."""
+
+    message = (
+        "[yellow]stopping after this step; the running trial will be queued again, finished "
+        "trials are kept…[/] (Ctrl-C again to abort)"
+    )
 
 
 @contextmanager
@@ -120,7 +131,7 @@ def tune(
 
     try:
         with (
-            StopFlag() as stop,
+            _SearchStop() as stop,
             progress_bar() as progress,
             _said_at_once(SmallValidationWarning),  # a too-small val split: said up front
         ):
@@ -162,4 +173,4 @@ def tune(
         notice(
             "interrupted; finished trials are kept in the study: run the same command to continue"
         )
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (stop.signum or signal.SIGINT))

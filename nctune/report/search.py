@@ -122,7 +122,8 @@ def plot_search(result, path: str | Path) -> Path:
         ax1.set_ylabel(result.metric.replace("_", " "))
         ax1.set_title("Optimisation history", fontsize=9)
         ax1.grid(alpha=0.3)
-        ax1.legend(fontsize=7)
+        if done or pruned:  # an empty legend is a matplotlib warning (a search stopped early)
+            ax1.legend(fontsize=7)
 
         pts = [
             t

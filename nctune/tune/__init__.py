@@ -21,6 +21,8 @@ journal file (``journal:PATH`` or a path ending in ``.log``). With a SQL storage
 running trial sends a heartbeat; a trial whose worker died is marked failed after the
 grace period and retried once (Optuna's retry callback). Re-running the same search
 continues the study until it holds ``search.trials`` finished (complete or pruned) trials.
+A search folder belongs to one study (``OUT/study.json``): another study is refused there,
+never let overwrite its trials. A grid search queues its points and runs each once.
 
 The library never prints: progress goes to the ``on_trial`` and ``progress`` callbacks,
 and the result is a :class:`SearchResult`.

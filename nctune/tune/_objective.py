@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import socket
@@ -10,7 +11,7 @@ import time
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from nctune.errors import ConfigError, NctuneError, one_line
 from nctune.finetune import finetune, prepare
@@ -26,6 +27,18 @@ CACHE_DIR = "prefix-cache"
 TRIALS_DIR = "trials"
 TRIAL_FILE = "trial.json"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def queued_params(t: FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters: those it was queued with (a waiting trial has no others yet),
+    and those it suggested."""
+    return {**t.system_attrs.get("fixed_params", {}), **t.params}
+
+
+def _is_retry(t: FrozenTrial) -> bool:
+    """Queued again for a trial that failed: a dead worker's (Optuna's retry callback), or a
+    stopped one's (:class:`Objective`)."""
+    return bool(t.system_attrs.get("retry_history")) or "retry_of" in t.user_attrs
 
 
 class _Interrupted(Exception):
@@ -58,7 +71,7 @@ class Objective:
             self.interrupted = True
             self.failed += 1
             trial.set_user_attr("fail_reason", "interrupted (queued again for a re-run)")
-            trial.study.enqueue_trial(trial.params)
+            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
         except Exception as err:
             self.failed += 1
@@ -78,6 +91,23 @@ class Objective:
         ]
         return len(earlier) >= self.search.want
 
+    def duplicate(self, trial: optuna.Trial) -> bool:
+        """On a grid: True for a trial that is no queued point (started for a waiting trial
+        that another worker took first), or whose point an earlier trial holds (two workers
+        queued the grid at the same moment). A retry of a failed point is no duplicate."""
+        trials = trial.study.get_trials(deepcopy=False)
+        me = next(t for t in trials if t.number == trial.number)
+        point = json.dumps(queued_params(me), sort_keys=True)
+        if "fixed_params" not in me.system_attrs and not _is_retry(me):
+            return True
+        return any(
+            t.number < me.number
+            and not t.user_attrs.get("surplus")
+            and not (t.state == TrialState.FAIL and _is_retry(me))
+            and json.dumps(queued_params(t), sort_keys=True) == point
+            for t in trials
+        )
+
     def _record(self, trial, state: str, **kw) -> None:
         if self.search.on_trial is not None:
             self.search.on_trial(TrialRecord(trial.number, state, dict(trial.params), **kw))
@@ -85,9 +115,11 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float:
         if self.heartbeat and self._surplus(trial):
             raise _Surplus
+        if self.recipe.search.sampler == "grid" and self.duplicate(trial):
+            raise _Surplus
         values = suggest(trial, self.space)
         with RunFolder(self.out / TRIALS_DIR / str(trial.number), "trial") as run:
-            # trial numbers are unique: a folder already there is a deleted study's leftover
+            # trial numbers are unique and the folder is this study's (checked by _owner)
             run.create(keep_old=False)
             trial.set_user_attr("run_dir", str(run.path))
             trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")

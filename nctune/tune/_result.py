@@ -72,8 +72,19 @@ class TrialRecord:
             epochs=a.get("epochs", len(t.intermediate_values) or None),
             wall_seconds=a.get("wall_seconds"),
             run_dir=a.get("run_dir"),
-            reason=a.get("fail_reason"),
+            reason=a.get("fail_reason") or (_silent(t) if t.state == TrialState.FAIL else None),
         )
+
+
+def _silent(t: FrozenTrial) -> str:
+    """Why a trial failed without saying why: its worker died (killed, out of memory, the
+    machine lost) and the heartbeat check failed it; Optuna's callback retries it once."""
+    worker = t.user_attrs.get("worker")
+    again = "not retried again" if t.system_attrs.get("retry_history") else "retried once"
+    return (
+        f"its worker{f' {worker}' if worker else ''} went silent (no heartbeat within "
+        f"search.grace); {again}"
+    )
 
 
 @dataclass

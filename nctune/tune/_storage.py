@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -15,13 +18,36 @@ from optuna.samplers import BaseSampler
 
 from nctune.config import Recipe
 from nctune.errors import ConfigError, one_line
-from nctune.tune._space import grid
 
 
 def _retry_callback():
     # Optuna 4.9 renamed RetryFailedTrialCallback (kept as a deprecated alias).
     cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
     return (cls or optuna.storages.RetryFailedTrialCallback)(max_retry=1)
+
+
+def is_journal(url: str) -> bool:
+    """``journal:PATH`` or a path ending in ``.log``: Optuna's journal file storage."""
+    return url.startswith("journal:") or url.endswith(".log")
+
+
+def storage_file(url: str) -> Path | None:
+    """The file a storage keeps its studies in (a journal or an SQLite database); None for a
+    database server (or an in-memory URL, which :func:`open_storage` refuses)."""
+    if is_journal(url):
+        return Path(url.removeprefix("journal:"))
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # a malformed URL: open_storage says so
+        return None
+    if parsed.get_backend_name() != "sqlite" or _in_memory(parsed):
+        return None
+    return Path(parsed.database)
+
+
+def _in_memory(parsed: sqlalchemy.engine.URL) -> bool:
+    db = parsed.database or ""
+    return db in ("", ":memory:") or db.startswith("file::memory:") or "mode=memory" in str(parsed)
 
 
 def open_storage(url: str, heartbeat: int = 30, grace: int | None = None):
@@ -31,19 +57,27 @@ def open_storage(url: str, heartbeat: int = 30, grace: int | None = None):
     (no heartbeat: Optuna offers none for it). Anything else is an SQLAlchemy URL
     (``sqlite:///study.db``, ``postgresql+psycopg://user@host/db``) opened with a heartbeat
     every ``heartbeat`` seconds; a trial silent for ``grace`` seconds is failed and retried
-    once.
+    once. An SQLite file is checked (``PRAGMA quick_check``, read-only) before Optuna
+    writes to it, so a damaged one is refused untouched.
 
     Raises:
-        ConfigError: the URL cannot be opened (malformed, missing driver, unreachable).
+        ConfigError: the URL cannot be opened (malformed, missing driver, unreachable), is
+            an in-memory database (its study would die with this process, and no other
+            worker could share it), or names a damaged file or a folder.
     """
-    if url.startswith("journal:") or url.endswith(".log"):
-        path = Path(url.removeprefix("journal:"))
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
-        except OSError as err:
-            raise ConfigError(f"--storage {url}: cannot open ({err.strerror or err})") from None
-        return optuna.storages.JournalStorage(backend)
+    if is_journal(url):
+        return _open_journal(url)
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception as err:  # sqlalchemy's ArgumentError, or a bad port number
+        raise ConfigError(f"--storage {url}: not a storage URL ({one_line(err, 200)})") from None
+    if parsed.get_backend_name() == "sqlite":
+        if _in_memory(parsed):
+            raise ConfigError(
+                f"--storage {url}: an in-memory database dies with this process (and no other "
+                "worker can share it); name a file, sqlite:///PATH, or leave --storage out"
+            )
+        _check_sqlite(Path(parsed.database))
     kw: dict[str, Any] = dict(heartbeat_interval=heartbeat, grace_period=grace or 4 * heartbeat)
     for attempt in range(4):
         try:
@@ -69,6 +103,81 @@ def open_storage(url: str, heartbeat: int = 30, grace: int | None = None):
                 f"--storage {shown(url)}: cannot open ({one_line(err, 200)})"
             ) from None
     raise AssertionError("unreachable")
+
+
+def _open_journal(url: str) -> optuna.storages.JournalStorage:
+    """Optuna's journal storage on the file ``url`` names; the whole journal is replayed here,
+    so a file that is not one fails now, as one line."""
+    text = url.removeprefix("journal:")
+    if not text.strip():
+        raise ConfigError(
+            f"--storage {url}: names no file; give journal:PATH, e.g. journal:search.log"
+        )
+    path = Path(text)
+    if path.is_dir():
+        raise ConfigError(
+            f"--storage {url}: {path} is a folder; name a journal file, e.g. journal:{path / 'search.log'}"
+        )
+    try:
+        _check_journal_start(url, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+    except OSError as err:
+        raise ConfigError(f"--storage {url}: cannot open ({err.strerror or err})") from None
+    try:
+        return optuna.storages.JournalStorage(backend)
+    except OSError as err:
+        raise ConfigError(f"--storage {url}: cannot read {path} ({err.strerror or err})") from None
+    except Exception as err:  # the replay: JSON, encoding or record errors of a foreign file
+        raise ConfigError(
+            f"--storage {url}: {path} is not an Optuna journal, or it is damaged "
+            f"({one_line(err, 120)}); restore it, or name a new file"
+        ) from None
+
+
+def _check_journal_start(url: str, path: Path) -> None:
+    """A journal's first line is one JSON record with an ``op_code``; Optuna's replay forgives
+    a damaged *last* line (a writer killed mid-line), so a one-line foreign file would pass
+    it and then get journal records appended."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        record = json.loads(first) if first.endswith(b"\n") else None
+    except ValueError:  # JSON or UTF-8
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise ConfigError(
+            f"--storage {url}: {path} is not an Optuna journal, or it is damaged (its first "
+            "line is no journal record); restore it, or name a new file"
+        )
+
+
+def _check_sqlite(path: Path) -> None:
+    """Refuse a damaged SQLite file before Optuna opens (and writes to) it.
+
+    Read-only: a file another worker is writing may be locked for a moment, which is no
+    damage (the check is skipped then; Optuna waits for the lock itself).
+    """
+    if not path.is_file() or path.stat().st_size == 0:  # new (or empty): SQLite starts it
+        return
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=10)
+        try:
+            verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.OperationalError:  # locked by a writer, or unreadable: Optuna will say
+        return
+    except sqlite3.DatabaseError as err:  # "file is not a database", "malformed"
+        verdict = str(err)
+    if verdict != "ok":
+        raise ConfigError(
+            f"{path}: the study database is damaged ({one_line(verdict, 120)}); restore it "
+            "from a copy, or give the search another --out or --storage"
+        )
 
 
 def shown(url: str) -> str:
@@ -114,15 +223,13 @@ class _TrialSeeded(BaseSampler):
         self._inner.reseed_rng()
 
 
-def make_sampler(recipe: Recipe, space: dict[str, dict]) -> BaseSampler:
+def make_sampler(recipe: Recipe) -> BaseSampler:
+    """The study's sampler. A grid search samples nothing: its points are queued as waiting
+    trials (``_study._queue_grid``), whose values are fixed; Optuna's GridSampler shuffles
+    its points by seed, so rebuilt per trial it would map one grid id to another value."""
     s = recipe.search
-    if s.sampler == "random":
+    if s.sampler in ("random", "grid"):
         return _TrialSeeded(lambda seed: optuna.samplers.RandomSampler(seed=seed), recipe.seed)
-    if s.sampler == "grid":
-        points = grid(space)
-        return _TrialSeeded(
-            lambda seed: optuna.samplers.GridSampler(points, seed=seed), recipe.seed
-        )
     return _TrialSeeded(lambda seed: optuna.samplers.TPESampler(seed=seed), recipe.seed)
 
 

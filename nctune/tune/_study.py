@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import shutil
 import time
 import warnings
@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 import yaml
 from optuna.trial import TrialState
 from torch.utils.data import DataLoader
 
 from nctune.config import Recipe, recipe_from_dict
 from nctune.data import DataSplits
-from nctune.errors import ConfigError, NctuneError
+from nctune.errors import ConfigError, NctuneError, one_line
 from nctune.finetune import prepare
 from nctune.report.search import plot_search
 from nctune.runs._io import atomic_write_json, atomic_write_text, check_writable
@@ -26,11 +27,19 @@ from nctune.runs.artifacts import MODEL_FILE, RECIPE_FILE, REPORT_FILE, load_fin
 from nctune.runs.folder import first_difference
 from nctune.training.probe import MIN_VAL_PER_CLASS
 from nctune.training.train import evaluate
-from nctune.tune._objective import FINISHED, TRIALS_DIR, Objective
+from nctune.tune._objective import FINISHED, TRIALS_DIR, Objective, queued_params
+from nctune.tune._owner import check_folder, check_study, claim_folder
 from nctune.tune._result import SearchFailedError, SearchResult, TrialRecord
 from nctune.tune._search import Search
 from nctune.tune._space import grid, resolved_space
-from nctune.tune._storage import comparable, make_pruner, make_sampler, open_storage, shown
+from nctune.tune._storage import (
+    comparable,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    shown,
+    storage_file,
+)
 
 STUDY_DB = "study.db"
 SEARCH_FILE = "search.json"
@@ -64,8 +73,9 @@ def tune(
 
     Args:
         recipe: the base recipe; ``recipe.search`` says what to search and how.
-        out: the search folder: ``study.db`` (default storage), ``trials/<n>/`` run
-            folders, ``prefix-cache/``, ``search.json``, ``best.yaml``, ``search.png``.
+        out: the search folder: ``study.db`` (default storage), ``study.json`` (the study
+            it belongs to), ``trials/<n>/`` run folders, ``prefix-cache/``, ``search.json``,
+            ``best.yaml``, ``search.png``.
         trials: overrides ``search.trials``.
         storage: an SQLAlchemy URL, ``journal:PATH`` or a ``.log`` path; default
             ``sqlite:///OUT/study.db``.
@@ -87,7 +97,8 @@ def tune(
 
     Raises:
         ConfigError: an empty search space, a metric the data cannot give, an unreadable
-            storage, or a study of that name holding a search over another recipe.
+            storage, a study of that name holding a search over another recipe, or an
+            ``out`` holding another study's trials (nothing is changed then).
         SearchFailedError: every trial failed (the first one's reason).
     """
     start = time.perf_counter()
@@ -98,13 +109,16 @@ def tune(
             "{train.lr: {float: [0.0003, 0.01], log: true}}"
         )
     out = check_writable(out)
+    url = storage or f"sqlite:///{(out / STUDY_DB).resolve()}"
+    name = study_name or out.resolve().name
+    check_folder(out, name, url)  # another study's trials are never overwritten
 
     # Everything that can fail on bad input fails here, before a trial runs.
     search = Search(
         recipe,
         out=out,
-        url=storage or f"sqlite:///{(out / STUDY_DB).resolve()}",
-        name=study_name or out.resolve().name,
+        url=url,
+        name=name,
         direction=s.direction or ("minimize" if s.metric == "nc1_after" else "maximize"),
         want=trials or s.trials,
         base=prepare(recipe),
@@ -178,23 +192,63 @@ def _study(search: Search) -> SearchResult:
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # the library never prints
         try:
-            study = optuna.create_study(
-                storage=store,
-                study_name=search.name,
-                direction=search.direction,
-                sampler=make_sampler(recipe, search.space),
-                pruner=make_pruner(recipe),
-                load_if_exists=True,
-            )
-            _claim_study(study, recipe, search.name)
-            if search.enqueue and not study.get_trials(deepcopy=False):
-                for params in search.enqueue:
-                    study.enqueue_trial(params)
+            study = _open_study(store, search)
             heartbeat = isinstance(store, optuna.storages.RDBStorage)
             interrupted = _run(study, search, heartbeat=heartbeat)
         finally:
             optuna.logging.set_verbosity(verbosity)
         return _finish(study, search, interrupted=interrupted)
+
+
+def _open_study(store, search: Search) -> optuna.Study:
+    """Create or load the study, make sure it and the folder are this search's, queue the
+    first trials (a grid's every point)."""
+    recipe = search.recipe
+    check_study(store, search.out, search.name)
+    try:
+        study = optuna.create_study(
+            storage=store,
+            study_name=search.name,
+            direction=search.direction,
+            sampler=make_sampler(recipe),
+            pruner=make_pruner(recipe),
+            load_if_exists=True,
+        )
+        _claim_study(study, recipe, search.name)
+        claim_folder(search.out, search.name, search.url)
+        if search.enqueue and not study.get_trials(deepcopy=False):
+            for params in search.enqueue:
+                study.enqueue_trial(params)
+        if recipe.search.sampler == "grid":
+            _queue_grid(study, search.space)
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DatabaseError) as err:
+        # a damaged database that passed the open-time check, or a server that failed
+        where = storage_file(search.url) or shown(search.url)
+        raise ConfigError(
+            f"{where}: the study storage failed ({one_line(err, 160)}); restore it from a "
+            "copy, or give the search another --out or --storage"
+        ) from None
+    return study
+
+
+def _queue_grid(study: optuna.Study, space: dict[str, dict]) -> None:
+    """Queue every grid point that no trial of the study holds yet, in grid order.
+
+    A grid search runs its queue, not a sampler: each point once, whatever the seed, and
+    with several workers too (a worker takes a waiting trial atomically; two workers
+    queueing at the same moment queue a point twice, and the later copy steps aside: see
+    :meth:`~nctune.tune._objective.Objective.duplicate`).
+    """
+    points = grid(space)
+    held = {
+        json.dumps(queued_params(t), sort_keys=True)
+        for t in study.get_trials(deepcopy=False)
+        if not t.user_attrs.get("surplus")
+    }
+    for values in itertools.product(*points.values()):
+        params = dict(zip(points, values, strict=True))
+        if json.dumps(params, sort_keys=True) not in held:
+            study.enqueue_trial(params)
 
 
 def _claim_study(study: optuna.Study, recipe: Recipe, name: str) -> None:
@@ -225,6 +279,7 @@ def _run(study: optuna.Study, search: Search, *, heartbeat: bool) -> bool:
     here. A journal storage has no heartbeat, so only finished trials count there.
     """
     s, want = search.recipe.search, search.want
+    on_grid = s.sampler == "grid"  # its points are queued: run them, never sample more
     own_failures = 0
     objective = Objective(search, heartbeat=heartbeat)
     while True:
@@ -242,23 +297,19 @@ def _run(study: optuna.Study, search: Search, *, heartbeat: bool) -> bool:
         waiting = sum(t.state == TrialState.WAITING for t in ts)
         if done >= want:
             return False
-        if done + running >= want and not waiting:
-            time.sleep(0.5)  # other workers run the last trials; one may die and need a retry
+        if on_grid and not waiting and not running:
+            return False  # every point ran (or failed: a grid point is not tried twice)
+        # Other workers run the last trials (or a grid's last points): wait, for one may die
+        # and come back as a retry; a waiting point beyond `want` is left for a larger search.
+        last = done + running >= want
+        if (last and (on_grid or not waiting)) or (on_grid and not waiting):
+            time.sleep(0.5)
             continue
         before = objective.failed
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
         own_failures += objective.failed - before
         if objective.interrupted:
             return True
-        if s.sampler == "grid" and _grid_done(study, search.space):
-            return False
-
-
-def _grid_done(study, space) -> bool:
-    """Every grid point has a trial: a grid search ends there, whatever ``trials`` says."""
-    total = math.prod(len(v) for v in grid(space).values())
-    seen = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)}
-    return len(seen) >= total
 
 
 def _finish(study: optuna.Study, search: Search, *, interrupted: bool) -> SearchResult:
