@@ -31,7 +31,7 @@ from nctune.analyze import profile_recipe, profiled_train
 from nctune.backbones import create_backbone
 from nctune.config import BackboneConfig, Recipe, recipe_from_dict
 from nctune.data import build_data, resolve_input_config
-from nctune.errors import BackboneError, ConfigError, NctuneError, one_line
+from nctune.errors import ArtifactError, BackboneError, ConfigError, NctuneError, one_line
 from nctune.finetune import finetune
 from nctune.profile import PRE_LOGITS, CollapseProfile
 from nctune.scores import SCORES, hscore, knn_accuracy, logme, stratified_indices
@@ -42,16 +42,11 @@ from nctune.training.callbacks import LambdaCallback
 RANDOM_SUFFIX = "@random"
 
 #: What a candidate may raise and still leave the others to be ranked: bad weights or
-#: names (BackboneError), a model that cannot run at the recipe's input size (torch's
-#: RuntimeError, timm's input-size assertions), features the statistics refuse
-#: (CollapseError is a ValueError). Data and recipe errors concern every candidate, so
-#: they propagate; so does anything else (a bug) and Ctrl-C.
-CANDIDATE_ERRORS: tuple[type[BaseException], ...] = (
-    BackboneError,
-    RuntimeError,
-    AssertionError,
-    ValueError,
-)
+#: names (BackboneError), a damaged ``file:`` run folder (ArtifactError), a model that
+#: cannot run at the recipe's input size (torch's RuntimeError, timm's input-size
+#: assertions), features the statistics refuse (CollapseError is a ValueError). Data and
+#: recipe errors concern every candidate, so they propagate; so does anything else (a bug).
+CANDIDATE_ERRORS = (BackboneError, ArtifactError, RuntimeError, AssertionError, ValueError)
 
 
 def parse_candidate(text: str) -> tuple[str, bool]:
@@ -305,7 +300,7 @@ def _check_candidates(recipe: Recipe) -> list[tuple[str, str, bool]]:
         for text, name, _ in out:
             try:
                 backbone = create_backbone(name, pretrained=False)
-            except BackboneError:
+            except CANDIDATE_ERRORS:
                 continue
             sizes[text] = resolve_input_config(backbone.input_config, recipe.data).image_size
         if len(set(sizes.values())) > 1:
@@ -437,7 +432,8 @@ def rank(
     Raises:
         ConfigError: fewer than two candidates, one listed twice, an unknown score or
             strategy, candidates that need different input sizes while
-            ``data.image_size`` is unset, or ``validate`` without scipy installed.
+            ``data.image_size`` is unset, ``validate`` without scipy installed, or every
+            validation fine-tune failing.
         DataError: the recipe's data cannot be loaded.
     """
     start = time.perf_counter()
@@ -458,17 +454,13 @@ def rank(
             result.dataset, result.num_classes = loaded
 
     if cfg.validation is not None:
-        for row in result.candidates:
-            if not row.ok:
-                continue
+        for row in (c for c in result.candidates if c.ok):
             run_recipe = recipe.model_copy(deep=True)
             run_recipe.backbone = BackboneConfig(name=row.backbone, pretrained=row.pretrained)
             run_recipe.strategy.name = cfg.validation
             run_recipe.train.profile_after = False
-            labelled = (
-                (lambda p, d, t, info="", s=row.spec: progress(f"{s}: {p}", d, t, info))
-                if progress
-                else None
+            labelled = progress and (
+                lambda p, d, t, info="", s=row.spec: progress(f"{s}: {p}", d, t, info)
             )
             t0 = time.perf_counter()
             try:
@@ -487,7 +479,13 @@ def rank(
             }
             del run
             gc.collect()
-        validated = [c for c in result.candidates if c.validation and "error" not in c.validation]
+        tried = [c for c in result.candidates if c.validation is not None]
+        validated = [c for c in tried if "error" not in c.validation]
+        if tried and not validated:  # nothing to check the scores against: no result
+            raise ConfigError(
+                f"rank.validation: every {cfg.validation} fine-tune failed ({len(tried)} "
+                f"candidates); the first, {tried[0].spec}: {tried[0].validation['error']}"
+            )
         has_test = any(c.validation.get("test_accuracy") is not None for c in validated)
         result.metric = "test_accuracy" if has_test else "val_accuracy"
         result.agreement = _agreement(result.candidates, result.metric)

@@ -21,7 +21,7 @@ from nctune.cli.common import (
     main_process_only,
     progress_bar,
 )
-from nctune.cli.render import Output, render
+from nctune.cli.render import Output, console_width, render
 from nctune.runs._io import write_result_folder
 
 BackbonesOpt = Annotated[
@@ -78,7 +78,13 @@ def rank(
     """
     from nctune.config import load_recipe
     from nctune.rank import rank as rank_backbones
-    from nctune.report.rank import agreement_table, disagreements, plot_ranking, ranking_table
+    from nctune.report.rank import (
+        agreement_table,
+        disagreements,
+        failures,
+        plot_ranking,
+        ranking_table,
+    )
 
     cfg = apply_threads(load_recipe(recipe, set_), threads)
     out = claim_results(out or default_out(recipe, "rank"), "ranking.json")
@@ -91,7 +97,11 @@ def rank(
     resolved.rank.by, resolved.rank.validation = result.by, result.validation
     draw = {"ranking.png": lambda p: plot_ranking(result, p)}
     write_result_folder(out, "ranking.json", doc, resolved.to_yaml(), draw)
-    body = [ranking_table(result), *(f"[yellow]disagreement[/] {d}" for d in disagreements(result))]
+    body = [
+        ranking_table(result, width=console_width()),  # reasons below it, never cut to "…"
+        *failures(result),
+        *(f"[yellow]disagreement[/] {d}" for d in disagreements(result)),
+    ]
     if result.agreement:
         body.append(agreement_table(result))
     best = next((c for c in result.ranked() if c.ok), None)

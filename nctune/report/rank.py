@@ -6,7 +6,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from nctune.report import _fmt, _png
 from nctune.runs._io import atomic_write_bytes
@@ -60,47 +62,100 @@ def disagreements(ranking: Any) -> list[str]:
     return lines
 
 
-def ranking_table(ranking: Any) -> Table:
+#: The columns a narrow console loses first, in order (the sorting score always stays).
+_SECONDARY = (
+    "pass s", "best block", "cdnv", "trace_ratio", "nc1_best", "hscore", "logme", "knn", "ncc",
+    "nc1",
+)  # fmt: skip
+
+
+def ranking_table(ranking: Any, width: int | None = None) -> Table:
     """Candidates best first by ``ranking.by``; every score with its place, failures last.
 
     Each cell is ``value (place)``: the place of the candidate by that score, so rows where
     scores disagree stand out. The sorting column is bold; ↓ marks lower-is-better scores.
+    A failed candidate's row says ``failed``; :func:`failures` gives the reasons, which no
+    cell has room for.
+
+    Args:
+        ranking: the result.
+        width: the console width: columns are left out (see :data:`_SECONDARY`; they stay
+            in ranking.json) until the table fits, so no cell is cut to ``…``.
     """
-    title = f"Backbones on {ranking.dataset or 'the data'}, by {ranking.by}"
+    cols: dict[str, tuple[str, str]] = {"#": ("#", "right"), "candidate": ("candidate", "left")}
+    for name, label in LABELS.items():
+        cols[name] = (label + ("" if SCORES[name] else " ↓"), "right")
+    cols["best block"] = ("best block", "left")
+    if ranking.validation:
+        cols["validation"] = (f"{ranking.validation} acc", "right")
+    cols["pass s"] = ("pass s", "right")
+    places = {name: ranking.positions(name) for name in LABELS}
+    rows: list[tuple[dict[str, str], str | None]] = []
+    for i, c in enumerate(ranking.ranked()):
+        if not c.ok:
+            rows.append(({"#": "–", "candidate": c.spec, ranking.by: "[red]failed[/]"}, "dim"))
+            continue
+        cells = {"#": str(i + 1), "candidate": c.spec}
+        for name in LABELS:
+            place = places[name].get(c.spec)
+            cells[name] = _value(name, c.scores.get(name)) + (f" ({place})" if place else "")
+        cells["best block"] = c.best_block or "–"
+        if ranking.validation:
+            acc = c.accuracy(ranking.metric or "test_accuracy")
+            err = (c.validation or {}).get("error")
+            cells["validation"] = "failed" if err else ("–" if acc is None else f"{100 * acc:.1f}%")
+        cells["pass s"] = f"{c.seconds.get('pass', 0.0):.1f}"
+        rows.append((cells, None))
+    dropped = _fit(cols, [cells for cells, _ in rows], ranking.by, width)
     caption = (
         f"{ranking.num_classes} classes; LogME, H-score, k-NN (k={ranking.knn_k}, cosine) on "
         f"≤ {ranking.subsample} samples per split; {ranking.seconds:.1f} s"
     )
+    if dropped:
+        caption += f"; {len(dropped)} more columns in ranking.json (or a wider terminal)"
+    title = f"Backbones on {ranking.dataset or 'the data'}, by {ranking.by}"
     table = Table(title=title, caption=caption, header_style="bold")
-    table.add_column("#", justify="right")
-    table.add_column("candidate")
-    for name, label in LABELS.items():
-        arrow = "" if SCORES[name] else " ↓"
-        style = "bold" if name == ranking.by else None
-        table.add_column(label + arrow, justify="right", style=style)
-    table.add_column("best block")
-    if ranking.validation:
-        table.add_column(f"{ranking.validation} acc", justify="right")
-    table.add_column("pass s", justify="right")
-    places = {name: ranking.positions(name) for name in LABELS}
-    for i, c in enumerate(ranking.ranked()):
-        if not c.ok:
-            cells = ["–", c.spec, f"[red]failed:[/] {c.reason}"]
-            table.add_row(*cells, *[""] * (len(table.columns) - len(cells)), style="dim")
-            continue
-        cells = [str(i + 1), c.spec]
-        for name in LABELS:
-            v = c.scores.get(name)
-            place = places[name].get(c.spec)
-            cells.append(_value(name, v) + (f" ({place})" if place else ""))
-        cells.append(c.best_block or "–")
-        if ranking.validation:
-            acc = c.accuracy(ranking.metric or "test_accuracy")
-            err = (c.validation or {}).get("error")
-            cells.append("failed" if err else ("–" if acc is None else f"{100 * acc:.1f}%"))
-        cells.append(f"{c.seconds.get('pass', 0.0):.1f}")
-        table.add_row(*cells)
+    for key, (label, justify) in cols.items():
+        style = "bold" if key == ranking.by else None
+        table.add_column(label, justify=justify, style=style, overflow="fold")
+    for cells, style in rows:
+        table.add_row(*(cells.get(key, "") for key in cols), style=style)
     return table
+
+
+def _fit(
+    cols: dict[str, tuple[str, str]], rows: list[dict[str, str]], by: str, width: int | None
+) -> list[str]:
+    """Leave out secondary columns of ``cols`` (in place) until the table is at most ``width``
+    wide; returns the labels left out."""
+
+    def need() -> int:  # each column: its widest cell or header, 2 of padding, 1 of rule
+        return 1 + sum(
+            3 + max([Text.from_markup(r.get(k, "")).cell_len for r in rows] + [len(label)])
+            for k, (label, _) in cols.items()
+        )
+
+    dropped: list[str] = []
+    for key in _SECONDARY:
+        if width is None or need() <= width:
+            break
+        if key != by and key in cols:
+            dropped.append(cols.pop(key)[0].removesuffix(" ↓"))
+    return dropped
+
+
+def failures(ranking: Any) -> list[str]:
+    """One line per failed candidate and per failed validation fine-tune, with the reason."""
+    lines = []
+    for c in ranking.ranked():
+        if not c.ok:
+            lines.append(f"[red]{escape(c.spec)} failed:[/] {escape(c.reason or '?')}")
+        elif c.validation and c.validation.get("error"):
+            what = f"{c.validation.get('strategy') or ranking.validation} fine-tune"
+            lines.append(
+                f"[red]{escape(c.spec)}: the {what} failed:[/] {escape(c.validation['error'])}"
+            )
+    return lines
 
 
 def agreement_table(ranking: Any) -> Table:

@@ -114,3 +114,60 @@ def test_bad_input_is_one_line_and_writes_nothing(recipe, tmp_path, args, needle
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert not out.exists()
+
+
+# ------------------------------------------------------------ issue 20, item 22
+def _damaged_run(folder: Path) -> Path:
+    """A run folder whose model.safetensors is not one (a truncated or foreign file)."""
+    folder.mkdir()
+    (folder / "recipe.yaml").write_text("backbone: {name: timm:resnet10t}\n")
+    (folder / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+    return folder
+
+
+@pytest.mark.parametrize("image_size", ["32", "null"])  # null: sizes are asked of each first
+def test_a_damaged_or_missing_file_candidate_is_a_failed_row(recipe, tmp_path, image_size):
+    damaged = _damaged_run(tmp_path / "damaged-run")
+    missing = tmp_path / "missing.safetensors"
+    pool = f"timm:test_resnet@random,file:{damaged},file:{missing}"
+    sets = _sets(f"data.image_size={image_size}")
+    result = invoke(recipe, "--backbones", pool, "--json", "--out", tmp_path / "o", *sets)
+    assert result.exit_code == 0, result.output
+    rows = {r["spec"]: r for r in json.loads(result.stdout)["candidates"]}
+    assert rows["timm:test_resnet@random"]["ok"]
+    assert not rows[f"file:{damaged}"]["ok"] and "damaged-run" in rows[f"file:{damaged}"]["reason"]
+    assert not rows[f"file:{missing}"]["ok"] and "not found" in rows[f"file:{missing}"]["reason"]
+
+
+def test_validate_where_every_fine_tune_fails_is_one_line_exit_2(recipe, tmp_path):
+    out = tmp_path / "v"
+    result = invoke(
+        recipe,
+        "--backbones",
+        POOL,
+        "--validate",
+        "layers",
+        "-q",
+        "--out",
+        out,
+        *_sets("train.epochs=1", "strategy.layers=[no_such_block]"),
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    for part in ("rank.validation", "every layers fine-tune failed", "no_such_block"):
+        assert part in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_the_table_keeps_names_and_reasons_whole_at_80_columns(recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke(recipe, "--backbones", POOL, "--out", tmp_path / "o", *_sets())
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout, result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    flat = " ".join(result.stdout.split())
+    for spec in POOL.split(","):
+        assert spec in flat, result.stdout
+    assert "failed: backbone.name: unknown timm model 'not_a_model'" in flat, result.stdout
