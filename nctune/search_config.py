@@ -44,7 +44,9 @@ class Distribution(Section):
         description="strategy.layers only: one of the N blocks the recipe's rule ranks best on the collapse profile.",
     )
     log: bool = Field(False, description="float/int: sample on a log scale (needs lo > 0).")
-    step: float | None = Field(None, gt=0, description="float/int: sample on this grid.")
+    step: float | None = Field(
+        None, gt=0, description="float/int: sample on this grid (int: a whole number)."
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> Distribution:
@@ -157,7 +159,7 @@ class SearchConfig(Section):
     )
     sampler: Literal["tpe", "random", "grid"] = Field(
         "tpe",
-        description="TPE, random or grid (grid needs choice or int/float with step); seeded by the recipe's seed.",
+        description="TPE, random or grid (grid needs choice or int/float with step, at most 10,000 points, each run once); seeded by the recipe's seed.",
     )
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median",
