@@ -91,13 +91,15 @@ LR_GRID: dict[str, list[float | None]] = {
     "lora": [3e-3, 1e-3, 3e-4],
 }
 # auto's levers measured one at a time (issue 19): variants run as their own "strategy"
-# (they keep auto's rate grid; auto-lr chooses its own rate by the range test).
+# (they keep auto's rate grid; auto-probe-lr chooses its own rate by the range test).
+_PROBE = ["strategy.name=auto", "strategy.probe_blocks=3"]
 VARIANTS: dict[str, list[str]] = {
-    "auto-knee": ["strategy.name=auto", "strategy.probe_blocks=1", "strategy.warm_start=false"],
-    "auto-nowarm": ["strategy.name=auto", "strategy.warm_start=false"],
-    "auto-lr": ["strategy.name=auto", "strategy.lr_finder=true"],
+    "auto-probe": _PROBE,
+    "auto-probe-warm": [*_PROBE, "strategy.warm_start=true"],
+    "auto-probe-lr": [*_PROBE, "strategy.warm_start=true", "strategy.lr_finder=true"],
 }
-LR_GRID.update({"auto-knee": LR_GRID["auto"], "auto-nowarm": LR_GRID["auto"], "auto-lr": [None]})
+LR_GRID.update({"auto-probe": LR_GRID["auto"], "auto-probe-warm": LR_GRID["auto"]})
+LR_GRID["auto-probe-lr"] = [None]
 _FMNIST = ["data.source=fashion_mnist", "data.subset=vendored", "data.val_fraction=0.1"]
 _DIGITS = ["data.source=digits", "data.val_fraction=0.15", "data.test_fraction=0.25"]
 _SHAPES = ["data.source=imagefolder", "data.path={shapes}", "data.val_fraction=0.15"]

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from nctune._section import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Section
 from nctune.backbones.factory import spec_source
@@ -229,10 +229,10 @@ class StrategyConfig(Section):
         description="lp-ft: learning-rate factor for the full fine-tuning phase.",
     )
     probe_blocks: int = Field(
-        3,
+        1,
         ge=1,
         le=16,
-        description="auto: how many of the rule's best blocks the collapse probe tries (1: the rule's pick, no probe).",
+        description="auto: how many of the rule's best blocks the collapse probe tries (1, the default: the rule's pick, no probe; the probe did not beat it in benchmarks/suite.py, docs/evidence.md).",
     )
     probe_steps: int | None = Field(
         None,
@@ -240,8 +240,8 @@ class StrategyConfig(Section):
         description="auto: the probe's budget in optimizer steps, split evenly across the blocks (default: one epoch's steps).",
     )
     warm_start: bool = Field(
-        True,
-        description="auto: fit the probed heads by a linear probe first, and continue training from the winner's probed weights.",
+        False,
+        description="auto with a probe: fit the probed heads by a linear probe first, and continue training from the winner's probed weights (off: it cost accuracy in benchmarks/suite.py).",
     )
     lr_finder: bool = Field(
         False,
@@ -252,6 +252,18 @@ class StrategyConfig(Section):
     @classmethod
     def _known_strategy(cls, v: str) -> str:
         return _registered_strategy(v)
+
+    @model_validator(mode="after")
+    def _probe_levers_need_the_probe(self) -> StrategyConfig:
+        # warm start and the range test work on the probe's winner: without a probe they
+        # would be switched on and do nothing
+        for lever in ("warm_start", "lr_finder"):
+            if getattr(self, lever) and self.probe_blocks < 2:
+                raise ValueError(
+                    f"strategy.{lever} works on the collapse probe's winner; set "
+                    "strategy.probe_blocks to 2 or more, or turn it off"
+                )
+        return self
 
     @field_validator("rule")
     @classmethod

@@ -49,26 +49,25 @@ AUTO = """\
 
 1. **Profile** (one pass over the training images, one over validation): every block's NC1
    and nearest-class-centre accuracy (`nctune analyze`'s pass).
-2. **Rank** the blocks with `strategy.rule` (default `knee`) and keep its
-   `strategy.probe_blocks` best (default 3; `1` skips the probe and tunes the rule's pick).
-3. **Collapse probe**: the input of the shallowest candidate is computed once and cached;
-   each candidate trains (SCL: the block and a skip head) for its share of
-   `strategy.probe_steps` optimizer steps (default: one epoch's steps in all). With
-   `strategy.warm_start` (default on), each candidate's head first gets a linear probe on
-   its frozen features. The winner is the candidate whose head-input features collapse most
-   on the training data (lowest NC1 after), or, when the validation split holds at least 20
-   images per class, the most accurate one (ties within one standard error: lowest NC1).
-   Every candidate's figures and the reason go to `report.json`'s `probe` and the report.
-4. **Learning rate**: `train.lr`, or with `strategy.lr_finder` a short range test on the
-   winner's cached prefix (`report.json`'s `lr_finder`).
-5. **Train** the winner (SCL) from the probe's weights (with `warm_start`) on the cached
-   frozen prefix: each epoch costs the suffix only.
-6. **Measure after**: one pass from the cache re-measures the tuned block, the blocks after
-   it and the head's input; frozen blocks keep their profile figures (`remeasured: false`).
+2. **Choose** the block with `strategy.rule` (default `knee`: the block after which NC1 stops
+   falling by more than `strategy.threshold` per block).
+3. **Optionally probe** (`strategy.probe_blocks: 3`): the rule's best blocks each train
+   briefly (SCL, their share of `strategy.probe_steps` optimizer steps, default one epoch's)
+   from one cached prefix, and the winner is the one whose head-input features collapse most
+   on the training data (lowest NC1 after), or — when validation holds at least 20 images
+   per class — the most accurate one (ties within one standard error: lowest NC1).
+   `strategy.warm_start` continues from the winner's probed weights, its head first fitted
+   by a linear probe; `strategy.lr_finder` sets `train.lr` by a range test on the winner's
+   cached prefix. Every probed block's figures and the reason go to `report.json`'s `probe`,
+   the report and `training.png`. All three are off by default: in `benchmarks/suite.py`
+   none of them beat the rule's pick ([evidence.md](evidence.md#autos-levers-benchmarkssuitepy)).
+4. **Train** the block with the SCL skip head from the cached frozen prefix: the prefix runs
+   once, each epoch costs the suffix only.
+5. **Measure after** in one pass from the cache: the tuned block, the blocks after it and the
+   head's input; frozen blocks keep their profile figures (`remeasured: false`).
 
-The plan (winner, learning rate) is written to `auto.json` in the run folder before training,
-so `--resume` continues with the same block without probing again. How each lever was
-measured, and why these are the defaults: [evidence.md](evidence.md).
+With a probe, the plan (winner, learning rate) is written to `auto.json` in the run folder
+before training, so `--resume` continues with the same block without probing again.
 """
 
 

@@ -49,9 +49,9 @@ def passes(*overrides: str):
         # the profile, then the cache of the block's input: before/after from the cache
         (["strategy.name=scl", "strategy.layers=[layer3.0]"], 2),
         # the profile, the probe's cache (shallowest candidate), the winner's cache
-        (["strategy.name=auto"], 3),
-        # no probe: the profile and the rule's block's cache
-        (["strategy.name=auto", "strategy.probe_blocks=1"], 2),
+        (["strategy.name=auto", "strategy.probe_blocks=3"], 3),
+        # the default, no probe: the profile and the rule's block's cache
+        (["strategy.name=auto"], 2),
     ],
 )
 def test_passes_over_the_training_images(strategy, expected):
