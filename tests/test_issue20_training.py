@@ -22,6 +22,7 @@ from nctune.cli import app
 from nctune.errors import ArtifactError
 from nctune.training.callbacks import CallbackList
 from tests.cli.conftest import plain_stderr  # noqa: F401 - autouse: a plain stderr console
+from tests.expect import one_line
 
 FINETUNE = importlib.import_module("nctune.finetune")
 TRAIN = importlib.import_module("nctune.training.train")
@@ -51,17 +52,6 @@ def invoke(*args: object) -> Result:
     if argv and argv[0] == "finetune":
         argv.insert(1, "-q")
     return CliRunner().invoke(app, argv)
-
-
-def one_line(res: Result, *names: str) -> str:
-    """Exit 2, no traceback, exactly one stderr line naming ``names``; the line."""
-    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
-    assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
-    lines = [x for x in res.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1, res.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def finite(tensors: dict) -> bool:

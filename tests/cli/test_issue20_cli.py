@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from nctune.cli import app
+from tests.expect import one_line
 from tests.test_issue20_serving import nan_model_run
 
 INFERENCE = importlib.import_module("nctune.serving.inference")
@@ -19,16 +20,6 @@ INFERENCE = importlib.import_module("nctune.serving.inference")
 
 def invoke(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line(res, *names: str) -> str:
-    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
-    assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
-    lines = [x for x in res.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1, res.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 # ------------------------------------------------------------------ item 7: predict

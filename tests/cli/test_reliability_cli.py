@@ -22,6 +22,7 @@ from typer.testing import CliRunner, Result
 
 from nctune.cli import app
 from nctune.runs._lock import lock_path
+from tests.expect import one_line
 from tests.tiny import extend, set_args, tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,17 +42,6 @@ def invoke(*args: object) -> Result:
     if argv and argv[0] in ("analyze", "finetune", "sweep"):
         argv.insert(1, "-q")  # no pass/epoch log lines (issue 15): stderr is the error alone
     return CliRunner().invoke(app, argv)
-
-
-def one_line(res: Result, *names: str) -> str:
-    """Exit 2, no traceback, exactly one stderr line naming ``names``; the line."""
-    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
-    assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
-    lines = [x for x in res.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1, res.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def siblings(out: Path) -> list[str]:
