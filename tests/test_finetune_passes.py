@@ -114,3 +114,21 @@ def test_the_cached_after_pass_equals_the_image_pass():
     assert cached.train_accuracy == pytest.approx(images.train_accuracy)
     for a, b in zip(cached.layers, images.layers, strict=True):
         assert a["nc1_after"] == pytest.approx(b["nc1_after"], rel=1e-4), a["name"]
+
+
+def test_the_probe_is_in_the_report_with_every_block_and_why():
+    _, result = passes("strategy.name=auto", "strategy.probe_blocks=3")
+    doc = result.to_dict()
+    probe = doc["probe"]
+    assert probe["winner"] == result.tuned_layers[0] == doc["selection"]["layers"][0]
+    blocks = [c["block"] for c in probe["candidates"]]
+    assert len(blocks) == 3 and probe["winner"] in blocks
+    assert all(c["steps"] >= 1 and c["nc1_before"] is not None for c in probe["candidates"])
+    assert probe["steps"] <= probe["budget_steps"] and probe["why"]
+    assert (
+        "collapse probe" in doc["selection"]["reason"]
+        and probe["why"] in doc["selection"]["reason"]
+    )
+    # the head input's NC1 before training is the probe's measurement of the winner
+    winner = next(c for c in probe["candidates"] if c["block"] == probe["winner"])
+    assert doc["nc1_before"] == winner["nc1_before"]
