@@ -13,6 +13,7 @@ only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from nctune.analyze import profile_taps
 from nctune.distributed import all_reduce_sum
 from nctune.profile import PRE_LOGITS, CollapseProfile, LayerCollapse
 from nctune.taps import TapSpec
+from nctune.training.batches import CachedBatches
 from nctune.training.callbacks import Callback, CallbackList
 from nctune.training.evaluation import num_batches
 
@@ -151,13 +153,13 @@ def measure_after(
         nc1=_finite_nc1(head),
         accuracy=correct / seen if seen else float("nan"),
         num_samples=profile.num_samples,
-        cached=hasattr(train, "cache"),
+        cached=isinstance(train, CachedBatches),
     )
 
 
 def _finite_nc1(layer: LayerCollapse) -> float | None:
-    nc1 = layer.nc1
-    return nc1 if nc1 == nc1 and nc1 not in (float("inf"), float("-inf")) else None
+    """The layer's NC1, or None where it is undefined (the report's JSON is strict)."""
+    return layer.nc1 if math.isfinite(layer.nc1) else None
 
 
 def changed_blocks(block_names: list[str], tuned_layers: list[str]) -> list[str]:
