@@ -29,6 +29,7 @@ from nctune.errors import ArtifactError
 from nctune.profile import CollapseProfile
 from nctune.runs._io import atomic_write_text, to_json
 from nctune.selection import rank_blocks
+from nctune.training.lr_finder import lr_range_test
 from nctune.training.probe import probe_blocks
 from nctune.training.strategies import STRATEGY_REGISTRY
 
@@ -173,8 +174,6 @@ def choose_lr(plan: AutoPlan, model: torch.nn.Module, source: Any, recipe: Recip
         recipe: ``train.weight_decay``, ``train.grad_clip``, ``train.amp`` and the seed.
         device: where it runs.
     """
-    from nctune.training.lr_finder import lr_range_test
-
     if plan.lr is not None:
         return
     t = recipe.train

@@ -140,9 +140,9 @@ def nc1_before(ctx: RunContext, applied, before: CollapseProfile | None, plan) -
     skip = STRATEGY_REGISTRY.get(recipe.strategy.name).skip
     if not skip and pre is not None and before.num_samples == len(plain.train):
         return pre.nc1 if math.isfinite(pre.nc1) else None
-    source = sources[0] if sources is not None and sources[0] is not None else None
-    if source is None:
-        source = ImageBatches(shard_dataset(plain.train), recipe.data.batch_size, ctx.device)
+    source = (sources or (None,))[0] or ImageBatches(
+        shard_dataset(plain.train), recipe.data.batch_size, ctx.device
+    )
     stop = LambdaCallback(should_stop=ctx.callbacks.should_stop)  # no progress display
     _, stats = evaluate(
         applied.model, source, ctx.device, plain.num_classes, recipe.train.amp, callbacks=stop

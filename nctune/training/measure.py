@@ -43,14 +43,12 @@ class AfterTraining:
             pre-logits features when any block trained).
         nc1: NC1 of the head's input on the training split (None when undefined).
         accuracy: training accuracy of the kept weights, in eval mode.
-        num_samples: training samples the pass saw.
         cached: whether the pass ran from the prefix cache (suffix only).
     """
 
     layers: dict[str, LayerCollapse]
     nc1: float | None
     accuracy: float
-    num_samples: int
     cached: bool
 
 
@@ -152,7 +150,6 @@ def measure_after(
         layers=measured,
         nc1=_finite_nc1(head),
         accuracy=correct / seen if seen else float("nan"),
-        num_samples=profile.num_samples,
         cached=isinstance(train, CachedBatches),
     )
 

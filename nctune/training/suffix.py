@@ -31,9 +31,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nctune.collapse import CollapseStats
-from nctune.errors import CollapseError
 from nctune.taps import amp_dtype, autocast
 from nctune.training.batches import ImageBatches
+from nctune.training.evaluation import safe_nc1
 from nctune.training.optim import make_optimizer, no_weight_decay_ids
 
 
@@ -109,13 +109,9 @@ class PassResult:
 
 
 def _nc1(stats: CollapseStats | None) -> float:
-    if stats is None:
-        return math.nan
-    try:
-        value = float(stats.compute().nc1)
-    except CollapseError:  # too few samples or classes to define it: callers rank by others
-        return math.nan
-    return value if math.isfinite(value) else math.nan
+    """:func:`~nctune.training.evaluation.safe_nc1`, NaN where undefined (callers rank by it)."""
+    value = safe_nc1(stats)
+    return value if value is not None and math.isfinite(value) else math.nan
 
 
 def measure(
