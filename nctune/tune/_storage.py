@@ -92,17 +92,24 @@ def open_storage(url: str, heartbeat: int = 30, grace: int | None = None):
                         url, failed_trial_callback=_retry_callback(), **kw
                     )
         except Exception as err:  # SQLAlchemy / driver errors have no common base worth naming
-            # Workers starting together on a new database race to create Optuna's tables;
-            # the loser's CREATE fails ("already exists" in SQLite, a unique violation in
-            # PostgreSQL), and its next try finds them made.
-            racing = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError)
-            if isinstance(err, racing) and attempt < 3:
+            if _lost_the_race(err) and attempt < 3:
                 time.sleep(0.5 * (attempt + 1))
                 continue
             raise ConfigError(
                 f"--storage {shown(url)}: cannot open ({one_line(err, 200)})"
             ) from None
     raise AssertionError("unreachable")
+
+
+def _lost_the_race(err: Exception) -> bool:
+    """Workers starting together on a new database race to create Optuna's tables; the
+    loser's CREATE fails — "already exists" in SQLite (an OperationalError), DuplicateTable
+    (a ProgrammingError) or a unique violation on the catalogue (an IntegrityError) in
+    PostgreSQL — and its next try finds them made. Other programming errors (a permission,
+    a bad schema) are not retried: waiting would not change them."""
+    if isinstance(err, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError)):
+        return True
+    return isinstance(err, sqlalchemy.exc.ProgrammingError) and "already exists" in str(err)
 
 
 def _open_journal(url: str) -> optuna.storages.JournalStorage:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -208,50 +205,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
 
 
 # ------------------------------------------------------------ PostgreSQL
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def postgres():
-    """A throwaway PostgreSQL 15 server on a loopback port, as an unprivileged user."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL server binaries in {PG_BIN} (apt install postgresql-15)")
-    pytest.importorskip("psycopg", reason="psycopg is in the test extra: pip install -e .[test]")
-    root = Path(tempfile.mkdtemp(prefix="nctune-pg-"))
-    root.chmod(0o777)  # initdb refuses root: the server runs as nobody
-    user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
-    data, port = root / "data", _free_port()
-    run = dict(check=True, capture_output=True, timeout=120)
-    try:
-        subprocess.run(
-            [*user, PG_BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres"], **run
-        )
-        subprocess.run(
-            [
-                *user,
-                PG_BIN / "pg_ctl",
-                "-D",
-                data,
-                "-l",
-                root / "log",
-                "-w",
-                "-o",
-                f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
-                "start",
-            ],
-            **run,
-        )
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run([*user, PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"])
-        shutil.rmtree(root, ignore_errors=True)
+# (the `postgres` fixture lives in tests/conftest.py)
 
 
 @pytest.mark.slow
