@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import nctune
 from nctune.cli import app
 from nctune.data import list_images
-from nctune.errors import ExportError
+from nctune.errors import ArtifactError, ExportError
 from nctune.serving.export import export_run
 
 
@@ -33,7 +33,7 @@ def _pixels(run, n=6):
 def test_onnx_export_matches_pytorch(tiny_runs, tmp_path, strategy):
     ort = pytest.importorskip("onnxruntime")  # part of the test extra: CI installs it
     run = tiny_runs(strategy)
-    res = export_run(run.run_dir, "onnx", tmp_path / "m.onnx", dynamic_batch=True)
+    res = export_run(run.run_dir, "onnx", tmp_path / "m.onnx")
     assert res.path.is_file() and res.max_abs_diff <= 1e-4 and res.num_images == 12
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # one file, no temporaries
     session = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
@@ -58,15 +58,73 @@ def test_torchscript_export_matches_pytorch(tiny_runs, tmp_path, strategy):
     assert json.loads(extra["nctune.json"])["classes"] == ["ant", "bee", "cat"]
 
 
-def test_static_onnx_default_is_batch_one_and_lands_in_the_run(tiny_runs):
-    pytest.importorskip("onnxruntime")
+def test_default_onnx_export_takes_a_batch_of_16_and_matches_pytorch(tiny_runs):
+    ort = pytest.importorskip("onnxruntime")
     run = tiny_runs("scl")
-    res = export_run(run.run_dir, "onnx", num_images=3)
+    res = export_run(run.run_dir, "onnx", num_images=3)  # no dynamic_batch: the default
     try:
-        assert res.path == run.run_dir / "model.onnx" and res.input["shape"] == [1, 3, 32, 32]
+        assert res.path == run.run_dir / "model.onnx" and res.dynamic_batch
+        assert res.input["shape"] == ["batch", 3, 32, 32]
         assert res.num_images == 3 and res.opset and res.opset >= 17
+        session = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+        pixels, logits = _pixels(run, n=16)
+        assert len(pixels) == 16
+        out = session.run(None, {"pixels": pixels.numpy()})[0]
+        np.testing.assert_allclose(out, logits.numpy(), atol=1e-4, rtol=0)
     finally:
         res.path.unlink()
+
+
+def test_static_batch_onnx_is_batch_one(tiny_runs, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    run = tiny_runs("linear")
+    res = export_run(run.run_dir, "onnx", tmp_path / "m.onnx", dynamic_batch=False, num_images=3)
+    assert res.input["shape"] == [1, 3, 32, 32] and not res.dynamic_batch
+    session = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, 32, 32]
+
+
+def test_an_existing_file_is_refused_untouched_without_overwrite(tiny_runs, tmp_path):
+    run = tiny_runs("linear")
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"someone's file")
+    res = CliRunner().invoke(
+        app, ["export", str(run.run_dir), "--format", "torchscript", "--out", str(out)]
+    )
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--overwrite" in lines[0] and str(out) in lines[0], res.stderr
+    assert out.read_bytes() == b"someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no temporaries left
+    args = ["export", str(run.run_dir), "--format", "torchscript", "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--overwrite", "--json"])
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes() != b"someone's file" and json.loads(res.stdout)["path"] == str(out)
+
+
+def test_a_file_that_appears_during_the_export_is_not_clobbered(tiny_runs, tmp_path, monkeypatch):
+    import nctune.serving.export as ex
+
+    run = tiny_runs("linear")
+    out = tmp_path / "m.pt"
+    real = ex._run_torchscript
+
+    def racing(tmp, px):  # another process writes --out while this export verifies
+        out.write_bytes(b"theirs")
+        return real(tmp, px)
+
+    monkeypatch.setattr(ex, "_run_torchscript", racing)
+    with pytest.raises(ArtifactError, match="already exists"):
+        export_run(run.run_dir, "torchscript", out)
+    assert out.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_static_and_dynamic_batch_flags_together_are_refused(tiny_runs, tmp_path):
+    run = tiny_runs("linear")
+    args = ["export", str(run.run_dir), "--static-batch", "--dynamic-batch"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2 and "--static-batch" in res.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_beyond_tolerance_nothing_is_written(tiny_runs, tmp_path, monkeypatch):

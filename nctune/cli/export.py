@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from nctune.cli.common import JsonOpt, handle_errors, main_process_only
 from nctune.cli.render import Output, render
+from nctune.errors import ConfigError
 
 RunArg = Annotated[
     Path, typer.Argument(help="Run folder of nctune finetune (or its model.safetensors).")
@@ -31,9 +32,17 @@ OpsetOpt = Annotated[
         help="ONNX opset, within the range the exporter writes as asked (default: its own).",
     ),
 ]
-DynamicOpt = Annotated[
-    bool, typer.Option("--dynamic-batch", help="ONNX: any batch size (default: batch 1).")
+StaticOpt = Annotated[
+    bool,
+    typer.Option("--static-batch", help="ONNX: fix the batch at 1 (default: any batch size)."),
 ]
+DynamicOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dynamic-batch", help="Deprecated, no effect: the ONNX batch axis is dynamic by default."
+    ),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")]
 TolOpt = Annotated[
     float,
     typer.Option("--tolerance", help="Allowed logit difference, relative to max(1, max |logit|)."),
@@ -55,9 +64,11 @@ def export(
     format_: FormatOpt = "onnx",
     out: FileOutOpt = None,
     opset: OpsetOpt = None,
+    static_batch: StaticOpt = False,
     dynamic_batch: DynamicOpt = False,
     tolerance: TolOpt = 1e-4,
     images: ImagesOpt = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Export the run's model with its normalisation folded in; verify it, then write it.
@@ -65,18 +76,23 @@ def export(
     The export is run by its own runtime (onnxruntime, torch.jit.load) on real validation
     images and its logits compared with PyTorch's; beyond --tolerance nothing is written.
     The graph's input is float32 pixels in [0, 1], resized and centre-cropped as the run's
-    input config says (stored in the file's metadata).
+    input config says (stored in the file's metadata). The ONNX batch axis is dynamic
+    unless --static-batch; an existing file is refused unless --overwrite is given.
     """
     from nctune.serving.export import export_run
+
+    if static_batch and dynamic_batch:
+        raise ConfigError("--static-batch and --dynamic-batch: give one (dynamic is the default)")
 
     result = export_run(
         run,
         format_,
         out,
         opset=opset,
-        dynamic_batch=dynamic_batch,
+        dynamic_batch=not static_batch,
         tolerance=tolerance,
         images=images,
+        overwrite=overwrite,
     )
     pre = result.preprocessing
     line = (

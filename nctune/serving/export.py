@@ -328,16 +328,37 @@ def _run_torchscript(tmp: Path, pixels: torch.Tensor) -> torch.Tensor:
         return loaded(pixels)
 
 
+def _place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the verified file to ``out``; without ``overwrite`` never over a file that
+    appeared meanwhile (a hard link is created only where nothing is: atomic no-clobber)."""
+    if overwrite:
+        os.replace(tmp, out)
+        return
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise ArtifactError(
+            f"--out {out}: already exists; use --overwrite or another file"
+        ) from None
+    except OSError:  # a file system without hard links: checked once more, then renamed
+        if out.exists() or out.is_symlink():
+            raise ArtifactError(
+                f"--out {out}: already exists; use --overwrite or another file"
+            ) from None
+        os.replace(tmp, out)
+
+
 def export_run(
     run: str | Path,
     format: str = "onnx",
     out: str | Path | None = None,
     *,
     opset: int | None = None,
-    dynamic_batch: bool = False,
+    dynamic_batch: bool = True,
     tolerance: float = TOLERANCE,
     images: list[str | Path] | None = None,
     num_images: int = 16,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export a fine-tuned run to ONNX or TorchScript, verified against PyTorch.
 
@@ -347,11 +368,13 @@ def export_run(
         out: the file to write (default ``RUN/model.onnx`` or ``RUN/model.pt``).
         opset: ONNX opset version (default: the exporter's); one of
             :func:`onnx_opset_range`, ONNX only.
-        dynamic_batch: ONNX with a dynamic batch dimension (default: batch 1).
+        dynamic_batch: ONNX with a dynamic batch dimension (the default, as timm's
+            exporter); False fixes the batch at 1.
         tolerance: allowed relative logit difference (see the module docstring).
         images: image files/folders to verify on (default: the run's validation split,
             rebuilt from its ``recipe.yaml``; else its test, else its training split).
         num_images: how many verification images.
+        overwrite: replace an existing ``out`` (default: refuse it, before any work).
 
     Returns:
         An :class:`ExportResult`.
@@ -361,7 +384,8 @@ def export_run(
             ``opset`` outside :func:`onnx_opset_range` (or given for TorchScript; checked
             before the run is loaded), an exporter failure or a file of another opset
             than asked, or logits beyond the tolerance — nothing is written.
-        ArtifactError: the run cannot be loaded or ``out`` cannot be written.
+        ArtifactError: the run cannot be loaded, ``out`` cannot be written, or ``out``
+            exists and ``overwrite`` is False (the file is left as it was).
         DataError: the verification images cannot be found or read.
     """
     start = time.perf_counter()
@@ -375,12 +399,14 @@ def export_run(
     if format == "onnx":
         _require("onnx", "onnxscript", "onnxruntime")  # before any slow work
     _check_opset(format, opset)
-    model = load_finetuned(run, device="cpu")
     run_dir = run if run.is_dir() else run.parent
     out = Path(out) if out is not None else run_dir / f"model{SUFFIX[format]}"
     if out.is_dir():
         raise ArtifactError(f"--out {out}: is a folder; give a file name")
+    if not overwrite and (out.exists() or out.is_symlink()):
+        raise ArtifactError(f"--out {out}: already exists; use --overwrite or another file")
     check_writable(out.parent)
+    model = load_finetuned(run, device="cpu")
     pixels = _verification_pixels(run, model, images, num_images)
     ic = model.input_config
     serving = _Serving(model, per_channel(ic.mean, "mean"), per_channel(ic.std, "std")).eval()
@@ -391,8 +417,9 @@ def export_run(
     classes = [str(c) for c in (model.classes or range(model.num_classes))]
     meta = json.dumps({"classes": classes, "preprocessing": preprocessing, "nctune_format": "1"})
     # batch 2 for a dynamic trace: torch.export specialises a size-1 dimension
-    example = pixels[:2] if dynamic_batch and len(pixels) > 1 else pixels[:1]
-    if dynamic_batch and len(example) < 2:
+    dynamic = dynamic_batch and format == "onnx"
+    example = pixels[:2] if dynamic and len(pixels) > 1 else pixels[:1]
+    if dynamic and len(example) < 2:
         example = pixels[:1].repeat(2, 1, 1, 1)
 
     private = _private_dir(out)
@@ -424,7 +451,7 @@ def export_run(
                 f"{format} export of {run} differs from PyTorch by {diff:.3g} on "
                 f"{len(pixels)} validation images (allowed {allowed:.3g}); nothing written"
             )
-        os.replace(tmp, out)
+        _place(tmp, out, overwrite)
     finally:
         shutil.rmtree(private, ignore_errors=True)
     return ExportResult(
