@@ -100,9 +100,13 @@ class DataConfig(Section):
         # one entry per registered source, from its loader's docstring (nctune/data/sources/)
         description=sources_help(),
     )
-    path: Path | None = Field(None, description="Dataset root folder or manifest file.")
+    path: Path | None = Field(
+        None,
+        description="Dataset root folder or manifest file; hf: a save_to_disk folder or a Parquet/Arrow file; webdataset: a .tar shard, a brace pattern (shards/train-{000000..000099}.tar) or a folder of shards.",
+    )
     name: str | None = Field(
-        None, description="torchvision dataset class name (source: torchvision), e.g. CIFAR10."
+        None,
+        description="torchvision dataset class name (source: torchvision), e.g. CIFAR10; hf: a hub dataset name (online only).",
     )
     download: bool = Field(
         False, description="Let torchvision download the dataset (needs network)."
@@ -147,6 +151,18 @@ class DataConfig(Section):
         0,
         ge=0,
         description="DataLoader worker processes that decode images (0: in the main process). CPU threads of torch itself: the top-level `threads`.",
+    )
+    image_key: str | None = Field(
+        None,
+        description="hf: the image column (default 'image'); webdataset: the image keys tried in order, ';'-separated (default 'png;jpg;jpeg;webp').",
+    )
+    label_key: str | None = Field(
+        None,
+        description="hf: the label column, integer or ClassLabel (default 'label'); webdataset: the label key, an integer (default 'cls').",
+    )
+    classes: list[str] | None = Field(
+        None,
+        description="hf, webdataset: class names for integer labels 0..K-1 (default: the ClassLabel names, or classes.txt beside the shards, else '0'..'K-1').",
     )
 
     @field_validator("source")

@@ -21,6 +21,7 @@ from nctune.cli.finetune import finetune
 from nctune.cli.init import init
 from nctune.cli.predict import predict
 from nctune.cli.rank import rank
+from nctune.cli.shard import shard
 from nctune.cli.sweep import sweep
 from nctune.cli.tune import tune
 from nctune.errors import one_line
@@ -40,6 +41,7 @@ app.command("predict")(predict)  # a run folder, not a recipe: no recipe-field e
 app.command("export")(export)
 app.command("rank", epilog=EPILOG)(rank)
 app.command("tune", epilog=EPILOG)(tune)
+app.command("shard")(shard)  # an image folder, not a recipe
 
 
 def _print_version(value: bool) -> None:

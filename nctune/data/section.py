@@ -26,3 +26,6 @@ class DataSection(Protocol):
     augment: bool
     batch_size: int
     num_workers: int
+    image_key: str | None
+    label_key: str | None
+    classes: list[str] | None

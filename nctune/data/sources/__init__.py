@@ -22,6 +22,8 @@ from nctune.data.sources import imagefolder  # noqa: F401
 from nctune.data.sources import csv  # noqa: F401
 from nctune.data.sources import torchvision  # noqa: F401
 from nctune.data.sources import digits  # noqa: F401
+from nctune.data.sources import hf  # noqa: F401
+from nctune.data.sources import webdataset  # noqa: F401
 # isort: on
 
 __all__ = ["SOURCES", "list_sources", "sources_help"]

@@ -85,3 +85,37 @@ def _check_classes(classes: list[str], where: str, what: str) -> None:
     if len(classes) < 2:
         found = f"only {_short_list(classes)}" if classes else "none"
         raise DataError(f"{where}: needs at least two classes ({what}), found {found}")
+
+
+def _optional(module: str, extra: str, field: str) -> Any:
+    """Import an optional dependency, or a one-line DataError naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError(
+            f"{field}: needs the optional package {module!r} (pip install 'nctune[{extra}]')"
+        ) from None
+
+
+def _integer_classes(labels: np.ndarray, names: list[str] | None, where: str) -> list[str]:
+    """Class names for integer labels 0..K-1: ``names`` when given, else ``'0'..'K-1'``.
+
+    Raises:
+        DataError: a negative label, a label beyond ``names``, or fewer than two classes.
+    """
+    if labels.size and int(labels.min()) < 0:
+        raise DataError(f"{where}: label {int(labels.min())} is negative; labels are 0..K-1")
+    top = int(labels.max()) + 1 if labels.size else 0
+    if names is not None:
+        if top > len(names):
+            raise DataError(
+                f"{where}: label {top - 1} has no class name ({len(names)} names given); "
+                "list every class in data.classes"
+            )
+        classes = list(names)
+    else:
+        classes = [str(i) for i in range(top)]
+    _check_classes(classes, where, "distinct labels")
+    return classes

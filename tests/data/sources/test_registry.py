@@ -8,12 +8,20 @@ from nctune.config import DataConfig, load_recipe
 from nctune.data import SOURCES, list_sources
 from nctune.errors import ConfigError
 
-FIVE = ["fashion_mnist", "imagefolder", "csv", "torchvision", "digits"]
+SOURCES_IN_ORDER = [
+    "fashion_mnist",
+    "imagefolder",
+    "csv",
+    "torchvision",
+    "digits",
+    "hf",
+    "webdataset",
+]
 
 
-def test_registry_lists_the_five_sources_default_first():
-    assert list_sources() == FIVE == SOURCES.names()
-    assert all(callable(SOURCES.get(name)) for name in FIVE)
+def test_registry_lists_every_source_default_first():
+    assert list_sources() == SOURCES_IN_ORDER == SOURCES.names()
+    assert all(callable(SOURCES.get(name)) for name in SOURCES_IN_ORDER)
     assert DataConfig().source == list_sources()[0]
 
 
@@ -31,12 +39,12 @@ def test_unknown_source_in_a_recipe_is_one_line(tmp_path):
         load_recipe(path)
     assert str(info.value) == (
         f"{path}: data.source: unknown data source 'imagefolde' — did you mean 'imagefolder'? "
-        "(registered: fashion_mnist, imagefolder, csv, torchvision, digits)"
+        "(registered: fashion_mnist, imagefolder, csv, torchvision, digits, hf, webdataset)"
     )
     with pytest.raises(ConfigError, match=r"^--set: data\.source: unknown data source 'x'"):
         load_recipe(None, ["data.source=x"])
 
 
-@pytest.mark.parametrize("name", FIVE)
+@pytest.mark.parametrize("name", SOURCES_IN_ORDER)
 def test_every_registered_source_validates(name):
     assert DataConfig(source=name).source == name
