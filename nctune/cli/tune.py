@@ -13,6 +13,7 @@ import typer
 from rich.live import Live
 from rich.markup import escape
 
+from nctune.cli import common
 from nctune.cli.common import (
     JsonOpt,
     OutOpt,
@@ -89,6 +90,35 @@ def _said_at_once(category: type[Warning]) -> Iterator[None]:
         yield
 
 
+class _WaitNotice:
+    """One line on stderr each time what this worker waits for changes: the trials other
+    workers hold at the end of a study, whose, since when, and how long until a silent one
+    is failed and retried (a killed worker's trial would otherwise hold a re-run silent for
+    the whole grace period); and one when a dead worker's trial is retried at once."""
+
+    def __init__(self) -> None:
+        self.said: set[tuple[int, bool]] = set()
+
+    def __call__(self, held: list) -> None:
+        now = {(h.number, h.dead) for h in held}
+        if now <= self.said or common._verbosity < 0:
+            return
+        self.said |= now
+        for h in held:
+            since = f", since {h.since:%H:%M:%S}" if h.since else ""
+            whose = f"worker {h.worker}" if h.worker else "a worker"
+            if h.dead and h.left <= 0:
+                notice(f"trial {h.number}: {whose}{since} is gone from this machine; retried now")
+                continue
+            state = (
+                f"{whose}, gone from this machine{since}; retried in {h.left:.0f}s"
+                if h.dead
+                else f"{whose}{since}, silent {h.silent:.0f}s; if it stays silent, failed and "
+                f"retried in {h.left:.0f}s (search.grace)"
+            )
+            notice(f"waiting for trial {h.number} ({state})")
+
+
 @handle_errors
 def tune(
     recipe: RecipeArg = None,
@@ -147,6 +177,7 @@ def tune(
                     should_stop=stop,
                     on_trial=on_trial,
                     progress=progress,
+                    on_wait=_WaitNotice(),
                 )
             finally:
                 live.stop()

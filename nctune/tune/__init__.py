@@ -19,13 +19,14 @@ Several workers (processes, machines) share a study through its storage: SQLite 
 ``OUT/study.db`` by default, any SQLAlchemy URL (PostgreSQL, MySQL), or an Optuna
 journal file (``journal:PATH`` or a path ending in ``.log``). With a SQL storage a
 running trial sends a heartbeat; a trial whose worker died is marked failed after the
-grace period and retried once (Optuna's retry callback). Re-running the same search
+grace period (after one missed heartbeat when that worker ran on this machine and its
+process is gone) and retried once (Optuna's retry callback). Re-running the same search
 continues the study until it holds ``search.trials`` finished (complete or pruned) trials.
 A search folder belongs to one study (``OUT/study.json``): another study is refused there,
 never let overwrite its trials. A grid search queues its points and runs each once.
 
-The library never prints: progress goes to the ``on_trial`` and ``progress`` callbacks,
-and the result is a :class:`SearchResult`.
+The library never prints: progress goes to the ``on_trial`` and ``progress`` callbacks
+(and what a worker waits for to ``on_wait``), and the result is a :class:`SearchResult`.
 """
 
 from nctune.tune._objective import CACHE_DIR, TRIAL_FILE, TRIALS_DIR

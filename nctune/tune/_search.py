@@ -36,6 +36,7 @@ class Search:
         should_stop: polled during training; True ends the running trial and the search.
         on_trial: called with a :class:`TrialRecord` as a trial starts, advances and ends.
         progress: ``progress(phase, done, total, info=...)`` for the running trial.
+        on_wait: called with the trials other workers hold while this one waits for them.
         profile_seconds: time spent measuring collapse profiles in this worker.
     """
 
@@ -52,6 +53,7 @@ class Search:
     should_stop: Callable[[], bool] | None = None
     on_trial: Callable[[TrialRecord], None] | None = None
     progress: Callable[..., None] | None = None
+    on_wait: Callable[[list], None] | None = None
     profile_seconds: float = 0.0
     _profiles: dict[str, CollapseProfile] = field(default_factory=dict, repr=False)
 

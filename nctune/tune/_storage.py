@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import socket
 import sqlite3
 import time
 import urllib.parse
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ import optuna
 import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.samplers import BaseSampler
+from optuna.trial import TrialState
 
 from nctune.config import Recipe
 from nctune.errors import ConfigError, one_line
@@ -99,6 +105,119 @@ def open_storage(url: str, heartbeat: int = 30, grace: int | None = None):
                 f"--storage {shown(url)}: cannot open ({one_line(err, 200)})"
             ) from None
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A running trial of the study that another worker holds (what a waiting worker waits
+    for).
+
+    Attributes:
+        number: the trial number.
+        worker: ``host:pid`` of the worker that started it (None before it said).
+        since: when the trial started (the storage's clock).
+        silent: seconds since its last heartbeat.
+        left: seconds until it counts as dead (failed and retried) if it stays silent.
+        dead: its worker ran on this machine and that process is gone, so the short grace
+            applies (:func:`holders`).
+    """
+
+    number: int
+    worker: str | None
+    since: datetime | None
+    silent: float
+    left: float
+    dead: bool
+
+
+def holders(study: optuna.Study) -> list[Holder]:
+    """The study's running trials held by other workers, with their heartbeat's age.
+
+    A trial counts as dead after the storage's grace period without a heartbeat, or — when
+    its worker ran on this machine and that process is gone (:func:`_gone`) — after one
+    missed heartbeat (:math:`\\min(\\text{grace}, \\text{heartbeat} + 2)` seconds): a
+    ``kill -9`` on one machine is then retried within seconds, not after the whole grace.
+    The missed beat is kept as a second proof (a worker in another PID namespace of a host
+    with the same name would have beaten). Empty without a heartbeat (journal storages).
+    """
+    store = getattr(study._storage, "_backend", study._storage)  # Optuna wraps it in a cache
+    interval = getattr(store, "heartbeat_interval", None)
+    if interval is None:
+        return []
+    grace = store.grace_period or 2 * interval
+    short = min(grace, interval + 2)
+    ages = _heartbeat_ages(store, study._study_id)
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if t._trial_id not in ages or t.user_attrs.get("surplus") or worker == worker_name():
+            continue
+        silent = ages[t._trial_id]
+        dead = _gone(worker)
+        left = (short if dead else grace) - silent
+        out.append(Holder(t.number, worker, t.datetime_start, silent, max(0.0, left), dead))
+    return out
+
+
+def fail_dead(study: optuna.Study, held: list[Holder]) -> None:
+    """Fail the trials whose worker is provably dead (:func:`holders`) and whose short grace
+    passed, and run the storage's retry callback on them, as Optuna's own stale check does."""
+    store = study._storage
+    ids = {t.number: t._trial_id for t in study.get_trials(deepcopy=False)}
+    callback = store.get_heartbeat_stale_trial_callback()
+    for h in held:
+        if not (h.dead and h.left <= 0):
+            continue
+        try:
+            if not store.set_trial_state_values(ids[h.number], state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        if callback is not None:
+            callback(study, copy.deepcopy(store.get_trial(ids[h.number])))
+
+
+def worker_name() -> str:
+    """``host:pid`` of this process, as a trial records its worker."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(worker: str | None) -> bool:
+    """True when ``worker`` (``host:pid``) ran on this machine and that process is gone (or
+    a zombie). A reused PID reads as alive: the full grace applies then, never a shorter one."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    try:  # a killed child its parent has not reaped yet
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        return stat.rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _heartbeat_ages(store, study_id: int) -> dict[int, float]:
+    """Seconds since each running trial's last heartbeat (by trial id), on the database's
+    clock (the one Optuna's stale check reads)."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(store.scoped_session) as session:
+        now = session.execute(sqlalchemy.func.now()).scalar()
+        rows = (
+            session.query(models.TrialHeartbeatModel.trial_id, models.TrialHeartbeatModel.heartbeat)
+            .join(models.TrialModel)
+            .filter(models.TrialModel.study_id == study_id)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .all()
+        )
+    now = now.replace(tzinfo=None)
+    return {tid: (now - beat.replace(tzinfo=None)).total_seconds() for tid, beat in rows}
 
 
 def _lost_the_race(err: Exception) -> bool:

@@ -33,7 +33,10 @@ from nctune.tune._result import SearchFailedError, SearchResult, TrialRecord
 from nctune.tune._search import Search
 from nctune.tune._space import grid, resolved_space
 from nctune.tune._storage import (
+    Holder,
     comparable,
+    fail_dead,
+    holders,
     make_pruner,
     make_sampler,
     open_storage,
@@ -58,6 +61,7 @@ def tune(
     should_stop: Callable[[], bool] | None = None,
     on_trial: Callable[[TrialRecord], None] | None = None,
     progress: Callable[..., None] | None = None,
+    on_wait: Callable[[list[Holder]], None] | None = None,
 ) -> SearchResult:
     """Search the recipe's ``search.space`` with Optuna; every trial is a ``finetune`` run.
 
@@ -86,6 +90,10 @@ def tune(
         on_trial: called with a :class:`TrialRecord` when a trial starts, after each of its
             epochs, and when it ends.
         progress: ``progress(phase, done, total, info=...)`` for the running trial.
+        on_wait: called about twice a second, while this worker waits for trials other
+            workers hold (the study's last ones), with a :class:`Holder` for each: which
+            trial, whose, since when, and the seconds left before a silent one is failed
+            and retried (``left`` 0: a dead worker's trial this worker just failed).
 
     Returns:
         The :class:`SearchResult`; the files above are written.
@@ -127,6 +135,7 @@ def tune(
         should_stop=should_stop,
         on_trial=on_trial,
         progress=progress,
+        on_wait=on_wait,
     )
     if s.metric == "val_accuracy" and search.base.splits.val is None:
         raise ConfigError(
@@ -289,8 +298,15 @@ def _run(study: optuna.Study, search: Search, *, heartbeat: bool) -> bool:
             return False
         if own_failures >= want:
             return False
+        held: list[Holder] = []
         if heartbeat:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, retried
+            held = holders(study)
+            fail_dead(study, held)  # sooner when its process on this machine is gone
+            freed = [h for h in held if h.dead and h.left <= 0]
+            held = [h for h in held if h not in freed]
+            if freed and search.on_wait is not None:
+                search.on_wait(freed)  # failed just now, to be retried here
         ts = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
         done = sum(t.state in FINISHED for t in ts)
         running = sum(t.state == TrialState.RUNNING for t in ts) if heartbeat else 0
@@ -303,6 +319,8 @@ def _run(study: optuna.Study, search: Search, *, heartbeat: bool) -> bool:
         # and come back as a retry; a waiting point beyond `want` is left for a larger search.
         last = done + running >= want
         if (last and (on_grid or not waiting)) or (on_grid and not waiting):
+            if search.on_wait is not None and held:
+                search.on_wait(held)  # say what this worker waits for, not silence
             time.sleep(0.5)
             continue
         before = objective.failed
