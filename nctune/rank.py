@@ -18,7 +18,6 @@ others are kept. The library never prints; ``nctune.report.rank`` renders the re
 from __future__ import annotations
 
 import gc
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,8 +32,8 @@ from nctune.config import BackboneConfig, Recipe, recipe_from_dict
 from nctune.data import build_data, resolve_input_config
 from nctune.errors import ArtifactError, BackboneError, ConfigError, NctuneError, one_line
 from nctune.finetune import finetune
-from nctune.profile import PRE_LOGITS, CollapseProfile
-from nctune.scores import SCORES, hscore, knn_accuracy, logme, stratified_indices
+from nctune.rank_scores import Keep, add_ncti, feature_scores, finite, nc_scores, static_scores
+from nctune.scores import SCORES, stratified_indices
 from nctune.taps import resolve_device
 from nctune.training.callbacks import LambdaCallback
 
@@ -88,7 +87,9 @@ class Candidate:
         dim: width of the penultimate features.
         image_size: input side the candidate ran at.
         seconds: wall time per phase: ``load`` (backbone + data), ``pass`` (the streaming
-            pass: train, then val), ``scores`` (LogME, H-score, k-NN), ``validate``.
+            pass: train, then val), ``scores`` (LogME, H-scores, k-NN, static baselines),
+            ``validate``; and the process's CPU time of the pass and the scores
+            (``pass_cpu``, ``scores_cpu``).
         validation: the validation fine-tune (strategy, test and val accuracy, seconds,
             trainable parameters), or ``{"error": reason}``; None when not validated.
     """
@@ -106,6 +107,7 @@ class Candidate:
     image_size: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     validation: dict[str, Any] | None = None
+    geometry: float | None = field(default=None, repr=False)
 
     def accuracy(self, metric: str) -> float | None:
         """The validation fine-tune's ``metric`` (None when not validated or failed)."""
@@ -206,63 +208,6 @@ class Ranking:
         }
 
 
-class _Keep:
-    """The pre-logits features at chosen stream positions, per phase (a :data:`FeatureFn`)."""
-
-    def __init__(self, positions: dict[str, np.ndarray]) -> None:
-        self.positions = positions
-        self.seen = dict.fromkeys(positions, 0)
-        self.feats: dict[str, list[torch.Tensor]] = {p: [] for p in positions}
-        self.labels: dict[str, list[torch.Tensor]] = {p: [] for p in positions}
-
-    def __call__(self, phase: str, name: str, feats: torch.Tensor, labels: torch.Tensor) -> None:
-        if name != PRE_LOGITS or phase not in self.positions:
-            return
-        start = self.seen[phase]
-        self.seen[phase] += feats.shape[0]
-        pos = self.positions[phase]
-        lo, hi = np.searchsorted(pos, [start, start + feats.shape[0]])
-        if hi > lo:
-            rows = torch.as_tensor(pos[lo:hi] - start, device=feats.device)
-            self.feats[phase].append(feats.index_select(0, rows).float().cpu())
-            self.labels[phase].append(labels.index_select(0, rows).cpu())
-
-    def get(self, phase: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if not self.feats[phase]:
-            return None
-        return torch.cat(self.feats[phase]), torch.cat(self.labels[phase])
-
-
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _nc_scores(profile: CollapseProfile) -> tuple[dict[str, float | None], str | None]:
-    pen = profile.penultimate
-    nc1s = [(layer.nc1, layer.name) for layer in profile.layers if math.isfinite(layer.nc1)]
-    best = min(nc1s) if nc1s else (None, None)
-    return {
-        "nc1": _finite(pen.metrics.nc1),
-        "nc1_best": _finite(best[0]),
-        "trace_ratio": _finite(pen.metrics.trace_ratio),
-        "cdnv": _finite(pen.metrics.cdnv),
-        "ncc": pen.ncc_accuracy,
-    }, best[1]
-
-
-def _score_features(keep: _Keep, knn_k: int) -> dict[str, float | None]:
-    train, val = keep.get("train"), keep.get("val")
-    out: dict[str, float | None] = dict.fromkeys(("logme", "hscore", "knn"))
-    if train is None:
-        return out
-    x, y = train
-    out["logme"] = _finite(logme(x, y))
-    out["hscore"] = _finite(hscore(x, y))
-    if val is not None:
-        out["knn"] = knn_accuracy(x, y, val[0], val[1], k=knn_k)
-    return out
-
-
 def _settings(
     recipe: Recipe, backbones: list[str] | None, by: str | None, validate: str | None
 ) -> Recipe:
@@ -343,8 +288,8 @@ def _agreement(candidates: list[Candidate], metric: str) -> dict[str, dict[str, 
             # A side that is constant up to rounding (e.g. an H-score saturated at K − 1)
             # has no ranking to compare: its "order" would be float noise.
             if _varies(x) and _varies(y):
-                tau = _finite(float(weightedtau(x, y)[0]))
-                rho = _finite(float(spearmanr(x, y)[0]))
+                tau = finite(float(weightedtau(x, y)[0]))
+                rho = finite(float(spearmanr(x, y)[0]))
         out[name] = {"weighted_tau": tau, "spearman": rho, "n": len(pairs)}
     return out
 
@@ -370,13 +315,15 @@ def _score(
         if splits.val is not None:
             val_y = np.asarray(splits.val.targets)
             positions["val"] = stratified_indices(val_y, cfg.subsample, seed=recipe.seed)
-        keep = _Keep(positions)
-        t1 = time.perf_counter()
+        keep = Keep(positions)
+        t1, c1 = time.perf_counter(), time.process_time()
         profile = profile_recipe(backbone, splits, recipe, device, labelled, features=keep)
-        t2 = time.perf_counter()
-        row.scores, row.best_block = _nc_scores(profile)
-        row.scores.update(_score_features(keep, cfg.knn_k))
-        t3 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
+        row.scores, row.best_block = nc_scores(profile)
+        feats, row.geometry = feature_scores(keep, cfg.knn_k)
+        row.scores.update(feats)
+        row.scores.update(static_scores(row.backbone, row.pretrained, backbone))
+        t3, c3 = time.perf_counter(), time.process_time()
     except CANDIDATE_ERRORS as err:
         row.ok, row.reason = False, one_line(err, 240)
         row.seconds["load"] = time.perf_counter() - t0
@@ -387,6 +334,8 @@ def _score(
     row.num_samples, row.dim = profile.num_samples, profile.penultimate.dim
     row.subsample = len(positions["train"])
     row.seconds = {"load": t1 - t0, "pass": t2 - t1, "scores": t3 - t2}
+    # CPU seconds of this process (all its threads): what a loaded machine cannot inflate
+    row.seconds.update({"pass_cpu": c2 - c1, "scores_cpu": c3 - c2})
     return loaded
 
 
@@ -452,6 +401,7 @@ def rank(
         loaded = _score(row, recipe, device, progress)
         if loaded is not None:
             result.dataset, result.num_classes = loaded
+    add_ncti(result.candidates, {c.spec: c.geometry for c in result.candidates})
 
     if cfg.validation is not None:
         for row in (c for c in result.candidates if c.ok):

@@ -394,7 +394,10 @@ class RankConfig(Section):
             "--backbones A,B replaces the list."
         ),
     )
-    by: Literal["nc1", "nc1_best", "trace_ratio", "cdnv", "ncc", "logme", "hscore", "knn"] = Field(
+    by: Literal[
+        "nc1", "nc1_best", "trace_ratio", "cdnv", "ncc", "logme", "hscore", "hscore_reg", "knn",
+        "ncti", "static_top1", "params",
+    ] = Field(  # fmt: skip
         "trace_ratio",
         description=(
             "Score the table is sorted by: nc1 (penultimate pinv NC1), nc1_best (lowest over "

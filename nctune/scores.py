@@ -25,8 +25,15 @@ SCORES: dict[str, bool] = {
     "ncc": True,  # nearest-class-centre accuracy on the validation split
     "logme": True,  # LogME on the subsample
     "hscore": True,  # H-score on the subsample
+    "hscore_reg": True,  # H-score with a Ledoit–Wolf shrinkage covariance (never saturates)
     "knn": True,  # k-NN accuracy of the validation subsample against the training one
+    "ncti": True,  # NCTI-style composite, min–max normalised across the candidates
+    "static_top1": True,  # published ImageNet top-1, else source-task accuracy (no target data)
+    "params": True,  # parameter count of the backbone without its classifier (no target data)
 }
+
+#: Scores that never look at the target data: the "static" baselines.
+STATIC_SCORES = ("static_top1", "params")
 
 #: Relative cut-off of the pseudo-inverse in :func:`hscore`: eigenvalues of cov(f) at or
 #: below ``HSCORE_RCOND × λ_max`` count as zero. Features arrive as float32, whose ~1e-7
@@ -228,6 +235,98 @@ def hscore(
         return 0.0
     proj = g @ vt[keep].T
     return float(np.sum(proj**2 / s[keep] ** 2))
+
+
+# ========================================================== regularised H-score
+def ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
+    """Ledoit–Wolf's optimal shrinkage α of the sample covariance towards μ I, in [0, 1].
+
+    Ledoit & Wolf, "A well-conditioned estimator for large-dimensional covariance matrices"
+    (J. Multivariate Anal. 2004). With S = XᵀX/n of the centred ``n × D`` rows x_k and
+    μ = tr S / D:
+
+        δ² = ‖S − μ I‖_F² / D,    β̄² = (1 / (n² D)) Σ_k ‖x_k x_kᵀ − S‖_F²,
+        α = min(β̄², δ²) / δ²      (0 when δ² = 0).
+
+    Expanded so nothing D × D is formed: ‖S‖_F² = ‖X Xᵀ‖_F² / n², Σ_k ‖x_k x_kᵀ − S‖_F² =
+    Σ_k ‖x_k‖⁴ − n ‖S‖_F², ‖S − μ I‖_F² = ‖S‖_F² − D μ² (the same estimator as
+    scikit-learn's ``ledoit_wolf_shrinkage``, computed in O(n² D)).
+
+    Args:
+        centred: ``(n, D)`` rows with zero column means.
+
+    Returns:
+        α.
+    """
+    n, d = centred.shape
+    sq_norms = np.einsum("ij,ij->i", centred, centred)
+    mu = float(sq_norms.sum()) / (n * d)
+    gram = centred @ centred.T
+    s_fro2 = float(np.sum(gram * gram)) / n**2
+    beta2 = (float(np.sum(sq_norms**2)) / n - s_fro2) / (n * d)
+    delta2 = (s_fro2 - d * mu**2) / d
+    if delta2 <= 0:
+        return 0.0
+    return float(min(max(beta2, 0.0), delta2) / delta2)
+
+
+def hscore_reg(
+    features: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    *,
+    shrinkage: float | None = None,
+) -> float:
+    """H-score with a shrinkage covariance: informative even when n ≤ D.
+
+    The plain :func:`hscore` inverts cov(f), which with fewer samples than features fits
+    the class means exactly and returns K − 1 for every model. Following Ibrahim et al.,
+    "Newer is not always better: rethinking transferability metrics, their peculiarities,
+    stability and performance" (ECML-PKDD 2022), cov(f) is replaced by its shrinkage
+    estimate and the between-class term is scaled alike:
+
+        Σ_α = (1 − α) Σ + α μ I,     μ = tr Σ / D,
+        H_α(f) = tr( Σ_α⁻¹ (1 − α) Σ_B ),
+
+    with Σ = cov(f), Σ_B = cov(E[f | y]) (both over the n samples) and α the Ledoit–Wolf
+    shrinkage (:func:`ledoit_wolf_shrinkage`) unless ``shrinkage`` fixes it. From the thin
+    SVD of the centred features f = U diag(s) Vᵀ, whose row space holds the class means:
+
+        H_α = Σ_i (1 − α) ‖g v_i‖² / n  /  ((1 − α) s_i² / n + α μ).
+
+    At α = 0 (and full rank) it is the plain H-score; it is < K − 1 whenever α > 0.
+
+    Args:
+        features: ``(n, D)`` features.
+        labels: ``(n,)`` class indices.
+        shrinkage: a fixed α in [0, 1]; None estimates it (Ledoit–Wolf).
+
+    Returns:
+        The regularised H-score, higher is better.
+
+    Raises:
+        ValueError: features not ``(n ≥ 2, D)`` or not finite, labels that do not match,
+            or ``shrinkage`` outside [0, 1].
+    """
+    if shrinkage is not None and not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
+    f = _check(features)
+    n, d = f.shape
+    y = _labels(labels, n)
+    f = f - f.mean(axis=0, keepdims=True)
+    _, inverse = np.unique(y, return_inverse=True)
+    means = np.zeros((int(inverse.max()) + 1, d))
+    np.add.at(means, inverse, f)
+    means /= np.bincount(inverse)[:, None]
+    g = means[inverse]
+    alpha = ledoit_wolf_shrinkage(f) if shrinkage is None else float(shrinkage)
+    mu = float(np.sum(f * f)) / (n * d)
+    if mu == 0.0:  # every feature constant: nothing separates the classes
+        return 0.0
+    _, s, vt = np.linalg.svd(f, full_matrices=False)
+    denom = (1.0 - alpha) * s**2 / n + alpha * mu
+    proj = (g @ vt.T) ** 2 / n
+    ok = denom > 0  # α = 0 with a rank-deficient f: the pseudo-inverse's convention
+    return float((1.0 - alpha) * np.sum(proj[:, ok] / denom[ok]))
 
 
 # ======================================================================= k-NN

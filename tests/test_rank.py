@@ -14,7 +14,8 @@ from nctune.config import load_recipe
 from nctune.data import build_data
 from nctune.errors import ConfigError
 from nctune.rank import Candidate, Ranking, _agreement, parse_candidate, rank
-from nctune.scores import SCORES, hscore, knn_accuracy, logme, stratified_indices
+from nctune.rank_scores import class_geometry
+from nctune.scores import SCORES, hscore, hscore_reg, knn_accuracy, logme, stratified_indices
 
 #: digits at 32 px, few samples: a pass of a tiny model takes well under a second.
 SETS = [
@@ -165,9 +166,18 @@ def test_rank_streams_once_and_scores_the_same_subsample_as_computed_directly():
     assert c.subsample == 50 and c.num_samples == len(train)
     assert c.scores["logme"] == pytest.approx(logme(*tr), rel=1e-4)
     assert c.scores["hscore"] == pytest.approx(hscore(*tr), rel=1e-3)
+    assert c.scores["hscore_reg"] == pytest.approx(hscore_reg(*tr), rel=1e-3)
+    assert c.geometry == pytest.approx(class_geometry(*tr), rel=1e-4)
+    assert c.scores["static_top1"] == 0.0  # random init: no source accuracy to speak of
+    assert c.scores["params"] == sum(p.numel() for p in backbone.model.parameters()) - sum(
+        p.numel() for p in backbone.classifier.parameters()
+    )
+    # NCTI is relative to the pool: with two candidates each term is 0 or 1
+    other = ok["timm:test_efficientnet@random"]
+    assert {c.scores["ncti"], other.scores["ncti"]} <= {0.0, 1 / 3, 2 / 3, 1.0}
     assert c.scores["knn"] == pytest.approx(knn_accuracy(*tr, *va, k=3))
     assert c.scores["nc1_best"] <= c.scores["nc1"]
-    assert set(c.seconds) == {"load", "pass", "scores"}
+    assert set(c.seconds) == {"load", "pass", "scores", "pass_cpu", "scores_cpu"}
     assert all(v is not None for v in c.scores.values())
 
 

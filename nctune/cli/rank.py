@@ -41,7 +41,10 @@ ByOpt = Annotated[
     str | None,
     typer.Option(
         "--by",
-        help="Sort by: nc1, nc1_best, trace_ratio, cdnv, ncc, logme, hscore, knn (default: rank.by).",
+        help=(
+            "Sort by: nc1, nc1_best, trace_ratio, cdnv, ncc, logme, hscore, hscore_reg, knn, "
+            "ncti, or a static baseline: static_top1, params (default: rank.by)."
+        ),
         show_default=False,
     ),
 ]
@@ -84,6 +87,7 @@ def rank(
         failures,
         plot_ranking,
         ranking_table,
+        static_line,
     )
 
     cfg = apply_threads(load_recipe(recipe, set_), threads)
@@ -107,6 +111,9 @@ def rank(
     best = next((c for c in result.ranked() if c.ok), None)
     if best is not None:
         body.append(f"[bold]Start from[/] [green]{best.spec}[/] (best by {result.by}).")
+    static = static_line(result)
+    if static:
+        body.append(static)
     summary = Output(
         doc, body=body, folder=out, files=("ranking.json", "ranking.png", "recipe.yaml")
     )

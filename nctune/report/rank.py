@@ -12,7 +12,7 @@ from rich.text import Text
 
 from nctune.report import _fmt, _png
 from nctune.runs._io import atomic_write_bytes
-from nctune.scores import SCORES
+from nctune.scores import SCORES, STATIC_SCORES
 
 #: Column titles, in table order.
 LABELS = {
@@ -23,7 +23,11 @@ LABELS = {
     "ncc": "NCC acc",
     "logme": "LogME",
     "hscore": "H-score",
+    "hscore_reg": "H-score reg",
     "knn": "k-NN acc",
+    "ncti": "NCTI",
+    "static_top1": "top-1*",
+    "params": "params",
 }
 
 #: The three NC1-family scores whose disagreements the table calls out.
@@ -33,6 +37,10 @@ NC_FAMILY = ("nc1", "trace_ratio", "cdnv")
 def _value(name: str, v: float | None) -> str:
     if v is None:
         return "–"
+    if name == "static_top1":  # already a percentage (published or source-task top-1)
+        return f"{v:.1f}%"
+    if name == "params":
+        return f"{v / 1e6:.2f}M"
     return f"{100 * v:.1f}%" if name in ("ncc", "knn") else _fmt(v)
 
 
@@ -64,8 +72,8 @@ def disagreements(ranking: Any) -> list[str]:
 
 #: The columns a narrow console loses first, in order (the sorting score always stays).
 _SECONDARY = (
-    "pass s", "best block", "cdnv", "trace_ratio", "nc1_best", "hscore", "logme", "knn", "ncc",
-    "nc1",
+    "pass s", "best block", "params", "hscore", "cdnv", "nc1_best", "hscore_reg", "ncti",
+    "trace_ratio", "knn", "ncc", "nc1", "logme", "static_top1",
 )  # fmt: skip
 
 
@@ -109,7 +117,8 @@ def ranking_table(ranking: Any, width: int | None = None) -> Table:
     dropped = _fit(cols, [cells for cells, _ in rows], ranking.by, width)
     caption = (
         f"{ranking.num_classes} classes; LogME, H-score, k-NN (k={ranking.knn_k}, cosine) on "
-        f"≤ {ranking.subsample} samples per split; {ranking.seconds:.1f} s"
+        f"≤ {ranking.subsample} samples per split; top-1*: published ImageNet top-1, else "
+        f"source-task accuracy (no target data); {ranking.seconds:.1f} s"
     )
     if dropped:
         caption += f"; {len(dropped)} more columns in ranking.json (or a wider terminal)"
@@ -142,6 +151,21 @@ def _fit(
         if key != by and key in cols:
             dropped.append(cols.pop(key)[0].removesuffix(" ↓"))
     return dropped
+
+
+def static_line(ranking: Any) -> str | None:
+    """The order the static baselines give (no target data), to read beside the score's.
+
+    Returns:
+        E.g. ``"Without target data: by top-1* A > B > C; by params C > A > B."``; None
+        when neither baseline has two candidates to order.
+    """
+    parts = []
+    for name in STATIC_SCORES:
+        order = sorted(ranking.positions(name).items(), key=lambda kv: kv[1])
+        if len(order) > 1:
+            parts.append(f"by {LABELS[name]} " + " > ".join(escape(s) for s, _ in order))
+    return f"Without target data: {'; '.join(parts)}." if parts else None
 
 
 def failures(ranking: Any) -> list[str]:

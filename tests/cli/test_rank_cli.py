@@ -53,6 +53,10 @@ def test_rank_writes_ranking_table_and_failures(recipe: Path, tmp_path: Path, mo
     stdout = result.stdout
     assert "timm:test_resnet@random" in stdout and "Start from" in stdout
     assert "failed: backbone.name: unknown timm model 'not_a_model'" in stdout
+    # the static baselines' order beside the score: both random init, so top-1 says nothing
+    bigger = max(ok, key=lambda r: r["scores"]["params"])["spec"]
+    assert all(r["scores"]["static_top1"] == 0.0 for r in ok)
+    assert f"Without target data: by params {bigger} >" in " ".join(stdout.split())
     assert (out / "ranking.png").read_bytes()[:4] == b"\x89PNG"
     assert "rank:" in (out / "recipe.yaml").read_text()
 
