@@ -32,6 +32,7 @@ from nctune.profile import CollapseProfile
 from nctune.taps import resolve_device
 from nctune.training.callbacks import Callback, CallbackList
 from nctune.training.loggers import epoch_loggers
+from nctune.training.mlflow import check_tracking
 from nctune.training.strategies import (
     STRATEGY_REGISTRY,
     AppliedStrategy,
@@ -168,6 +169,7 @@ def prepare(recipe: Recipe) -> Prepared:
 
     Everything that can fail on bad input fails here, before a run folder exists.
     """
+    check_tracking(recipe.train)  # an unreachable train.mlflow is refused before any output
     device = resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
     backbone = create_backbone(recipe.backbone)

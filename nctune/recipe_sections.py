@@ -373,6 +373,16 @@ class TrainConfig(Section):
         False,
         description="Also log the per-epoch metrics to DIR/tensorboard (needs `pip install tensorboard`; DIR/metrics.csv is always written).",
     )
+    mlflow: str | None = Field(
+        None,
+        description="MLflow tracking URI (file:./mlruns, a folder, or http(s)://server): log each finished run there — the recipe as params, per-epoch metrics, the run folder as artifacts; tune: one child run per trial (needs `pip install 'nctune[mlflow]'`).",
+    )
+    mlflow_experiment: str = Field(
+        "nctune", min_length=1, description="train.mlflow: the MLflow experiment name."
+    )
+    mlflow_run_name: str | None = Field(
+        None, description="train.mlflow: the run name (default: the run folder's name)."
+    )
 
     @field_validator("cache_prefix", mode="before")
     @classmethod

@@ -148,6 +148,9 @@ def finetune(
         raise type(err)(
             f"{err}; the run's checkpoint is kept: free space and continue with {again}"
         ) from None
+    from nctune.training.mlflow import log_run
+
+    log_run(cfg, run.path, result)  # train.mlflow: the committed run, checked in prepare()
     summary = Output(
         result.to_dict(),
         body=list(finetune_tables(result)),

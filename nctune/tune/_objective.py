@@ -18,6 +18,7 @@ from nctune.finetune import finetune, prepare
 from nctune.runs._io import atomic_write_json
 from nctune.runs.folder import RunFolder
 from nctune.training.callbacks import LambdaCallback
+from nctune.training.mlflow import log_run, search_parent
 from nctune.training.train import EpochStats
 from nctune.tune._result import TrialRecord
 from nctune.tune._search import Search
@@ -181,6 +182,9 @@ class Objective:
         if result.interrupted:
             raise _Interrupted
         run.commit(result)  # model, report and training plot; the checkpoint goes
+        # train.mlflow: one child run per trial under the search folder's parent run
+        parent = search_parent(cfg.train, self.out)
+        log_run(cfg, run_dir, result, parent=parent, run_name=f"trial {trial.number}")
         doc = result.to_dict()
         attrs = {
             "val_accuracy": result.val_accuracy,
