@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "load_finetuned": "nctune.serving.inference",
     "predict": "nctune.serving.inference",
     "Predictions": "nctune.serving.inference",
+    "evaluate": "nctune.serving.evaluate",
+    "Evaluation": "nctune.serving.evaluate",
     "layer_sweep": "nctune.sweep",
     "rank": "nctune.rank",
     "Ranking": "nctune.rank",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nctune.profile import CollapseProfile, LayerCollapse
     from nctune.rank import Ranking, rank
     from nctune.selection import select_layers
+    from nctune.serving.evaluate import Evaluation, evaluate
     from nctune.serving.inference import Predictions, load_finetuned, predict
     from nctune.sweep import layer_sweep
     from nctune.training.strategies import apply_strategy

@@ -62,6 +62,10 @@ def documents(tmp_path_factory) -> dict[str, set[str]]:
     docs["analysis.json"] = json.loads((root / "a" / "analysis.json").read_text())
     docs["report.json"] = json.loads((root / "f" / "report.json").read_text())
     docs["search.json"] = json.loads((root / "t" / "search.json").read_text())
+    res = CliRunner().invoke(app, ["evaluate", str(root / "f"), "--out", str(root / "e"), "--json"])
+    assert res.exit_code == 0, res.output
+    docs["evaluate --json"] = json.loads(res.stdout)
+    docs["evaluation.json"] = json.loads((root / "e" / "evaluation.json").read_text())
     return {name: key_paths(doc) for name, doc in docs.items()}
 
 

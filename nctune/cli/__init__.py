@@ -16,6 +16,7 @@ import typer
 from nctune import __version__
 from nctune.cli.analyze import analyze
 from nctune.cli.common import EPILOG
+from nctune.cli.evaluate import evaluate
 from nctune.cli.export import export
 from nctune.cli.finetune import finetune
 from nctune.cli.init import init
@@ -39,6 +40,7 @@ app.command("finetune", epilog=EPILOG)(finetune)
 app.command("sweep", epilog=EPILOG)(sweep)
 app.command("predict")(predict)  # a run folder, not a recipe: no recipe-field epilog
 app.command("export")(export)
+app.command("evaluate")(evaluate)
 app.command("rank", epilog=EPILOG)(rank)
 app.command("tune", epilog=EPILOG)(tune)
 app.command("shard")(shard)  # an image folder, not a recipe

@@ -55,9 +55,10 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:
 FORMATS = (".csv", ".jsonl")
 
 
-def _header(top_k: int) -> list[str]:
+def _header(top_k: int, labelled: bool) -> list[str]:
     extra = [f"{name}_{r}" for r in range(2, top_k + 1) for name in ("label", "probability")]
-    return ["path", "label", "probability", *extra, "error"]
+    truth = ["true_label"] if labelled else []
+    return ["path", *truth, "label", "probability", *extra, "error"]
 
 
 def _refuse_an_input(out: Path, inputs: list[Path], images: list[str]) -> None:
@@ -77,11 +78,17 @@ def _refuse_an_input(out: Path, inputs: list[Path], images: list[str]) -> None:
             raise ArtifactError(f"--out {out}: is the input {path}; write the rows to another file")
 
 
-def _csv_row(p, top_k: int) -> list[str]:
+def _csv_row(p, top_k: int, truth: list[str]) -> list[str]:
     ranked = [c for lab, prob in p.top_k[1:top_k] for c in (lab, f"{prob:.6g}")]
     ranked += [""] * (2 * (top_k - 1) - len(ranked))
     prob = "" if p.probability is None else f"{p.probability:.6g}"
-    return [p.source, p.label or "", prob, *ranked, p.error or ""]
+    return [p.source, *truth, p.label or "", prob, *ranked, p.error or ""]
+
+
+def _row(p, truth: list[str | None]) -> dict:
+    """The JSON row; a labelled manifest's label as ``true_label``, right after ``path``."""
+    row = p.to_dict()
+    return {"path": row.pop("path"), "true_label": truth[0], **row} if truth else row
 
 
 @handle_errors
@@ -102,7 +109,8 @@ def predict(
     is renamed into place only when every image is done; unreadable images get a row with
     an error and are counted in the summary, the others are still predicted.
     """
-    from nctune.serving.inference import expand_inputs, iter_predict, load_finetuned
+    from nctune.serving.inference import iter_predict, load_finetuned
+    from nctune.serving.inputs import expand_labelled
     from nctune.taps import resolve_device
 
     if top_k < 1:
@@ -117,7 +125,10 @@ def predict(
     if out.is_dir():
         raise ArtifactError(f"--out {out}: is a folder; give a .csv or .jsonl file")
     check_writable(out.parent)
-    images = expand_inputs(inputs, split=split)  # an empty input fails here, before loading
+    # an empty input fails here, before loading; a labelled manifest's labels come along
+    pairs = expand_labelled(inputs, split=split)
+    images = [path for path, _ in pairs]
+    labelled = any(label is not None for _, label in pairs)
     _refuse_an_input(out, inputs, images)
     model = load_finetuned(run, device=str(resolve_device(device)))
     k = min(top_k, model.num_classes)
@@ -128,17 +139,19 @@ def predict(
         # rows go to a hidden partial file, renamed to --out once every image is done
         with partial_file(out) as f, progress_bar() as progress:
             if not jsonl:
-                csv.writer(f).writerow(_header(k))
+                csv.writer(f).writerow(_header(k, labelled))
             buffer = io.StringIO()
             writer = csv.writer(buffer)
             for n, p in enumerate(
                 iter_predict(model, images, batch_size=batch_size, top_k=k), start=1
             ):
+                truth = [pairs[n - 1][1]] if labelled else []
+                row = _row(p, truth)
                 if jsonl:
-                    buffer.write(json.dumps(p.to_dict(), allow_nan=False) + "\n")
+                    buffer.write(json.dumps(row, allow_nan=False) + "\n")
                 else:
-                    writer.writerow(_csv_row(p, k))
-                rows.append(p.to_dict())
+                    writer.writerow(_csv_row(p, k, [t or "" for t in truth]))
+                rows.append(row)
                 if not p.ok:
                     failed += 1
                     err_console.print(

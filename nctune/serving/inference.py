@@ -31,9 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nctune.data import IMG_EXTENSIONS, eval_transform, list_images, open_image, read_manifest
+from nctune.data import eval_transform, open_image
 from nctune.errors import ConfigError, DataError, NctuneError, one_line
 from nctune.runs.artifacts import load_finetuned as _load_run_model
+from nctune.serving.inputs import expand_inputs
 from nctune.taps import resolve_device
 
 __all__ = [
@@ -44,9 +45,6 @@ __all__ = [
     "load_finetuned",
     "predict",
 ]
-
-#: Manifest files among the inputs are read as ``path[,label][,split]`` lists of images.
-MANIFEST_EXTENSIONS = (".csv",)
 
 
 @dataclass
@@ -403,46 +401,6 @@ def predict(
         )
     )
     return Predictions(items, _classes(model))
-
-
-def expand_inputs(inputs: Iterable[str | Path], *, split: str | None = None) -> list[str]:
-    """Image paths from command-line inputs: files, folders (recursive) and CSV manifests.
-
-    A folder contributes its image files (:data:`~nctune.data.IMG_EXTENSIONS`, hidden
-    entries skipped, sorted); a ``.csv`` file is read as a csv data-source manifest
-    (:func:`~nctune.data.read_manifest`; its ``label`` column is optional here); any other
-    file is taken as an image (if it cannot be decoded its row fails, not the run).
-
-    Args:
-        inputs: paths given by the user, in order.
-        split: with a manifest, keep only rows of this split (train, val or test).
-
-    Returns:
-        Image paths in input order (a missing manifest row's file is kept, and fails).
-
-    Raises:
-        DataError: an input does not exist, a manifest is malformed, or nothing is left.
-    """
-    out: list[str] = []
-    for raw in inputs:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                raise DataError(
-                    f"{path}: no images in this folder ({', '.join(IMG_EXTENSIONS[:4])}, …)"
-                )
-            out.extend(found)
-        elif path.is_file() and path.suffix.lower() in MANIFEST_EXTENSIONS:
-            rows = read_manifest(path, require_label=False, check_files=False)
-            out.extend(r.path for r in rows if split is None or r.split == split)
-        elif path.is_file():
-            out.append(str(path))
-        else:
-            raise DataError(f"{path}: no such file or folder")
-    if not out:
-        raise DataError("no images to predict: give image files, folders or a CSV manifest")
-    return out
 
 
 def load_finetuned(path: str | Path, device: str = "cpu") -> nn.Module:

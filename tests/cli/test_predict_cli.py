@@ -140,3 +140,32 @@ def test_sigkill_mid_predict_leaves_no_truncated_output(tiny_runs, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert len(out.read_text().splitlines()) == 601
+
+
+def test_a_labelled_manifest_keeps_its_label_beside_the_prediction(tiny_runs, tmp_path):
+    run = tiny_runs("linear")
+    files = list_images(run.data / "test")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "path,label,split\n" + "".join(f"{f},{Path(f).parent.name},test\n" for f in files)
+    )
+    out = tmp_path / "p.csv"
+    res = invoke("predict", run.run_dir, manifest, files[0], "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)["predictions"]
+    truth = [Path(f).parent.name for f in files]
+    assert [r["true_label"] for r in doc] == [*truth, None]  # a plain file has no label
+    assert list(doc[0])[:3] == ["path", "true_label", "label"]
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0])[:4] == ["path", "true_label", "label", "probability"]
+    assert [r["true_label"] for r in rows] == [*truth, ""]
+    correct = sum(r["true_label"] == r["label"] for r in rows[:-1]) / len(files)
+    assert correct == pytest.approx(run.report["test_accuracy"])
+    jsonl = tmp_path / "p.jsonl"
+    assert invoke("predict", run.run_dir, manifest, "--out", jsonl).exit_code == 0
+    assert [json.loads(line)["true_label"] for line in jsonl.open()] == truth
+    # without a label column the rows are as before
+    plain = tmp_path / "plain.csv"
+    plain.write_text("path\n" + "".join(f"{f}\n" for f in files))
+    assert invoke("predict", run.run_dir, plain, "--out", out).exit_code == 0
+    assert "true_label" not in next(csv.DictReader(out.open()))

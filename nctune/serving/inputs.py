@@ -1,0 +1,163 @@
+"""Images named on a command line: files, folders and CSV manifests → paths (and labels).
+
+``predict`` takes any mix of them (:func:`expand_inputs`, :func:`expand_labelled`: a
+labelled manifest's label travels beside its path); ``evaluate`` needs every image's true
+class (:func:`labelled_images`: class folders or a manifest with a ``label`` column).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from nctune.data import IMG_EXTENSIONS, list_images, read_manifest
+from nctune.errors import DataError
+
+__all__ = ["MANIFEST_EXTENSIONS", "expand_inputs", "expand_labelled", "labelled_images"]
+
+#: Manifest files among the inputs are read as ``path[,label][,split]`` lists of images.
+MANIFEST_EXTENSIONS = (".csv",)
+#: The split folders an image-folder data set may hold (as ``data.source: imagefolder``).
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+def _is_manifest(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in MANIFEST_EXTENSIONS
+
+
+def expand_labelled(
+    inputs: Iterable[str | Path], *, split: str | None = None
+) -> list[tuple[str, str | None]]:
+    """:func:`expand_inputs` with each image's manifest label: ``(path, label or None)``.
+
+    Only a manifest row carries a label (its ``label`` cell, when the manifest has that
+    column); files and folders give None.
+
+    Args:
+        inputs: paths given by the user, in order.
+        split: with a manifest, keep only rows of this split (train, val or test).
+
+    Returns:
+        ``(image path, label)`` in input order.
+
+    Raises:
+        DataError: as :func:`expand_inputs`.
+    """
+    out: list[tuple[str, str | None]] = []
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise DataError(
+                    f"{path}: no images in this folder ({', '.join(IMG_EXTENSIONS[:4])}, …)"
+                )
+            out.extend((f, None) for f in found)
+        elif _is_manifest(path):
+            rows = read_manifest(path, require_label=False, check_files=False)
+            out.extend((r.path, r.label or None) for r in rows if split in (None, r.split))
+        elif path.is_file():
+            out.append((str(path), None))
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    if not out:
+        raise DataError("no images to predict: give image files, folders or a CSV manifest")
+    return out
+
+
+def expand_inputs(inputs: Iterable[str | Path], *, split: str | None = None) -> list[str]:
+    """Image paths from command-line inputs: files, folders (recursive) and CSV manifests.
+
+    A folder contributes its image files (:data:`~nctune.data.IMG_EXTENSIONS`, hidden
+    entries skipped, sorted); a ``.csv`` file is read as a csv data-source manifest
+    (:func:`~nctune.data.read_manifest`; its ``label`` column is optional here); any other
+    file is taken as an image (if it cannot be decoded its row fails, not the run).
+
+    Args:
+        inputs: paths given by the user, in order.
+        split: with a manifest, keep only rows of this split (train, val or test).
+
+    Returns:
+        Image paths in input order (a missing manifest row's file is kept, and fails).
+
+    Raises:
+        DataError: an input does not exist, a manifest is malformed, or nothing is left.
+    """
+    return [p for p, _ in expand_labelled(inputs, split=split)]
+
+
+def _class_folders(folder: Path, classes: Sequence[str], split: str) -> list[tuple[str, str]]:
+    """``(path, class)`` of a folder of class folders, or of its ``split`` folder when it is
+    a data set with train/val/test folders (as ``data.source: imagefolder`` reads)."""
+    subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    known = set(classes)
+    if subdirs and not known.intersection(subdirs):
+        for name in SPLIT_FOLDERS.get(split, ()):
+            if name in subdirs:
+                return _class_folders(folder / name, classes, split)
+    if not subdirs:
+        raise DataError(
+            f"{folder}: no class folders; evaluation needs labelled images — one folder per "
+            "class, or a CSV manifest with a label column"
+        )
+    unknown = [d for d in subdirs if d not in known]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:3]) + (" …" if len(unknown) > 3 else "")
+        raise DataError(
+            f"{folder}: folder(s) {shown} are not classes of the run (classes: "
+            f"{', '.join(list(classes)[:8])}{' …' if len(classes) > 8 else ''}); give a folder "
+            "of the run's class folders"
+        )
+    return [(f, name) for name in subdirs for f in list_images(folder / name)]
+
+
+def labelled_images(
+    inputs: Iterable[str | Path], classes: Sequence[str], *, split: str | None = None
+) -> list[tuple[str, int]]:
+    """Labelled images for an evaluation: ``(path, class index)`` in input order.
+
+    A folder holds one folder per class (named as the run's classes; a class may be
+    missing), or train/val/test folders of them (``split`` picks one, default ``test``); a
+    ``.csv`` manifest needs its ``label`` column, each label one of ``classes`` (``split``
+    keeps only that split's rows).
+
+    Args:
+        inputs: folders and manifests given by the user.
+        classes: the run's class names, index order.
+        split: a manifest's rows, or a data set folder's split folder, to keep.
+
+    Returns:
+        ``(image path, index into classes)`` pairs.
+
+    Raises:
+        DataError: one line naming the input: missing, a single image (no label), a folder
+            without class folders or with folders that are not classes of the run, a
+            manifest without a ``label`` column or with a label that is not a class, or
+            no images at all.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    out: list[tuple[str, int]] = []
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            out.extend((f, index[c]) for f, c in _class_folders(path, classes, split or "test"))
+        elif _is_manifest(path):
+            for row in read_manifest(path, require_label=True, check_files=False):
+                if split not in (None, row.split):
+                    continue
+                if row.label not in index:
+                    raise DataError(
+                        f"{path} line {row.line}: label {row.label!r} is not a class of the run "
+                        f"(classes: {', '.join(list(classes)[:8])}{' …' if len(classes) > 8 else ''})"
+                    )
+                out.append((row.path, index[row.label]))
+        elif path.is_file():
+            raise DataError(
+                f"{path}: an image alone has no label; give class folders or a CSV manifest "
+                "with a label column"
+            )
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    if not out:
+        raise DataError("no labelled images to evaluate: give class folders or a CSV manifest")
+    return out
