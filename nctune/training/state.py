@@ -266,6 +266,8 @@ class TrainState:
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 for name, value in self.optimizer.state.get(p, {}).items():
+                    if not isinstance(value, (torch.Tensor, int, float, type(None))):
+                        raise damaged(path, "optimizer", f"its {name} is not a tensor")
                     if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
                         raise damaged(
                             path,

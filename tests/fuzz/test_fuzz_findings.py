@@ -1,0 +1,33 @@
+"""Each defect the fuzzer found, as the example that found it (tests/fuzz/targets.py runs
+it; the contract must hold). Docs: docs/benchmarks.md, "Fuzzing"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.fuzz.contract import enforce
+from tests.fuzz.targets import TARGETS, _skeleton
+
+
+def _run(seeds, target: str, example, tmp_path: Path):
+    run = TARGETS[target].run(seeds, example, tmp_path)
+    enforce(run, repr(example))
+    return run
+
+
+def _moment(seeds) -> tuple:
+    ckpt = torch.load(seeds.halfway / "checkpoint.pt", weights_only=True)
+    key = next(iter(ckpt["optimizer"]["state"]))
+    return ckpt, key
+
+
+def test_an_optimizer_moment_that_is_no_tensor_is_refused_before_training(seeds, tmp_path):
+    """Found: a momentum buffer replaced by a mapping passed the checkpoint's checks and
+    failed in the first step (AttributeError: 'dict' object has no attribute 'mul_')."""
+    ckpt, key = _moment(seeds)
+    doc = _skeleton(ckpt)
+    doc["optimizer"]["state"][key]["momentum_buffer"] = {"__tensor__": False}
+    run = _run(seeds, "checkpoint", {"kind": "tree", "doc": doc}, tmp_path)
+    assert run.result.exit_code == 2 and "momentum_buffer" in run.result.stderr
