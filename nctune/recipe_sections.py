@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+# the names, not the registries: those import torch, and a typo is refused before it loads
+from nctune._names import BACKBONE_SOURCES, spec_source
+from nctune._names import DATA_SOURCES as SOURCES
 from nctune._section import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Section
-from nctune.backbones.factory import spec_source
-from nctune.backbones.sources import SOURCES as BACKBONE_SOURCES
-from nctune.data.sources import SOURCES, sources_help
 from nctune.selection import DEFAULT_RULE, RULES
 from nctune.training.strategies import STRATEGIES, STRATEGY_REGISTRY, strategies_help
 
@@ -98,7 +98,7 @@ class DataConfig(Section):
     source: str = Field(
         "fashion_mnist",
         # one entry per registered source, from its loader's docstring (nctune/data/sources/)
-        description=sources_help(),
+        description=SOURCES.help(),
     )
     path: Path | None = Field(
         None,

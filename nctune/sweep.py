@@ -66,9 +66,10 @@ class SweepResult:
         backbone: the backbone spec.
         dataset: the data source.
         seconds: wall time of the whole sweep.
-        metric: the score runs are ranked by: ``'test_accuracy'``, or
+        metric: the score reported for every run: ``'test_accuracy'``, or
             ``'val_accuracy'`` when there is no test split.
-        regret: rule → mode → the pick's gap to the best block, in accuracy points.
+        regret: rule → mode → the pick's gap to the best block (:meth:`best`, chosen on
+            validation) in :attr:`metric` points; negative where the rule's pick scored higher.
     """
 
     points: list[SweepPoint]
@@ -80,29 +81,66 @@ class SweepResult:
     metric: str = "test_accuracy"
     regret: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
+    @property
+    def chosen_on(self) -> str:
+        """The score :meth:`best` chooses by: ``'val_accuracy'`` when the runs have one (a
+        test score must not choose what it then reports), else :attr:`metric`."""
+        if any(p.val_accuracy is not None for p in self.points):
+            return "val_accuracy"
+        return self.metric
+
     def best(self, mode: str) -> SweepPoint | None:
-        """The run of ``mode`` that scored highest on :attr:`metric`.
+        """The run of ``mode`` chosen on validation: the highest :attr:`chosen_on` score.
+
+        Its :attr:`metric` (test accuracy) is what the sweep reports for it; choosing on the
+        test split instead would report an optimistically biased, selected-on-test number.
 
         Args:
             mode: ``'layer'`` or ``'scl'``.
 
         Returns:
-            The best :class:`SweepPoint` (ties: the shallower, cheaper block), or None
-            when no run of ``mode`` has a score (no test or validation split).
+            The chosen :class:`SweepPoint` (ties: the shallower, cheaper block), or None
+            when no run of ``mode`` has a score (no validation or test split).
         """
-        pts = [p for p in self.points if p.mode == mode and self._score(p) is not None]
-        return max(pts, key=lambda p: (self._score(p), -p.index)) if pts else None
+        key = self.chosen_on
+        pts = [p for p in self.points if p.mode == mode and getattr(p, key) is not None]
+        return max(pts, key=lambda p: (getattr(p, key), -p.index)) if pts else None
 
     def _score(self, p: SweepPoint) -> float | None:
         return getattr(p, self.metric)
+
+    def regrets(self, modes: tuple[str, ...]) -> dict[str, dict[str, float | None]]:
+        """Each rule's regret per mode: ``100 · (metric of best(mode) − metric of the pick)``.
+
+        Returns:
+            rule → mode → accuracy points (negative where the pick scored higher than the
+            block chosen on validation), None when the pick was not swept in that mode or
+            either has no score.
+        """
+        out: dict[str, dict[str, float | None]] = {}
+        for rule, block in self.picks.items():
+            out[rule] = {}
+            for mode in modes:
+                top = self.best(mode)
+                want = None if top is None else self._score(top)
+                got = next(
+                    (self._score(p) for p in self.points if p.mode == mode and p.block == block),
+                    None,
+                )
+                out[rule][mode] = None if got is None or want is None else 100.0 * (want - got)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The sweep as a JSON-ready dict (the sweep's result file).
 
         Returns:
-            The fields, plus ``best``: mode → the best block's path (None when no run of
-            that mode has a score); ``points`` as dicts.
+            The fields, plus ``best``: mode → the block chosen on validation (None when no
+            run of that mode has a score), ``chosen_on``: the score it was chosen by,
+            ``best_score``: mode → that block's :attr:`metric` (its test accuracy);
+            ``points`` as dicts.
         """
+        modes = sorted({p.mode for p in self.points})
+        best = {m: self.best(m) for m in modes}
         return {
             "backbone": self.backbone,
             "dataset": self.dataset,
@@ -110,9 +148,9 @@ class SweepResult:
             "seconds": self.seconds,
             "picks": self.picks,
             "regret": self.regret,
-            "best": {
-                m: getattr(self.best(m), "block", None) for m in {p.mode for p in self.points}
-            },
+            "best": {m: getattr(p, "block", None) for m, p in best.items()},
+            "chosen_on": self.chosen_on,
+            "best_score": {m: None if p is None else self._score(p) for m, p in best.items()},
             "points": [asdict(p) for p in self.points],
             "profile": self.profile,
         }
@@ -143,7 +181,8 @@ def layer_sweep(
 
     Returns:
         The table of runs, each rule's pick, and each pick's regret per mode:
-        ``100 · (best score − score of the picked block)`` in accuracy points, None when
+        ``100 · (score of the best block − score of the picked block)`` in accuracy points
+        (scores on :attr:`SweepResult.metric`, the best block chosen on validation), None when
         the pick was not swept in that mode or has no score. Rules that cannot pick
         (e.g. ``max_ncc`` without a validation split) are left out.
 
@@ -216,14 +255,6 @@ def layer_sweep(
         0.0,
         metric,
     )
-    for rule, block in picks.items():
-        result.regret[rule] = {}
-        for mode in modes:
-            top = result.best(mode)
-            got = next(
-                (result._score(p) for p in points if p.mode == mode and p.block == block), None
-            )
-            gap = None if got is None or top is None else 100.0 * (result._score(top) - got)
-            result.regret[rule][mode] = gap
+    result.regret = result.regrets(modes)
     result.seconds = time.perf_counter() - start
     return result

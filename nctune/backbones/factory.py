@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from torch import nn
 
+# the recipe checks specs without torch: the prefixes and the parser live below it
+from nctune._names import TIMM_PREFIXES, spec_source
 from nctune._registry import Registry
 from nctune.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, InputConfig
 from nctune.errors import BackboneError
@@ -50,8 +52,6 @@ SourceFn = Callable[[str, bool, "Path | None", dict[str, Any]], Backbone]
 #: The ``source:`` prefixes of ``backbone.name``; each ``sources/<name>.py`` registers one.
 SOURCES: Registry[SourceFn] = Registry("backbone source", field="backbone.name")
 
-#: timm's own ``name:`` prefixes, which a bare timm name may carry.
-TIMM_PREFIXES = ("hf-hub", "hf_hub", "local-dir")
 
 
 def list_sources() -> list[str]:
@@ -136,16 +136,6 @@ def timm_input_config(model: nn.Module, kwargs: dict[str, Any]) -> InputConfig:
 
 
 # ======================================================================= entry points
-def spec_source(text: str) -> str:
-    """The source key a spec names, registered or not: ``'TIMM: x'`` → ``'timm'``.
-
-    A bare name, or one with timm's own prefixes (``hf-hub:``, ``local-dir:``), is timm's.
-    """
-    source, sep, _ = str(text).strip().partition(":")
-    key = source.strip().lower()
-    return key if sep and key not in TIMM_PREFIXES else "timm"
-
-
 def parse_spec(text: str) -> tuple[str, str]:
     """``'timm:resnet18'`` → ``('timm', 'resnet18')``; a bare name means timm.
 

@@ -34,12 +34,15 @@ def analyze(
 
     Writes DIR/analysis.json, DIR/collapse.png and the resolved DIR/recipe.yaml.
     """
-    from nctune.analyze import analyze_recipe
     from nctune.config import load_recipe
+
+    # validated before torch and timm load: a typo is refused in a fraction of a second
+    cfg = load_recipe(recipe, set_)
+    from nctune.analyze import analyze_recipe
     from nctune.distributed import is_main
     from nctune.report import plot_profile, profile_table
 
-    cfg = apply_threads(load_recipe(recipe, set_), threads)
+    cfg = apply_threads(cfg, threads)
     out = claim_results(out or default_out(recipe, "analyze"), "analysis.json")
     with progress_bar() as progress:
         result = analyze_recipe(cfg, progress=lambda p, d, t: progress(f"profile: {p}", d, t))

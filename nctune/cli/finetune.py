@@ -102,6 +102,9 @@ def finetune(
     """
     # Here, not at the top: `nctune --help` must not load torch (artifacts → safetensors.torch).
     from nctune.config import load_recipe
+
+    # validated before torch and timm load: a typo is refused in a fraction of a second
+    cfg = load_recipe(recipe, set_)
     from nctune.distributed import check, is_main
     from nctune.finetune import finetune as run_finetune
     from nctune.finetune import prepare
@@ -109,7 +112,7 @@ def finetune(
     from nctune.runs.folder import RunFolder
     from nctune.training.callbacks import LambdaCallback
 
-    cfg = apply_threads(load_recipe(recipe, set_), threads)
+    cfg = apply_threads(cfg, threads)
     if resume is not None:
         run = hold(RunFolder(resume, "--resume", main=is_main()))
         run.check_resume(cfg)

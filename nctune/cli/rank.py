@@ -80,6 +80,9 @@ def rank(
     Writes DIR/ranking.json, DIR/ranking.png and the resolved DIR/recipe.yaml.
     """
     from nctune.config import load_recipe
+
+    # validated before torch and timm load: a typo is refused in a fraction of a second
+    cfg = load_recipe(recipe, set_)
     from nctune.rank import rank as rank_backbones
     from nctune.report.rank import (
         agreement_table,
@@ -90,7 +93,7 @@ def rank(
         static_line,
     )
 
-    cfg = apply_threads(load_recipe(recipe, set_), threads)
+    cfg = apply_threads(cfg, threads)
     out = claim_results(out or default_out(recipe, "rank"), "ranking.json")
     names = [b.strip() for b in backbones.split(",")] if backbones is not None else None
     with progress_bar() as progress:

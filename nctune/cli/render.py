@@ -7,20 +7,32 @@ same text as the result file); otherwise the console gets the tables and lines i
 then one ``Results in DIR (file, file, …)`` line. A table given as records
 (:func:`records_table`) shows the same rows that ``--json`` prints.
 
+Tables fit the console (:class:`nctune.report.fit.FitTable`): its width is ``COLUMNS`` when
+set, the terminal's, or :data:`LOG_WIDTH` when stdout is a log file or pipe; names are never
+cut, secondary columns go first, then a table turns into one block per row.
+
 Progress, warnings and errors go to stderr (:mod:`nctune.cli.common`), never here.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, RenderableType
 from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from nctune.report.fit import FitTable
+
+#: The width of a log file or pipe (stdout not a terminal, ``COLUMNS`` unset): generous, so
+#: tables keep their columns; still finite, so a table never grows without bound.
+LOG_WIDTH = 200
 
 
 @dataclass(frozen=True)
@@ -30,8 +42,12 @@ class Column:
     Attributes:
         key: the record's key (the JSON name).
         header: the table's header; default ``key``.
-        style, no_wrap, ratio: as :meth:`rich.table.Table.add_column`.
+        style: the column's rich style.
+        no_wrap: the cells are names: never wrapped, they head a row's block on a narrow
+            console.
+        ratio: accepted for compatibility; a column with one wraps between words.
         show: the cell text of a value (the JSON keeps the value itself).
+        drop: 0 = always shown; larger numbers are left out first on a narrow console.
     """
 
     key: str
@@ -40,6 +56,7 @@ class Column:
     no_wrap: bool = False
     ratio: int | None = None
     show: Callable[[Any], str] = str
+    drop: int = 0
 
 
 @dataclass
@@ -76,19 +93,31 @@ def results_line(folder: str | Path, files: Sequence[str]) -> str:
 
 def records_table(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], title: str | None = None
-) -> Table:
-    """Records (the rows ``--json`` prints) as a rich table of the given columns."""
-    table = Table(title=title, header_style="bold")
-    for c in columns:
-        table.add_column(c.header or c.key, style=c.style, no_wrap=c.no_wrap, ratio=c.ratio)
+) -> FitTable:
+    """Records (the rows ``--json`` prints) as a table of the given columns that fits the
+    console (:class:`nctune.report.fit.FitTable`): cells are plain text, never markup."""
+    from nctune.report.fit import Col, FitTable  # here: report loads matplotlib
+
+    table = FitTable(
+        [
+            Col(c.header or c.key, style=c.style, drop=c.drop, wrap=not c.no_wrap, name=c.no_wrap)
+            for c in columns
+        ],
+        title=title,
+    )
     for row in rows:
-        table.add_row(*(c.show(row[c.key]) for c in columns))
+        table.add_row(*(Text(c.show(row[c.key])) for c in columns))
     return table
 
 
 def console_width() -> int:
-    """The width :func:`render`'s console will have (for tables that fit themselves to it)."""
-    return Console().width
+    """The width :func:`render`'s console has: ``COLUMNS`` when set, else the terminal's,
+    else (a log file, a pipe, CI) :data:`LOG_WIDTH`."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    console = Console()
+    return console.width if console.is_terminal else LOG_WIDTH
 
 
 def render(output: Output, json_: bool = False) -> None:
@@ -103,7 +132,7 @@ def render(output: Output, json_: bool = False) -> None:
 
         emit_json(to_json(output.doc))
         return
-    console = Console(highlight=output.highlight)
+    console = Console(highlight=output.highlight, width=console_width())
     for item in output.body:
         console.print(item)
     if output.folder is not None:

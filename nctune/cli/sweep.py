@@ -51,11 +51,14 @@ def sweep(
     Writes DIR/sweep.json, DIR/layer_sweep.png and DIR/recipe.yaml.
     """
     from nctune.config import load_recipe
+
+    # validated before torch and timm load: a typo is refused in a fraction of a second
+    cfg = load_recipe(recipe, set_)
     from nctune.distributed import is_main
     from nctune.report import plot_sweep, sweep_table
     from nctune.sweep import layer_sweep
 
-    cfg = apply_threads(load_recipe(recipe, set_), threads)
+    cfg = apply_threads(cfg, threads)
     out = claim_results(out or default_out(recipe, "sweep"), "sweep.json")
     names = [b.strip() for b in blocks.split(",") if b.strip()] if blocks else None
     with progress_bar() as progress:
@@ -67,14 +70,29 @@ def sweep(
         return
     draw = {"layer_sweep.png": lambda p: plot_sweep(result, p)}
     write_result_folder(out, "sweep.json", doc, cfg.to_yaml(), draw)
+    metric = result.metric.replace("_accuracy", "")
+    chosen_on = result.chosen_on.replace("_accuracy", "")
     lines = []
+    for mode, block in doc["best"].items():
+        if block is not None:
+            score = doc["best_score"][mode]
+            shown = "–" if score is None else f"{100 * score:.2f}%"
+            lines.append(
+                f"[bold]best {mode}[/] (chosen on {chosen_on} accuracy): {block}, "
+                f"{metric} accuracy {shown}"
+            )
     for rule, regret in result.regret.items():
         if all(g is None for g in regret.values()):
             lines.append(f"rule [bold]{rule}[/] picks {result.picks[rule]} (not swept)")
             continue
-        gaps = ", ".join(f"{m}: {g:.2f} pts" for m, g in regret.items() if g is not None)
+        gaps = ", ".join(
+            f"{m}: {abs(g):.2f} pts {'below' if g >= 0 else 'above'}"
+            for m, g in regret.items()
+            if g is not None
+        )
         lines.append(
-            f"rule [bold]{rule}[/] picks {result.picks[rule]} — below the best swept block by {gaps}"
+            f"rule [bold]{rule}[/] picks {result.picks[rule]} — {metric} accuracy against the "
+            f"best block: {gaps}"
         )
     summary = Output(
         doc,

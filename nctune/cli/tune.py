@@ -139,11 +139,14 @@ def tune(
     --storage and --study share it.
     """
     from nctune.config import load_recipe
+
+    # validated before torch and timm load: a typo is refused in a fraction of a second
+    cfg = load_recipe(recipe, set_)
     from nctune.report.search import search_tables, trials_table
     from nctune.tune import SearchFailedError, SmallValidationWarning
     from nctune.tune import tune as run_tune
 
-    cfg = apply_threads(load_recipe(recipe, set_), threads)
+    cfg = apply_threads(cfg, threads)
     # a shared claim: workers of one search share --out, any other command is refused
     folder = claim_out(check_writable(out or default_out(recipe, "tune")), shared=True)
     rows: dict[int, object] = {}

@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-from rich.table import Table
+from matplotlib.ticker import MaxNLocator
+from rich.markup import escape
 
+from nctune.report._common import _figure, _fmt, _pct, _plain_ticks, _png
+from nctune.report.fit import Col, FitTable
 from nctune.report.probe import lr_panel, probe_panel
+from nctune.report.sweep import plot_sweep, sweep_figure, sweep_table  # noqa: F401 (public here)
 from nctune.runs._io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -24,31 +25,34 @@ if TYPE_CHECKING:
     from nctune.selection import Selection
 
 
-def _fmt(x: float | None, spec: str = ".4g") -> str:
-    return "–" if x is None else format(x, spec)
+def profile_table(profile: CollapseProfile, recommendation: Selection | None = None) -> FitTable:
+    """One row per tapped layer: index, name, width, NC1, trace ratio, CDNV, NCC accuracy.
 
-
-def profile_table(profile: CollapseProfile, recommendation: Selection | None = None) -> Table:
-    """One row per tapped layer: index, name, width, NC1, trace ratio, CDNV, NCC accuracy."""
+    Layer names stay whole at any width; CDNV, the trace ratio and the width go first when
+    the console is narrow (they stay in analysis.json).
+    """
     title = (
         f"Neural collapse of {profile.backbone or 'the model'} on {profile.dataset or 'the data'}"
     )
     caption = f"{profile.num_samples} training samples, {profile.num_classes} classes, {profile.seconds:.1f} s"
-    table = Table(title=title, caption=caption, header_style="bold")
-    for col, justify in [
-        ("#", "right"),
-        ("layer", "left"),
-        ("width", "right"),
-        ("NC1", "right"),
-        ("tr ratio", "right"),
-        ("CDNV", "right"),
-        ("NCC acc", "right"),
-    ]:
-        table.add_column(col, justify=justify, no_wrap=col == "layer")  # names stay whole
+    table = FitTable(
+        [
+            Col("#", "right", name=True),
+            Col("layer", name=True),
+            Col("width", "right", drop=2),
+            Col("NC1", "right"),
+            Col("tr ratio", "right", drop=3),
+            Col("CDNV", "right", drop=4),
+            Col("NCC acc", "right", drop=1),
+        ],
+        title=title,
+        caption=caption,
+        more="analysis.json",
+    )
     chosen = set(recommendation.layers) if recommendation else set()
     for layer in profile.layers:
         m = layer.metrics
-        name = layer.name + (" ◀" if layer.name in chosen else "")
+        name = escape(layer.name) + (" ◀" if layer.name in chosen else "")
         style = "bold green" if layer.name in chosen else ("dim" if not layer.tunable else None)
         ncc = None if layer.ncc_accuracy is None else 100 * layer.ncc_accuracy
         table.add_row(
@@ -64,29 +68,6 @@ def profile_table(profile: CollapseProfile, recommendation: Selection | None = N
     return table
 
 
-def _png(fig: Figure) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _figure(**kw) -> Figure:
-    """A pyplot-free Figure on an Agg canvas: no global state, no display, nothing to close."""
-    fig = Figure(layout="constrained", **kw)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _plain_ticks(ax, axis: str = "y") -> None:
-    """Plain-decimal tick labels on a log axis (0.5, 2, 10 — not 5×10⁻¹), where they fit."""
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    target.set_minor_formatter(NullFormatter())
-
-
 #: Axis label of NC1, in mathtext (no raw underscores).
 NC1_LABEL = r"NC1 = tr($\Sigma_W \Sigma_B^{+}$)/K"
 
@@ -94,7 +75,8 @@ NC1_LABEL = r"NC1 = tr($\Sigma_W \Sigma_B^{+}$)/K"
 def profile_figure(profile: CollapseProfile, recommendation: Selection | None = None) -> Figure:
     """The ``collapse.png`` figure: NC1 (log) and NCC accuracy against depth.
 
-    The recommended blocks are shaded, and the band has its own legend entry.
+    The recommended blocks are shaded, and the band has its own legend entry. The legend
+    sits above the axes (on the first axes, outside them), so it covers no point.
 
     Returns:
         A :class:`matplotlib.figure.Figure` (axes: NC1 first, NCC accuracy twin second).
@@ -131,8 +113,19 @@ def profile_figure(profile: CollapseProfile, recommendation: Selection | None = 
             labels.append(
                 f"recommended ({recommendation.rule}): {', '.join(recommendation.layers)}"
             )
-    ax.legend(handles, labels, loc="best", fontsize=8)
-    ax.set_title(f"{profile.backbone or 'model'} on {profile.dataset or 'data'}", fontsize=9)
+    # Above the axes, not in them: inside, "best" still lands on a point when the curves
+    # fill every corner (a legend must never hide data).
+    ax.legend(
+        handles,
+        labels,
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.02, 1.0, 0.1),
+        mode="expand",
+        ncol=2,
+        borderaxespad=0.0,
+        fontsize=8,
+    )
+    fig.suptitle(f"{profile.backbone or 'model'} on {profile.dataset or 'data'}", fontsize=9)
     return fig
 
 
@@ -143,20 +136,26 @@ def plot_profile(
     return atomic_write_bytes(path, _png(profile_figure(profile, recommendation)))
 
 
-def probe_table(probe: dict[str, Any]) -> Table:
+def probe_table(probe: dict[str, Any]) -> FitTable:
     """``auto``'s collapse probe: every probed block's figures, the winner in bold, and why."""
-    t = Table(
+    t = FitTable(
+        [
+            Col("block", name=True),
+            Col("steps", "right", drop=3),
+            Col("NC1 before", "right", drop=2),
+            Col("NC1 after", "right"),
+            Col("val acc", "right"),
+            Col("train loss", "right", drop=1),
+        ],
         title=f"Collapse probe: {probe['steps']} steps over {len(probe['candidates'])} blocks",
         caption=probe["why"],
-        header_style="bold",
+        more="report.json",
     )
-    for col in ("block", "steps", "NC1 before", "NC1 after", "val acc", "train loss"):
-        t.add_column(col, justify="left" if col == "block" else "right", no_wrap=col == "block")
     for c in probe["candidates"]:
         won = c["block"] == probe["winner"]
         acc = "–" if c["val_accuracy"] is None else f"{100 * c['val_accuracy']:.1f}%"
         t.add_row(
-            c["block"] + (" ◀" if won else ""),
+            escape(c["block"]) + (" ◀" if won else ""),
             str(c["steps"]),
             _fmt(c["nc1_before"]),
             _fmt(c["nc1_after"]),
@@ -167,56 +166,52 @@ def probe_table(probe: dict[str, Any]) -> Table:
     return t
 
 
-def finetune_tables(result: Any) -> list[Table]:
+def _blocks_table(result: Any) -> FitTable:
+    """NC1 (and NCC accuracy) per block before → after fine-tuning."""
+    t = FitTable(
+        [
+            Col("layer", name=True),
+            Col("width", "right", drop=2),
+            Col("NC1 before", "right"),
+            Col("NC1 after", "right"),
+            Col("change", "right", drop=1),
+            Col("NCC before", "right", drop=4),
+            Col("NCC after", "right", drop=3),
+        ],
+        title=f"NC1 per block before → after {result.strategy} fine-tuning",
+        more="report.json",
+    )
+    for row in result.layers:
+        b, a = row["nc1_before"], row["nc1_after"]
+        change = "–" if not (b and a) else f"{(a - b) / b:+.0%}"
+        if row.get("remeasured") is False:  # before the first tuned block: not re-run
+            change = "frozen"
+        style = "bold green" if row["tuned"] and result.tuned_layers != ["*"] else None
+        t.add_row(
+            escape(row["name"]) + (" (tuned)" if style else ""),
+            str(row["dim"]),
+            _fmt(b),
+            _fmt(a),
+            change,
+            _pct(row["ncc_before"]),
+            _pct(row["ncc_after"]),
+            style=style,
+        )
+    return t
+
+
+def finetune_tables(result: Any) -> list[FitTable]:
     """The collapse-versus-accuracy report of a fine-tuning run: per-block NC1 before/after,
     then the summary (accuracy, trainable parameters, time)."""
-    tables = []
-    if result.layers:
-        t = Table(
-            title=f"NC1 per block before → after {result.strategy} fine-tuning", header_style="bold"
-        )
-        for col, justify in [
-            ("layer", "left"),
-            ("width", "right"),
-            ("NC1 before", "right"),
-            ("NC1 after", "right"),
-            ("change", "right"),
-            ("NCC before", "right"),
-            ("NCC after", "right"),
-        ]:
-            t.add_column(col, justify=justify, no_wrap=col == "layer")
-        for row in result.layers:
-            b, a = row["nc1_before"], row["nc1_after"]
-            change = "–" if not (b and a) else f"{(a - b) / b:+.0%}"
-            if row.get("remeasured") is False:  # before the first tuned block: not re-run
-                change = "frozen"
-            pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-            style = "bold green" if row["tuned"] and result.tuned_layers != ["*"] else None
-            t.add_row(
-                row["name"] + (" (tuned)" if style else ""),
-                str(row["dim"]),
-                _fmt(b),
-                _fmt(a),
-                change,
-                pct(row["ncc_before"]),
-                pct(row["ncc_after"]),
-                style=style,
-            )
-        tables.append(t)
+    tables = [_blocks_table(result)] if result.layers else []
     if getattr(result, "probe", None):
         tables.append(probe_table(result.probe))
-    s = Table(title="Result", show_header=False)
-    s.add_column(style="bold")
-    s.add_column()
-
-    def pct(v):
-        return "–" if v is None else f"{100 * v:.2f}%"
-
+    s = FitTable([Col("", style="bold"), Col("", wrap=True)], title="Result", show_header=False)
     s.add_row(
         "strategy",
         result.strategy + (f" (rule {result.selection['rule']})" if result.selection else ""),
     )
-    s.add_row("tuned blocks", ", ".join(result.tuned_layers) or "head only")
+    s.add_row("tuned blocks", escape(", ".join(result.tuned_layers)) or "head only")
     s.add_row(
         "trainable params",
         f"{result.trainable_params:,} of {result.total_params:,} "
@@ -224,18 +219,19 @@ def finetune_tables(result: Any) -> list[Table]:
     )
     s.add_row(
         "val accuracy",
-        pct(result.val_accuracy) + (f" (epoch {result.best_epoch})" if result.best_epoch else ""),
+        _pct(result.val_accuracy, 2)
+        + (f" (epoch {result.best_epoch})" if result.best_epoch else ""),
     )
-    s.add_row("test accuracy", pct(result.test_accuracy))
+    s.add_row("test accuracy", _pct(result.test_accuracy, 2))
     s.add_row(
         "NC1 of head input", f"{_fmt(result.nc1_before)} → {_fmt(result.nc1_after)} (train split)"
     )
     cache = result.cache or {}
     s.add_row(
         "prefix cache",
-        f"{cache.get('where')} at {cache.get('cut')}, {cache.get('megabytes')} MiB"
+        escape(f"{cache.get('where')} at {cache.get('cut')}, {cache.get('megabytes')} MiB")
         if cache.get("used")
-        else f"off ({cache.get('reason') or 'n/a'})",
+        else escape(f"off ({cache.get('reason') or 'n/a'})"),
     )
     s.add_row("training time", f"{result.wall_seconds:.1f} s (total {result.total_seconds:.1f} s)")
     tables.append(s)
@@ -312,136 +308,3 @@ def training_figure(result: Any) -> Figure:
 def plot_training(result: Any, path: str | Path) -> Path:
     """Save :func:`training_figure` as a PNG, atomically."""
     return atomic_write_bytes(path, _png(training_figure(result)))
-
-
-#: Below this console width the sweep table drops its secondary columns (NC1 after, params).
-SWEEP_FULL_WIDTH = 130
-
-
-def sweep_table(result: Any, width: int | None = None) -> Table:
-    """One row per swept block: accuracy and NC1 after for each mode, and which rules picked it.
-
-    Args:
-        result: a :class:`~nctune.sweep.SweepResult`.
-        width: the console width; below :data:`SWEEP_FULL_WIDTH` the per-mode "NC1 after"
-            and "params" columns are left out (they stay in sweep.json). Block names never
-            wrap or get cut, at any width.
-    """
-    modes = sorted({p.mode for p in result.points}, key=["layer", "scl"].index)
-    compact = width is not None and width < SWEEP_FULL_WIDTH
-    caption = f"{result.metric.replace('_', ' ')} per tuned block; ◀ best per mode"
-    if compact:
-        caption += "; NC1 after and trainable params: sweep.json (or a wider terminal)"
-    t = Table(title=f"Layer sweep: {result.backbone} on {result.dataset}", header_style="bold",
-              caption=caption)  # fmt: skip
-    t.add_column("#", justify="right")
-    t.add_column("block", no_wrap=True)
-    t.add_column("NC1 pre" if compact else "NC1 (pretrained)", justify="right")
-    for m in modes:
-        label = "Layer-FT" if m == "layer" else "SCL-FT"
-        t.add_column(label if compact else f"{label} acc", justify="right", no_wrap=True)
-        if not compact:
-            t.add_column(f"{label} NC1 after", justify="right")
-            t.add_column(f"{label} params", justify="right")
-    t.add_column("picked by")
-    best = {m: getattr(result.best(m), "block", None) for m in modes}
-    blocks = list(dict.fromkeys(p.block for p in result.points))
-    for block in blocks:
-        row_pts = {p.mode: p for p in result.points if p.block == block}
-        first = next(iter(row_pts.values()))
-        cells = [str(first.index), block, _fmt(first.nc1_before)]
-        for m in modes:
-            p = row_pts.get(m)
-            score = None if p is None else getattr(p, result.metric)
-            mark = " ◀" if best[m] == block else ""
-            cells.append("–" if score is None else f"{100 * score:.2f}%{mark}")
-            if not compact:
-                cells += [
-                    _fmt(p.nc1_after if p else None),
-                    "–" if p is None else f"{100 * p.trainable_params / p.total_params:.1f}%",
-                ]
-        cells.append(", ".join(r for r, b in result.picks.items() if b == block))
-        t.add_row(*cells)
-    return t
-
-
-#: Marker shapes of the rules' picks, so picks of one block stay distinguishable.
-_PICK_MARKERS = "v^<>Dp*h"
-
-
-def sweep_figure(result: Any) -> Figure:
-    """The ``layer_sweep.png`` figure: score and NC1 after tuning against the tuned block.
-
-    Each selection rule's pick is a vertical line at exactly the x position of the block it
-    picked (block ``i`` of the sweep sits at ``x = i``), plus a marker on the score curve;
-    rules that pick the same block share the line and stack their markers.
-
-    Returns:
-        A :class:`matplotlib.figure.Figure` with two axes (score, NC1) sharing x.
-    """
-    blocks = list(dict.fromkeys(p.block for p in sorted(result.points, key=lambda p: p.index)))
-    x = {b: i for i, b in enumerate(blocks)}
-    fig = _figure(figsize=(max(6.0, 0.4 * len(blocks) + 2), 6.0))
-    ax1, ax2 = fig.subplots(2, 1, sharex=True)
-    for mode, style in (("layer", "o-"), ("scl", "s-")):
-        pts = sorted((p for p in result.points if p.mode == mode), key=lambda p: x[p.block])
-        if not pts:
-            continue
-        label = "Layer-FT" if mode == "layer" else "SCL-FT"
-        xs = [x[p.block] for p in pts]
-        ax1.plot(
-            xs,
-            [100 * (getattr(p, result.metric) or float("nan")) for p in pts],
-            style,
-            label=label,
-        )
-        ax2.plot(
-            xs,
-            [p.nc1_after or float("nan") for p in pts],
-            style,
-            label=f"{label}: head input after",
-        )
-    ax2.plot(
-        range(len(blocks)),
-        [next(p.nc1_before for p in result.points if p.block == b) or float("nan") for b in blocks],
-        "k:",
-        label="block, pretrained",
-    )
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    stacked: dict[str, int] = {}
-    for i, (rule, block) in enumerate(sorted(result.picks.items())):
-        if block not in x:  # the rule picked a block outside the swept subset
-            continue
-        color = colors[(i + 2) % len(colors)]
-        k = stacked[block] = stacked.get(block, -1) + 1
-        for ax in (ax1, ax2):
-            ax.axvline(x[block], color=color, ls="--", lw=1.2, alpha=0.7, gid=f"pick:{rule}")
-        # A marker at the block's x, near the top of the score panel, stacked per block.
-        ax1.plot(
-            [x[block]],
-            [0.97 - 0.07 * k],
-            _PICK_MARKERS[i % len(_PICK_MARKERS)],
-            color=color,
-            ms=8,
-            transform=ax1.get_xaxis_transform(),
-            ls="none",
-            label=f"rule {rule} → {block}",
-            gid=f"pick:{rule}",
-        )
-    ax1.set_ylabel(f"{result.metric.replace('_', ' ')} (%)")
-    ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=7, ncol=2)
-    ax2.set_yscale("log")
-    _plain_ticks(ax2)
-    ax2.set_ylabel("NC1 (train, log)")
-    ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=7)
-    ax2.set_xticks(range(len(blocks)), blocks, rotation=60, ha="right", fontsize=7)
-    ax2.set_xlabel("tuned block")
-    fig.suptitle(f"Layer sweep: {result.backbone} on {result.dataset}", fontsize=9)
-    return fig
-
-
-def plot_sweep(result: Any, path: str | Path) -> Path:
-    """Save :func:`sweep_figure` as a PNG, atomically."""
-    return atomic_write_bytes(path, _png(sweep_figure(result)))

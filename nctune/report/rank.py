@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from nctune.report import _fmt, _png
+from nctune.report.fit import Col, FitTable
 from nctune.runs._io import atomic_write_bytes
 from nctune.scores import SCORES, STATIC_SCORES
 
@@ -77,7 +76,7 @@ _SECONDARY = (
 )  # fmt: skip
 
 
-def ranking_table(ranking: Any, width: int | None = None) -> Table:
+def ranking_table(ranking: Any, width: int | None = None) -> FitTable:
     """Candidates best first by ``ranking.by``; every score with its place, failures last.
 
     Each cell is ``value (place)``: the place of the candidate by that score, so rows where
@@ -87,70 +86,50 @@ def ranking_table(ranking: Any, width: int | None = None) -> Table:
 
     Args:
         ranking: the result.
-        width: the console width: columns are left out (see :data:`_SECONDARY`; they stay
-            in ranking.json) until the table fits, so no cell is cut to ``…``.
+        width: at most this wide (default: the console's width). Columns are left out
+            (see :data:`_SECONDARY`; they stay in ranking.json) until the table fits, then
+            it turns into one block per candidate; no name is ever cut to ``…``.
     """
-    cols: dict[str, tuple[str, str]] = {"#": ("#", "right"), "candidate": ("candidate", "left")}
-    for name, label in LABELS.items():
-        cols[name] = (label + ("" if SCORES[name] else " ↓"), "right")
-    cols["best block"] = ("best block", "left")
-    if ranking.validation:
-        cols["validation"] = (f"{ranking.validation} acc", "right")
-    cols["pass s"] = ("pass s", "right")
+    keys = ["#", "candidate", *LABELS, "best block"]
+    keys += ["validation"] if ranking.validation else []
+    keys.append("pass s")
+
+    def col(key: str) -> Col:
+        drop = 0 if key == ranking.by or key not in _SECONDARY else 99 - _SECONDARY.index(key)
+        style = "bold" if key == ranking.by else None
+        if key in LABELS:
+            label = LABELS[key] + ("" if SCORES[key] else " ↓")
+            return Col(label, "right", drop=drop, style=style)
+        if key == "validation":
+            return Col(f"{ranking.validation} acc", "right", style=style)
+        right = key in ("#", "pass s")
+        return Col(key, "right" if right else "left", drop=drop, name=key in ("#", "candidate"))
+
     places = {name: ranking.positions(name) for name in LABELS}
-    rows: list[tuple[dict[str, str], str | None]] = []
-    for i, c in enumerate(ranking.ranked()):
-        if not c.ok:
-            rows.append(({"#": "–", "candidate": c.spec, ranking.by: "[red]failed[/]"}, "dim"))
-            continue
-        cells = {"#": str(i + 1), "candidate": c.spec}
-        for name in LABELS:
-            place = places[name].get(c.spec)
-            cells[name] = _value(name, c.scores.get(name)) + (f" ({place})" if place else "")
-        cells["best block"] = c.best_block or "–"
-        if ranking.validation:
-            acc = c.accuracy(ranking.metric or "test_accuracy")
-            err = (c.validation or {}).get("error")
-            cells["validation"] = "failed" if err else ("–" if acc is None else f"{100 * acc:.1f}%")
-        cells["pass s"] = f"{c.seconds.get('pass', 0.0):.1f}"
-        rows.append((cells, None))
-    dropped = _fit(cols, [cells for cells, _ in rows], ranking.by, width)
     caption = (
         f"{ranking.num_classes} classes; LogME, H-score, k-NN (k={ranking.knn_k}, cosine) on "
         f"≤ {ranking.subsample} samples per split; top-1*: published ImageNet top-1, else "
         f"source-task accuracy (no target data); {ranking.seconds:.1f} s"
     )
-    if dropped:
-        caption += f"; {len(dropped)} more columns in ranking.json (or a wider terminal)"
     title = f"Backbones on {ranking.dataset or 'the data'}, by {ranking.by}"
-    table = Table(title=title, caption=caption, header_style="bold")
-    for key, (label, justify) in cols.items():
-        style = "bold" if key == ranking.by else None
-        table.add_column(label, justify=justify, style=style, overflow="fold")
-    for cells, style in rows:
-        table.add_row(*(cells.get(key, "") for key in cols), style=style)
+    table = FitTable([col(k) for k in keys], title, caption, more="ranking.json", width=width)
+    for i, c in enumerate(ranking.ranked()):
+        if not c.ok:
+            cells = {"#": "–", "candidate": escape(c.spec), ranking.by: "[red]failed[/]"}
+            table.add_row(*(cells.get(k, "") for k in keys), style="dim")
+            continue
+        cells = {"#": str(i + 1), "candidate": escape(c.spec)}
+        for name in LABELS:
+            place = places[name].get(c.spec)
+            cells[name] = _value(name, c.scores.get(name)) + (f" ({place})" if place else "")
+        cells["best block"] = escape(c.best_block or "–")
+        if ranking.validation:
+            acc = c.accuracy(ranking.metric or "test_accuracy")
+            err = (c.validation or {}).get("error")
+            cells["validation"] = "failed" if err else ("–" if acc is None else f"{100 * acc:.1f}%")
+        cells["pass s"] = f"{c.seconds.get('pass', 0.0):.1f}"
+        table.add_row(*(cells[k] for k in keys))
     return table
-
-
-def _fit(
-    cols: dict[str, tuple[str, str]], rows: list[dict[str, str]], by: str, width: int | None
-) -> list[str]:
-    """Leave out secondary columns of ``cols`` (in place) until the table is at most ``width``
-    wide; returns the labels left out."""
-
-    def need() -> int:  # each column: its widest cell or header, 2 of padding, 1 of rule
-        return 1 + sum(
-            3 + max([Text.from_markup(r.get(k, "")).cell_len for r in rows] + [len(label)])
-            for k, (label, _) in cols.items()
-        )
-
-    dropped: list[str] = []
-    for key in _SECONDARY:
-        if width is None or need() <= width:
-            break
-        if key != by and key in cols:
-            dropped.append(cols.pop(key)[0].removesuffix(" ↓"))
-    return dropped
 
 
 def static_line(ranking: Any) -> str | None:
@@ -182,14 +161,14 @@ def failures(ranking: Any) -> list[str]:
     return lines
 
 
-def agreement_table(ranking: Any) -> Table:
+def agreement_table(ranking: Any) -> FitTable:
     """Each score's weighted Kendall τ and Spearman ρ against the fine-tuned accuracy."""
-    table = Table(
+    table = FitTable(
+        [Col("score", name=True), Col("weighted τ", "right"), Col("Spearman ρ", "right"),
+         Col("n", "right", drop=1)],
         title=f"Which score was right? ({ranking.validation} fine-tuning, {ranking.metric})",
-        header_style="bold",
-    )
-    for col in ("score", "weighted τ", "Spearman ρ", "n"):
-        table.add_column(col, justify="left" if col == "score" else "right")
+        more="ranking.json",
+    )  # fmt: skip
     rows = sorted(
         ranking.agreement.items(),
         key=lambda kv: -(kv[1]["weighted_tau"] if kv[1]["weighted_tau"] is not None else -9),

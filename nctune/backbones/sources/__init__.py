@@ -2,7 +2,8 @@
 
 Each module registers its factory with ``@SOURCES.register("<prefix>")``; importing this
 package imports them all, which fills :data:`SOURCES`. Adding a source = one module here
-(imported below) + one test file in ``tests/backbones/sources/``. Source modules share
+(imported below) + its name in :data:`nctune._names.BACKBONE_SOURCES` + one test file in
+``tests/backbones/sources/``. Source modules share
 helpers through :mod:`~nctune.backbones.factory`, :mod:`~nctune.backbones.hub` and
 :mod:`~nctune.backbones.weights`, never through each other (``file`` reaches timm through
 the registry).

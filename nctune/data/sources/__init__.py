@@ -4,8 +4,9 @@
 Importing this package imports every source module, which fills the registry. Adding a
 source = one new module here (a function ``cfg -> _Source`` decorated with
 ``@SOURCES.register("name")``, its one-line docstring the recipe help), its import
-below, and one test file in ``tests/data/sources/``. See :mod:`._base` for what a
-loader returns.
+below, its name and help line in :data:`nctune._names.DATA_SOURCES` (the recipe checks
+names there, without importing torch), and one test file in ``tests/data/sources/``.
+See :mod:`._base` for what a loader returns.
 """
 
 from __future__ import annotations
