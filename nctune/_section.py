@@ -6,6 +6,10 @@ live in their own modules (:mod:`nctune.search_config`) apply one set of rules.
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
@@ -58,3 +62,53 @@ class Section(BaseModel):
         if type(v) is int and v > MAX_INT and info.field_name != "seed":
             raise ValueError(f"must be at most {MAX_INT}, got {v}")
         return v
+
+
+def _models_in(annotation: Any) -> list[Any]:
+    """The annotations a value of ``annotation`` may hold, unions and ``None`` unwrapped."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def closest_key(root: type[BaseModel], loc: Sequence[str | int]) -> str | None:
+    """The dotted path of the field closest to an unknown key, for a "did you mean".
+
+    Walks ``loc`` down from ``root`` through sections, mappings (``search.space``'s values)
+    and lists, then matches the last part against the field names (and aliases) found
+    there with :func:`difflib.get_close_matches`.
+
+    Args:
+        root: the model the path starts from (the ``Recipe``).
+        loc: the path of the unknown key, e.g. ``('train', 'epoch')``.
+
+    Returns:
+        e.g. ``'train.epochs'``, or None when nothing is close or the path leaves the models.
+    """
+    if not loc:
+        return None
+    current: list[Any] = [root]
+    for part in loc[:-1]:
+        found: list[Any] = []
+        for ann in current:
+            origin = typing.get_origin(ann)
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                field = ann.model_fields.get(str(part)) or next(
+                    (f for f in ann.model_fields.values() if f.alias == part), None
+                )
+                if field is not None:
+                    found += _models_in(field.annotation)
+            elif origin is dict:  # a key of a mapping: the values' type continues the path
+                found += _models_in(typing.get_args(ann)[1])
+            elif origin in (list, tuple) and isinstance(part, int):
+                found += _models_in(typing.get_args(ann)[0])
+        current = found
+    names = [
+        name
+        for ann in current
+        if isinstance(ann, type) and issubclass(ann, BaseModel)
+        for key, field in ann.model_fields.items()
+        for name in (field.alias or key,)
+    ]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return ".".join([*(str(p) for p in loc[:-1]), close[0]]) if close else None

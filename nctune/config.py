@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from nctune._section import MAX_SEED, Section
+from nctune._section import MAX_SEED, Section, closest_key
 from nctune.errors import ConfigError
 from nctune.recipe_sections import (
     AnalysisConfig,
@@ -104,7 +104,12 @@ def _format_error(
         source = "--set"
     msg = first["msg"].split(" or instance of ")[0]  # no class names from the code
     if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; see docs/recipes.md for the fields)"
+        close = closest_key(Recipe, first["loc"])
+        msg = (
+            f"unknown key; did you mean {close}? (see docs/recipes.md for the fields)"
+            if close
+            else "unknown key (check the spelling; see docs/recipes.md for the fields)"
+        )
     elif first["type"] == "value_error":  # our validators' messages already name the value
         msg = msg.removeprefix("Value error, ")
     elif "input" in first and first["type"] not in ("missing",):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nctune._section import Section
+from nctune._section import Section, closest_key
 
 _ROOT: dict[str, type[BaseModel]] = {}
 
@@ -110,7 +110,9 @@ def _check_space_path(path: str, dist: Distribution) -> None:
     for i, part in enumerate(parts):
         field = model.model_fields.get(part)
         if field is None or part == "search":
-            raise ValueError(f"{path}: no recipe field {'.'.join(parts[: i + 1])!r}")
+            close = closest_key(_ROOT["recipe"], parts[: i + 1])
+            hint = f"; did you mean {close!r}?" if close and close != "search" else ""
+            raise ValueError(f"{path}: no recipe field {'.'.join(parts[: i + 1])!r}{hint}")
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann

@@ -10,7 +10,7 @@ import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -209,11 +209,12 @@ def handle_errors(fn: F) -> F:
             warnings.simplefilter("default")
             token = _command_stack.set(held)
             try:
-                with _dist().process_group():
+                with _dist().process_group() if _launched() else nullcontext():
                     return fn(*args, **kwargs)
             except NctuneError as err:
                 print_error(err)
-                raise typer.Exit(_dist().exit_code(err)) from None
+                # a peer's failure (its own exit code) exists only under torchrun
+                raise typer.Exit(_dist().exit_code(err) if _launched() else 2) from None
             except KeyboardInterrupt:  # results are staged: nothing half-written is left
                 notice("interrupted; nothing was written to --out")
                 raise typer.Exit(130) from None
@@ -232,6 +233,8 @@ def main_process_only(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not _launched():  # one process: it is rank 0 (and torch need not load yet)
+            return fn(*args, **kwargs)
         if not _dist().is_main():
             return None
         with _dist().local():
@@ -256,6 +259,13 @@ def _quiet_unless_main() -> Iterator[bool]:
     finally:
         sys.stdout.close()
         sys.stdout, console.quiet = stdout, quiet
+
+
+def _launched() -> bool:
+    """Whether a launcher (torchrun) started this process: only then does a command need
+    :mod:`nctune.distributed` before it runs, so outside one a bad recipe or ``--set`` is
+    refused before torch loads."""
+    return "WORLD_SIZE" in os.environ
 
 
 def _dist():
