@@ -79,3 +79,11 @@ def test_corrupt_image_row_names_the_row(tmp_path):
     s.train[0]
     with pytest.raises(DataError, match=r"\(train\) row 1: cannot read column 'image'"):
         s.train.verify()
+
+
+def test_init_recognises_a_saved_dataset_folder(tmp_path, ds):
+    from nctune.starter import starter_recipe
+
+    ds.save_to_disk(str(tmp_path / "saved"))
+    started = starter_recipe(tmp_path / "saved", "timm:test_resnet", estimate=False)
+    assert started.recipe.data.source == "hf" and started.classes == list(CLASSES)
