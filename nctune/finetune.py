@@ -31,6 +31,7 @@ from nctune.passes import (
 from nctune.profile import CollapseProfile
 from nctune.taps import resolve_device
 from nctune.training.callbacks import Callback, CallbackList
+from nctune.training.clock import SessionClock
 from nctune.training.loggers import epoch_loggers
 from nctune.training.mlflow import check_tracking
 from nctune.training.strategies import (
@@ -57,7 +58,8 @@ class RunResult:
         test_accuracy: accuracy of the kept weights on the test split (None without one).
         nc1_before, nc1_after: NC1 of the features the head sees, on the training split,
             in eval mode, before and after training.
-        wall_seconds: training time (prefix caching, epochs, validation).
+        wall_seconds: training time (prefix caching, epochs, validation), summed over the
+            sessions of a resumed run.
         history: per epoch: loss, accuracy, val_accuracy, nc1 (head input, from the
             training pass), lr, seconds.
         layers: per block: NC1 and NCC accuracy before and after training; blocks before
@@ -66,6 +68,9 @@ class RunResult:
             why (None when no probe ran).
         lr_finder: the learning-rate range test that set ``train.lr`` (None: not run).
         after_cached: the after-training pass ran from the prefix cache (suffix only).
+        total_seconds, cpu_seconds: the whole run's wall and process CPU time, summed over
+            its sessions.
+        sessions: how many sessions the run took (1 + the resumes).
     """
 
     strategy: str
@@ -94,6 +99,8 @@ class RunResult:
     probe: dict[str, Any] | None = None
     lr_finder: dict[str, Any] | None = None
     after_cached: bool = False
+    cpu_seconds: float = 0.0
+    sessions: int = 1
     model: nn.Module | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +131,8 @@ class RunResult:
             "probe",
             "lr_finder",
             "after_cached",
+            "cpu_seconds",
+            "sessions",
         ]
         out = {k: getattr(self, k) for k in keys}
         out["trainable_percent"] = 100.0 * self.trainable_params / max(1, self.total_params)
@@ -228,6 +237,7 @@ def finetune(
         A :class:`RunResult`; ``result.model`` is the fine-tuned model in eval mode.
     """
     start = time.perf_counter()
+    clock = SessionClock(start=start)  # a resumed run continues its checkpoint's time
     cb = CallbackList.of(callbacks)
     backbone, splits, plain, device = prepared or prepare(recipe)
     s, t, k = recipe.strategy, recipe.train, splits.num_classes
@@ -273,6 +283,7 @@ def finetune(
     if ctx.sources is None:
         ctx.sources = prefix_sources(ctx, applied, run_dir, shared_cache_dir)
     sources, cache_seconds = ctx.sources, time.perf_counter() - t_cache
+    clock.extra_train = cache_seconds
     try:
         if plan is not None:
             if s.lr_finder and sources is not None and sources[0] is not None:
@@ -304,10 +315,14 @@ def finetune(
             callbacks=CallbackList([*loggers, cb]),
             shared_cache_dir=shared_cache_dir,
             sources=sources,
+            random_erase=recipe.data.random_erase,
+            balanced_sampler=recipe.data.balanced_sampler,
+            clock=clock,
         )
         run = _run_result(applied, result, backbone, splits, device)
         run.nc1_before, run.profile_seconds = nc1_first, profile_seconds
-        run.wall_seconds += cache_seconds  # training time includes building its cache
+        # training time includes building its cache, and the earlier sessions' training
+        run.wall_seconds += cache_seconds + clock.prior_train
         if plan is not None:
             run.probe, run.lr_finder = plan.probe, plan.lr_finder
             run.selection = plan.selection(s.selection_rule()[0])
@@ -317,7 +332,8 @@ def finetune(
         for c in (sources or (None, None))[:2]:
             if c is not None:
                 c.close()
-    run.total_seconds = time.perf_counter() - start
+    run.total_seconds, run.cpu_seconds = clock.total_seconds(), clock.cpu_seconds()
+    run.sessions = clock.sessions
     return run
 
 

@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 # the names, not the registries: those import torch, and a typo is refused before it loads
 from nctune._names import BACKBONE_SOURCES, spec_source
 from nctune._names import DATA_SOURCES as SOURCES
+from nctune import recipe_kit as kit
 from nctune._section import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Section
 from nctune.selection import DEFAULT_RULE, RULES
 from nctune.training.strategies import STRATEGIES, STRATEGY_REGISTRY, strategies_help
@@ -142,10 +143,9 @@ class DataConfig(Section):
         le=MAX_IMAGE_SIZE,
         description="Input side in pixels; default: the backbone's input size.",
     )
-    augment: bool = Field(
-        False,
-        description="Random augmentation on the training split (off lets frozen prefixes be cached).",
-    )
+    augment: kit.Augment = kit.AUGMENT
+    random_erase: float = kit.RANDOM_ERASE
+    balanced_sampler: bool = kit.BALANCED_SAMPLER
     batch_size: int = Field(64, ge=1, description="Batch size for every loader.")
     num_workers: int = Field(
         0,
@@ -337,6 +337,13 @@ class TrainConfig(Section):
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=1.0, description="Cross-entropy label smoothing."
     )
+    class_weights: kit.ClassWeights = kit.CLASS_WEIGHTS
+    mixup: float = kit.MIXUP
+    cutmix: float = kit.CUTMIX
+    accumulate_steps: int = kit.ACCUMULATE_STEPS
+    ema: bool = kit.EMA
+    ema_decay: float = kit.EMA_DECAY
+    layer_decay: float | None = kit.LAYER_DECAY
     grad_clip: float | None = Field(
         1.0, gt=0.0, description="Clip the global gradient norm (null: off)."
     )
@@ -345,9 +352,7 @@ class TrainConfig(Section):
         ge=1,
         description="Stop after this many epochs without a better validation accuracy (null: off).",
     )
-    amp: bool = Field(
-        True, description="Mixed precision (autocast + grad scaling) on CUDA; ignored on CPU."
-    )
+    amp: kit.Amp = kit.AMP
     channels_last: bool = Field(True, description="channels_last memory format on CUDA.")
     cache_prefix: Literal["auto", "memory", "disk", "off"] = Field(
         "auto",

@@ -71,6 +71,44 @@ before training, so `--resume` continues with the same block without probing aga
 """
 
 
+KIT = """\
+## The training kit, and the prefix cache
+
+Each of these is off by default, and then training is exactly what it was without them.
+
+- **`data.augment`**: `true` is a random resized crop (at least half the image) and a
+  horizontal flip; a timm policy string adds RandAugment (`rand-m9-mstd0.5`), AugMix
+  (`augmix-m5-w4-d2`), AutoAugment (`original`) or TrivialAugmentWide (`trivialaugment`) after
+  them. Their random draws are seeded from torch's generator, so a seed repeats them.
+- **`data.random_erase`**, **`train.mixup`**, **`train.cutmix`** change each training batch
+  before its forward pass (timm's `RandomErasing` and `Mixup`). With mixup or cutmix the loss
+  is the soft-target cross-entropy, and `train.label_smoothing` is folded into the mixed
+  targets (not applied twice); the training accuracy and NC1 in `history` are those of the
+  changed batches against their original labels.
+- **The prefix cache** needs the same input every epoch. When `data.augment`,
+  `data.random_erase`, `train.mixup` or `train.cutmix` is on, the cache is **turned off for
+  training** (not refused): the whole model runs every step, and `report.json`'s
+  `cache.reason` says which setting turned it off. The measurements before and after training
+  still read un-augmented images (from the cache when one could be built).
+- **`train.accumulate_steps: k`**: the gradients of k batches are summed, each weighted by its
+  share of the group's samples, so k batches of b give the update of one batch of k·b (exactly,
+  for models without batch statistics); warm-up and the schedule count optimizer steps, and a
+  stop request waits for the group's update.
+- **`train.ema`**: timm's `ModelEmaV3` after every optimizer step; validation, the kept epoch,
+  the test accuracy and the saved model use the averaged weights; checkpoints hold both.
+- **`train.layer_decay`**: block i of L trains at lr·decay^(L+1−i) (the stem lowest, the head
+  at lr), in optimizer groups by factor.
+- **`train.class_weights: auto`**: the loss is the batch mean of w_y·CE with
+  w_k = N/(K·n_k) (these weights average 1 over the training split).
+- **`data.balanced_sampler`**: each epoch draws N samples with replacement, weights 1/n_y,
+  from the epoch's seed; under `torchrun` every process draws the same global batches and
+  trains its share, so the run matches one process.
+- **`train.amp: bf16`**: bfloat16 autocast of the training forward on CPU (and CUDA, without
+  loss scaling); validation and the measurements stay float32 on CPU. `true` keeps CUDA's
+  mixed precision and does nothing on CPU.
+"""
+
+
 # --------------------------------------------------------------------- field tables
 def cell(text: str) -> str:
     """Markdown table cells cannot hold pipes or line breaks; ``<model>`` is not HTML."""
@@ -163,7 +201,7 @@ def recipes_doc() -> list[str]:
 
 
 def render() -> str:
-    lines = [INTRO, *fields_doc(), AUTO, *recipes_doc()]
+    lines = [INTRO, *fields_doc(), AUTO, KIT, *recipes_doc()]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -19,10 +19,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
 
 from nctune.data.bitdepth import array_to_uint8, to_rgb8
-from nctune.data.transforms import AUG_RATIO, AUG_SCALE, _pil_transform, _resize_uint8, _Spec
+from nctune.data.transforms import _pil_transform, _resize_uint8, _Spec, augment_steps
 from nctune.errors import DataError, one_line
 
 # Above this many bytes of resized uint8 pixels a split is resized per sample instead of
@@ -102,20 +101,8 @@ class TensorImageDataset(ImageDataset):
         self._normalize = spec.normalizer()
         self._aug: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._cache: torch.Tensor | None = None
-        if augment:
-            # tensors support only bilinear/bicubic antialiased resizing
-            steps: list[Any] = [
-                T.RandomResizedCrop(
-                    spec.image_size,
-                    scale=AUG_SCALE,
-                    ratio=AUG_RATIO,
-                    interpolation=InterpolationMode(spec.tensor_mode),
-                    antialias=True,
-                )
-            ]
-            if flip:
-                steps.append(T.RandomHorizontalFlip())
-            self._aug = T.Compose(steps)
+        if augment:  # tensors support only bilinear/bicubic antialiased resizing
+            self._aug = T.Compose(augment_steps(spec, augment, flip, tensor=True))
         else:
             n, c = images.shape[:2]
             if n * c * spec.image_size * spec.image_size <= _CACHE_LIMIT_BYTES:

@@ -23,7 +23,9 @@ class DataSection(Protocol):
     samples_per_class: int | None
     max_test_samples: int | None
     image_size: int | None
-    augment: bool
+    augment: bool | str
+    random_erase: float
+    balanced_sampler: bool
     batch_size: int
     num_workers: int
     image_key: str | None

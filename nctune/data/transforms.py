@@ -9,15 +9,20 @@
 * Every image becomes 3-channel RGB (grayscale is repeated), then
   ``(x / 255 − mean) / std`` with the backbone's mean and std.
 * Augmentation (training split only): ``RandomResizedCrop(T, scale=(0.5, 1))`` and an
-  optional horizontal flip.
+  optional horizontal flip; a ``data.augment`` policy string adds timm's RandAugment,
+  AugMix or AutoAugment (or torchvision's TrivialAugmentWide) after them
+  (:func:`augment_steps`), its random draws seeded from torch's generator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
@@ -25,6 +30,7 @@ from torchvision.transforms import InterpolationMode
 
 from nctune.data.bitdepth import to_rgb8
 from nctune.data.input_config import crop_fraction, per_channel, resize_side, resolve_input_config
+from nctune.errors import ConfigError
 
 #: Light augmentation: crops keep at least half the image, so few-shot classes stay visible.
 AUG_SCALE = (0.5, 1.0)
@@ -108,18 +114,106 @@ def eval_transform(
     return _pil_transform(_Spec.from_input_config(resolved), augment=False)
 
 
+@contextlib.contextmanager
+def torch_seeded() -> Iterator[None]:
+    """Seed Python's and NumPy's global generators from torch's, and put theirs back after.
+
+    timm's augmentation policies, ``Mixup`` and ``RandomErasing`` draw from those
+    generators; drawing their seed from torch's (seeded by the run, saved by its
+    checkpoints) makes them repeat for a seed and on resume, without touching the caller's
+    own random state.
+    """
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    py, npy = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+class _Seeded:
+    """A transform whose Python/NumPy random draws come from torch's generator."""
+
+    def __init__(self, transform: Callable[[Any], Any]) -> None:
+        self.transform = transform
+
+    def __call__(self, img: Any) -> Any:
+        with torch_seeded():
+            return self.transform(img)
+
+
+def _policy(spec: _Spec, policy: str) -> Callable[[Any], Any]:
+    """timm's transform for an augmentation policy string (a PIL image in and out), as
+    ``timm.data.create_transform(auto_augment=…)`` builds it."""
+    if policy == "trivialaugment":
+        return T.TrivialAugmentWide(interpolation=spec.pil_interpolation())
+    from timm.data.auto_augment import (
+        augment_and_mix_transform,
+        auto_augment_transform,
+        rand_augment_transform,
+    )
+
+    params: dict[str, Any] = {
+        "translate_const": int(spec.image_size * 0.45),
+        "img_mean": tuple(min(255, round(255 * m)) for m in spec.mean),
+    }
+    try:
+        if policy.startswith("rand"):
+            return _Seeded(rand_augment_transform(policy, params))
+        if policy.startswith("augmix"):
+            return _Seeded(augment_and_mix_transform(policy, {**params, "translate_pct": 0.3}))
+        return _Seeded(auto_augment_transform(policy, params))
+    except (AssertionError, ValueError, KeyError, IndexError) as err:
+        raise ConfigError(
+            f"data.augment: timm refuses {policy!r} ({err or 'bad option'})"
+        ) from None
+
+
+def augment_steps(spec: _Spec, augment: bool | str, flip: bool, *, tensor: bool) -> list[Any]:
+    """The training split's random steps: a random resized crop keeping at least half the
+    image, a horizontal flip (unless ``flip`` is False), then the ``augment`` policy when it
+    is a string (:func:`_policy`).
+
+    Args:
+        spec: the transform parameters.
+        augment: True for crop and flip, or a policy string (``data.augment``).
+        flip: allow horizontal flips.
+        tensor: the steps take uint8 (C, H, W) tensors (else PIL images); a timm policy
+            then goes through PIL and back.
+
+    Raises:
+        ConfigError: timm refuses the policy string.
+    """
+    interp = InterpolationMode(spec.tensor_mode) if tensor else spec.pil_interpolation()
+    steps: list[Any] = [
+        T.RandomResizedCrop(
+            spec.image_size, scale=AUG_SCALE, ratio=AUG_RATIO, interpolation=interp, antialias=True
+        )
+    ]
+    if flip:
+        steps.append(T.RandomHorizontalFlip())
+    if isinstance(augment, str):
+        if tensor:
+            steps += [_to_pil_rgb, _policy(spec, augment), T.PILToTensor()]
+        else:
+            steps.append(_policy(spec, augment))
+    return steps
+
+
+def _to_pil_rgb(x: torch.Tensor) -> Any:
+    """uint8 (C, H, W) → an RGB PIL image (timm's policies expect three channels)."""
+    return T.functional.to_pil_image(x.expand(3, -1, -1) if x.shape[0] == 1 else x)
+
+
 def _pil_transform(
-    spec: _Spec, *, augment: bool, flip: bool = True
+    spec: _Spec, *, augment: bool | str, flip: bool = True
 ) -> Callable[[Any], torch.Tensor]:
     interp = spec.pil_interpolation()
     if augment:
-        steps: list[Any] = [
-            T.RandomResizedCrop(
-                spec.image_size, scale=AUG_SCALE, ratio=AUG_RATIO, interpolation=interp
-            )
-        ]
-        if flip:
-            steps.append(T.RandomHorizontalFlip())
+        steps = augment_steps(spec, augment, flip, tensor=False)
     else:
         scale = resize_side(spec)
         # timm's eval transform: "squash" resizes to a square ignoring the aspect ratio;

@@ -32,6 +32,7 @@ class ImageBatches:
     ) -> None:
         self.data, self.batch_size, self.device = data, batch_size, device
         self.seed, self.num_workers = seed, num_workers
+        self.weights: torch.Tensor | None = None  # data.balanced_sampler's draw weights
 
     def batches(
         self, epoch: int | None = None, start_batch: int = 0
@@ -45,7 +46,9 @@ class ImageBatches:
         sampler = (
             None
             if epoch is None
-            else EpochSampler(len(self.data), self.seed, epoch, start_batch * self.batch_size)
+            else EpochSampler(
+                len(self.data), self.seed, epoch, start_batch * self.batch_size, self.weights
+            )
         )
         # The loader gets its own generator: creating its iterator would otherwise draw a
         # worker seed from the global RNG, shifting every later dropout mask of a resumed
@@ -65,7 +68,9 @@ class ImageBatches:
         n = len(self.data)
         parts = [
             _rank_part(idx, n, local=False)
-            for idx in _global_batches(n, self.batch_size, self.seed, epoch)[start_batch:]
+            for idx in _global_batches(n, self.batch_size, self.seed, epoch, self.weights)[
+                start_batch:
+            ]
         ]
         loader = DataLoader(
             self.data,
@@ -98,10 +103,12 @@ def _ignore_after(y: torch.Tensor, real: int) -> torch.Tensor:
     return y
 
 
-def _global_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    """The epoch's global batches: consecutive slices of the ``(seed, epoch)`` permutation,
-    the very batches a one-process run with this batch size trains on."""
-    order = EpochSampler(n, seed, epoch).order()
+def _global_batches(
+    n: int, batch_size: int, seed: int, epoch: int, weights: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """The epoch's global batches: consecutive slices of the ``(seed, epoch)`` permutation
+    (or weighted draws), the very batches a one-process run with this batch size trains on."""
+    order = EpochSampler(n, seed, epoch, weights=weights).order()
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
@@ -155,6 +162,7 @@ class CachedBatches:
             seed,
         )
         self.n_global = n_global  # under torchrun: the whole split (the cache holds a shard)
+        self.weights: torch.Tensor | None = None  # data.balanced_sampler's draw weights
 
     def batches(
         self, epoch: int | None = None, start_batch: int = 0
@@ -162,12 +170,17 @@ class CachedBatches:
         n = len(self.cache)
         if epoch is not None and dist.is_distributed():
             n = self.n_global
-            for idx in _global_batches(n, self.batch_size, self.seed, epoch)[start_batch:]:
+            batches = _global_batches(n, self.batch_size, self.seed, epoch, self.weights)
+            for idx in batches[start_batch:]:
                 mine, real = _rank_part(idx, n, local=True)
                 x, y = self.cache.batch(mine)
                 yield x, _ignore_after(y, real)
             return
-        order = torch.arange(n) if epoch is None else EpochSampler(n, self.seed, epoch).order()
+        order = (
+            torch.arange(n)
+            if epoch is None
+            else EpochSampler(n, self.seed, epoch, weights=self.weights).order()
+        )
         for i in range(start_batch * self.batch_size, n, self.batch_size):
             yield self.cache.batch(order[i : i + self.batch_size])
 

@@ -85,6 +85,16 @@ class RngState(_Strict):
     cuda: torch.Tensor | None = None
 
 
+class ClockState(_Strict):
+    """The run's time up to the checkpoint, over its sessions
+    (:class:`~nctune.training.clock.SessionClock`)."""
+
+    sessions: int = Field(ge=1)
+    total_seconds: float = Field(ge=0)
+    cpu_seconds: float = Field(ge=0)
+    train_seconds: float = Field(ge=0)
+
+
 class Checkpoint(_Strict):
     """What a checkpoint holds, typed: :meth:`~nctune.training.state.TrainState.save` writes
     it, :func:`load_checkpoint` reads it back checked, and
@@ -98,6 +108,8 @@ class Checkpoint(_Strict):
         history: the finished epochs (:class:`~nctune.training.evaluation.EpochStats` fields).
         best_acc, best_epoch, best_state, bad_epochs: the kept epoch so far and the epochs
             since it (early stopping).
+        ema: the averaged weights with ``train.ema`` (None without; absent in older files).
+        clock: the run's time and sessions up to the save (None in older files).
     """
 
     format: Literal[1]
@@ -114,6 +126,8 @@ class Checkpoint(_Strict):
     best_state: dict[str, torch.Tensor] | None
     bad_epochs: int = Field(ge=0)
     partial: PartialEpoch | None
+    ema: dict[str, torch.Tensor] | None = None
+    clock: ClockState | None = None
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:
@@ -178,7 +192,7 @@ def _inconsistency(ckpt: Checkpoint) -> tuple[str, str] | None:
     the kept epoch and its accuracy those of the history, the optimizer's layout, the CPU
     generator's state, and mid-epoch sums exactly when a mid-epoch position.
     """
-    for part in ("model", "best_state"):
+    for part in ("model", "best_state", "ema"):
         bad = non_finite_tensor(getattr(ckpt, part) or {})
         if bad is not None:
             return f"{part}.{bad}", "not finite (NaN or Inf)"

@@ -25,10 +25,21 @@ class EpochSampler(Sampler[int]):
         seed: the run's seed.
         epoch: the epoch (from 0) whose permutation to draw.
         start: how many indices of the permutation to skip (already-trained samples).
+        weights: per-sample draw weights (``data.balanced_sampler``): the epoch's order is
+            then ``n`` draws with replacement (``WeightedRandomSampler``'s rule,
+            ``torch.multinomial``) from the same ``(seed, epoch)`` generator.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        epoch: int = 0,
+        start: int = 0,
+        weights: torch.Tensor | None = None,
+    ) -> None:
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.weights = weights
 
     def generator(self) -> torch.Generator:
         """A generator seeded from ``(seed, epoch)`` alone.
@@ -42,8 +53,10 @@ class EpochSampler(Sampler[int]):
         """This epoch's permutation of ``range(n)`` (before the offset).
 
         Returns:
-            An int64 tensor of the ``n`` indices.
+            An int64 tensor of the ``n`` indices (drawn with replacement under ``weights``).
         """
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.n, True, generator=self.generator())
         return torch.randperm(self.n, generator=self.generator())
 
     def __iter__(self) -> Iterator[int]:
@@ -118,6 +131,7 @@ def make_optimizer(
     cfg: TrainConfig,
     lr: float,
     no_decay: set[int] | frozenset[int] = frozenset(),
+    lr_scales: dict[int, float] | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW or SGD, with weight decay on weight matrices and kernels only.
 
@@ -131,9 +145,13 @@ def make_optimizer(
         cfg: the ``train`` section (``optimizer``, ``weight_decay``, ``momentum``).
         lr: the initial learning rate (:func:`fit` sets it every step from :func:`lr_at`).
         no_decay: ``id()`` of further parameters to keep out of weight decay.
+        lr_scales: ``{id(p): factor}`` (``train.layer_decay``, see
+            :func:`~nctune.training.kit.layer_scales`): the groups are then split by factor
+            too, each with its ``lr_scale`` (the loop sets ``lr · lr_scale``).
 
     Returns:
-        The optimizer, with the decayed group first and the undecayed one second.
+        The optimizer, with the decayed group first and the undecayed one second (with
+        ``lr_scales``: those two per factor, shallowest first, empty groups left out).
     """
     decayed = [p for p in params if p.ndim >= 2 and id(p) not in no_decay]
     kept = [p for p in params if p.ndim < 2 or id(p) in no_decay]
@@ -141,6 +159,13 @@ def make_optimizer(
         {"params": decayed, "weight_decay": cfg.weight_decay},
         {"params": kept, "weight_decay": 0.0},
     ]
+    if lr_scales:
+        groups = [
+            {"params": ps, "weight_decay": g["weight_decay"], "lr_scale": f}
+            for f in sorted({lr_scales.get(id(p), 1.0) for p in params})
+            for g in groups
+            if (ps := [p for p in g["params"] if lr_scales.get(id(p), 1.0) == f])
+        ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=lr)

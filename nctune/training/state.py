@@ -29,6 +29,7 @@ from nctune.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from nctune.training.clock import SessionClock
 from nctune.training.evaluation import EpochStats
 from nctune.training.prefix_cache import CacheInfo
 from nctune.training.strategies import AppliedStrategy
@@ -48,6 +49,7 @@ class TrainResult:
             the moment it stopped, not the best epoch's.
         seconds: wall time of this call.
         cache: whether the frozen-prefix cache was used, and why not.
+        clock: the run's time over every session (a resumed run continues its checkpoint's).
     """
 
     history: list[EpochStats]
@@ -57,6 +59,7 @@ class TrainResult:
     interrupted: bool
     seconds: float
     cache: CacheInfo = field(default_factory=lambda: CacheInfo(False, reason="not attempted"))
+    clock: SessionClock = field(default_factory=SessionClock)
 
     def history_dicts(self) -> list[dict[str, Any]]:
         """The history as plain dicts (``report.json``'s ``history``).
@@ -178,6 +181,9 @@ class TrainState:
         resumed_from: that checkpoint's path (for messages).
         cache: what the frozen-prefix cache did, for the result.
         stopped_early: early stopping ended the run.
+        ema: timm's ``ModelEmaV3`` of the model with ``train.ema`` (None without): the kept
+            epoch's weights are the averaged ones.
+        clock: the run's time over its sessions (restored from the checkpoint).
     """
 
     applied: AppliedStrategy
@@ -193,6 +199,8 @@ class TrainState:
     resumed_from: Path | None = None
     cache: CacheInfo = field(default_factory=lambda: CacheInfo(False, reason=""))
     stopped_early: bool = False
+    ema: Any = None
+    clock: SessionClock = field(default_factory=SessionClock)
 
     def restore(
         self,
@@ -241,6 +249,7 @@ class TrainState:
         self.history = list(ckpt.history)
         self.best = Best(ckpt.best_acc, ckpt.best_epoch, ckpt.best_state, ckpt.bad_epochs)
         self.resumed, self.resumed_from = ckpt, path
+        self.clock.resume(ckpt.clock)
 
     def restore_optimizer(self, phase: str) -> None:
         """Load the resumed checkpoint's optimizer and scaler when it was saved in ``phase``
@@ -262,7 +271,7 @@ class TrainState:
                 target.load_state_dict(saved)
             except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:
                 raise damaged(path, where, one_line(err, 160)) from None
-        # a moment of another shape would only fail inside the first step
+        # a moment of another shape (or no tensor) would only fail inside the first step
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 for name, value in self.optimizer.state.get(p, {}).items():
@@ -294,6 +303,8 @@ class TrainState:
             "best_state": self.best.state,
             "bad_epochs": self.best.bad_epochs,
             "partial": partial.to_dict() if partial is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "clock": self.clock.to_dict(),
         }
 
     def save(self, run_dir: Path | None, partial: EpochSums | None = None) -> None:
@@ -305,7 +316,8 @@ class TrainState:
     def end_epoch(self, stats: EpochStats, run_dir: Path | None) -> None:
         """Record a finished epoch, keep it if it is the best, and checkpoint the boundary."""
         self.history.append(stats)
-        self.best.consider(stats.val_accuracy, stats.epoch, self.model)
+        kept = self.ema.module if self.ema is not None else self.model  # EMA: the averaged
+        self.best.consider(stats.val_accuracy, stats.epoch, kept)
         self.epoch, self.step, self.resumed = stats.epoch, 0, None
         self.save(run_dir)
 
@@ -357,4 +369,5 @@ class TrainState:
             interrupted,
             seconds,
             self.cache,
+            self.clock,
         )

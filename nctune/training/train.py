@@ -9,7 +9,10 @@ One call, :func:`fit`, trains an :class:`~nctune.training.strategies.AppliedStra
 * a checkpoint after every epoch, written atomically; a stop request (SIGINT/SIGTERM
   in the CLI) finishes the current step and saves a mid-epoch checkpoint; ``resume``
   continues from either and ends with the same numbers as an uninterrupted run;
-* the frozen prefix computed once and cached when the data sees no augmentation.
+* the frozen prefix computed once and cached when the data sees no augmentation;
+* the kit (:mod:`~nctune.training.kit`): gradient accumulation, class weights, mixup/cutmix
+  and random erasing, EMA of the weights, layer-wise lr decay, balanced sampling, bf16
+  autocast on CPU — each off by default, and then the step is exactly the plain one.
 
 Where a run stands lives in :class:`~nctune.training.state.TrainState` (saved, restored,
 finished); who watches it is one :class:`~nctune.training.callbacks.Callback`.
@@ -17,10 +20,8 @@ finished); who watches it is one :class:`~nctune.training.callbacks.Callback`.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,39 +34,20 @@ from torch.utils.data import Dataset
 from nctune import distributed as dist
 from nctune.config import TrainConfig
 from nctune.errors import ConfigError
-from nctune.taps import amp_dtype, autocast
-from nctune.training.batches import IGNORE, ImageBatches, Step, try_cache
+from nctune.taps import amp_dtype
+from nctune.training import kit
+from nctune.training.batches import ImageBatches, Step, try_cache
 from nctune.training.callbacks import Callback, CallbackList
 from nctune.training.checkpoint import CHECKPOINT, load_checkpoint, set_rng_state
+from nctune.training.clock import SessionClock
 from nctune.training.evaluation import EpochStats, evaluate, safe_nc1
 from nctune.training.optim import lr_at, make_optimizer, no_weight_decay_ids
+from nctune.training.phases import Phase, restores_torch_flags, run_phases
 from nctune.training.prefix_cache import CacheInfo
 from nctune.training.state import EpochSums, TrainResult, TrainState
-from nctune.training.strategies import STRATEGY_REGISTRY, AppliedStrategy
+from nctune.training.strategies import AppliedStrategy
 
 __all__ = ["EpochStats", "TrainResult", "TrainState", "evaluate", "fit", "safe_nc1"]
-
-
-@dataclass(frozen=True)
-class _Phase:
-    """A stretch of epochs with one optimizer: ``[start, end)``, counted from 0 over all."""
-
-    name: str
-    start: int
-    end: int
-    lr_scale: float
-
-
-def _phases(
-    applied: AppliedStrategy, epochs: int, probe_epochs: int | None, full_lr_scale: float
-) -> list[_Phase]:
-    """The run's phases. A probe-first strategy (lp-ft) probes, then tunes everything gently."""
-    if not STRATEGY_REGISTRY.get(applied.strategy).probe_first:
-        return [_Phase("main", 0, epochs, 1.0)]
-    probe = probe_epochs or max(1, epochs // 2)
-    if probe >= epochs:
-        return [_Phase("probe", 0, epochs, 1.0)]
-    return [_Phase("probe", 0, probe, 1.0), _Phase("full", probe, epochs, full_lr_scale)]
 
 
 @dataclass(frozen=True)
@@ -87,14 +69,22 @@ class _Run:
     callbacks: CallbackList
     sources: tuple | None = None
     world: int = field(default_factory=dist.world_size)
+    batch_kit: kit.BatchKit | None = None
+    class_weight: torch.Tensor | None = None
+    sample_weights: torch.Tensor | None = None
 
     @property
     def amp(self) -> bool:
-        return self.cfg.amp and self.device.type == "cuda"
+        return bool(self.cfg.amp) and self.device.type == "cuda"
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.train_set) / self.batch_size)
+
+    @property
+    def updates_per_epoch(self) -> int:
+        """Optimizer steps an epoch: one per ``train.accumulate_steps`` batches."""
+        return math.ceil(self.steps_per_epoch / self.cfg.accumulate_steps)
 
     def stop_requested(self) -> bool:
         """A stop request on any rank (every rank polls at the same points)."""
@@ -105,7 +95,7 @@ class _Run:
 class _PhaseRun:
     """A phase, set up: its parameters, schedule, batch sources and DDP wrapper."""
 
-    phase: _Phase
+    phase: Phase
     params: list[nn.Parameter]
     base_lr: float
     total_steps: int
@@ -116,27 +106,7 @@ class _PhaseRun:
     caches: list = field(default_factory=list)
 
 
-def _restores_torch_flags(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
-    """Undo ``fit``'s process-wide determinism switches when it returns (or raises): a
-    library call must not leave the user's own training code deterministic-and-slower."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> TrainResult:
-        saved = (
-            torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.benchmark,
-        )
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-            torch.backends.cudnn.benchmark = saved[2]
-
-    return wrapper
-
-
-@_restores_torch_flags
+@restores_torch_flags
 def fit(
     applied: AppliedStrategy,
     train_set: Dataset,
@@ -157,6 +127,9 @@ def fit(
     callbacks: Callback | list[Callback] | None = None,
     shared_cache_dir: str | Path | None = None,
     sources: tuple | None = None,
+    random_erase: float = 0.0,
+    balanced_sampler: bool = False,
+    clock: SessionClock | None = None,
 ) -> TrainResult:
     """Train ``applied.model`` on ``train_set``; keep the weights of the best validation epoch.
 
@@ -198,6 +171,11 @@ def fit(
             :func:`~nctune.training.batches.try_cache`, built by the caller (who measures
             from the same cache before and after training, and closes it); None: ``fit``
             caches the prefix itself.
+        random_erase: ``data.random_erase``, applied to each training batch (timm).
+        balanced_sampler: ``data.balanced_sampler``: draw samples with weights
+            1/(class size) (``train_set.targets``), with replacement, from the epoch's seed.
+        clock: the run's clock, started by the caller (None: from this call); a resumed
+            run continues the time and sessions its checkpoint recorded.
 
     Returns:
         The per-epoch history and how the run ended.
@@ -216,6 +194,8 @@ def fit(
             (diverged: the last good checkpoint is kept, nothing non-finite is saved).
     """
     start = time.perf_counter()
+    clock = clock or SessionClock()
+    clock.fit_start = start
     run = _Run(
         cfg=cfg,
         train_set=train_set,
@@ -231,12 +211,13 @@ def fit(
         shared_cache_dir=Path(shared_cache_dir) if shared_cache_dir is not None else None,
         callbacks=CallbackList.of(callbacks),
         sources=sources,
+        **kit.run_extras(cfg, train_set, num_classes, random_erase, balanced_sampler),
     )
     caches: list = []
     try:
-        state = _setup(applied, run, resume)
+        state = _setup(applied, run, resume, clock)
         run.callbacks.on_fit_start(state)
-        for phase in _phases(applied, cfg.epochs, probe_epochs, full_lr_scale):
+        for phase in run_phases(applied, cfg.epochs, probe_epochs, full_lr_scale):
             if state.epoch >= phase.end:  # finished before the resumed checkpoint
                 continue
             ph = None  # the last phase's DDP wrapper lets go of its gradient hooks first
@@ -264,7 +245,7 @@ def _since(start: float) -> float:
     return time.perf_counter() - start
 
 
-def _setup(applied: AppliedStrategy, run: _Run, resume: bool) -> TrainState:
+def _setup(applied: AppliedStrategy, run: _Run, resume: bool, clock: SessionClock) -> TrainState:
     """Seed, set the determinism switches, place the model, and restore a checkpoint."""
     cfg, device = run.cfg, run.device
     torch.manual_seed(run.seed)
@@ -282,28 +263,35 @@ def _setup(applied: AppliedStrategy, run: _Run, resume: bool) -> TrainState:
     if device.type == "cuda" and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     # float16 autocast needs loss scaling against underflow; bfloat16 does not.
-    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and amp_dtype() == torch.float16)
-    state = TrainState(applied, model, device, scaler)
+    fp16 = run.amp and cfg.amp != "bf16" and amp_dtype() == torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    state = TrainState(applied, model, device, scaler, clock=clock)
     state.cache = CacheInfo(
         False, reason="train.cache_prefix is off" if cfg.cache_prefix == "off" else ""
     )
+    if run.sources is not None:  # the caller's cache, even when a resume has nothing to train
+        state.cache = run.sources[2]
     ckpt = load_checkpoint(run.run_dir) if (resume and run.run_dir) else None
     if ckpt is not None:
         state.restore(
             ckpt, run.run_dir / CHECKPOINT, epochs=cfg.epochs, steps_per_epoch=run.steps_per_epoch
         )
+    state.ema = kit.make_ema(model, cfg.ema_decay if cfg.ema else None, ckpt and ckpt.ema)
     return state
 
 
-def _start_phase(run: _Run, state: TrainState, phase: _Phase) -> _PhaseRun:
+def _start_phase(run: _Run, state: TrainState, phase: Phase) -> _PhaseRun:
     """A fresh optimizer (the checkpoint's, when it was saved in this phase), the schedule,
     the batch sources (the frozen prefix cached when possible) and, under torchrun, DDP."""
-    cfg, spe = run.cfg, run.steps_per_epoch
+    cfg = run.cfg
     if phase.name == "full" and state.applied.phase != "full":
         state.applied.start_full_phase()
     base_lr = cfg.lr * phase.lr_scale
     params = state.applied.parameters()
-    state.optimizer = make_optimizer(params, cfg, base_lr, no_weight_decay_ids(state.model))
+    scales = kit.layer_scales(state.model, run.block_names, cfg.layer_decay)
+    state.optimizer = make_optimizer(
+        params, cfg, base_lr, no_weight_decay_ids(state.model), lr_scales=scales
+    )
     state.restore_optimizer(phase.name)
 
     # The frozen prefix is the same every epoch when nothing random touches the input,
@@ -314,6 +302,8 @@ def _start_phase(run: _Run, state: TrainState, phase: _Phase) -> _PhaseRun:
     caches = []
     if cfg.cache_prefix != "off" and run.augment:
         state.cache = CacheInfo(False, reason="data.augment is on: the prefix differs every epoch")
+    elif cfg.cache_prefix != "off" and run.batch_kit is not None and run.batch_kit.active:
+        state.cache = CacheInfo(False, reason=kit.NO_CACHE)
     elif run.sources is not None and phase.start == 0:  # the caller's, closed by the caller
         cached, cached_val, state.cache = run.sources
         source, val_source = cached or source, cached_val or val_source
@@ -337,14 +327,16 @@ def _start_phase(run: _Run, state: TrainState, phase: _Phase) -> _PhaseRun:
     # Under torchrun: DDP over the trainable parameters, around a module that runs this
     # phase's source's forward (cached or not), so every step's gradients are averaged.
     ddp = dist.wrap_ddp(Step(state.model, source), run.device) if run.world > 1 else None
+    source.weights = run.sample_weights  # data.balanced_sampler (None: a permutation)
+    ups = run.updates_per_epoch  # the schedule counts optimizer steps
     return _PhaseRun(
         phase,
         params,
         base_lr,
         # Each phase warms up: lp-ft's full phase starts from a trained head but from
         # untouched backbone statistics, and a cold start at full rate would undo the probe.
-        total_steps=(phase.end - phase.start) * spe,
-        warmup=round(cfg.warmup_epochs * spe),
+        total_steps=(phase.end - phase.start) * ups,
+        warmup=round(cfg.warmup_epochs * ups),
         source=source,
         val_source=val_source,
         ddp=ddp,
@@ -366,15 +358,16 @@ def _epoch(run: _Run, state: TrainState, ph: _PhaseRun, epoch: int) -> bool:
     label = f"epoch {epoch + 1}/{run.cfg.epochs}"
     val_acc = None
     if ph.val_source is not None:  # polls no stop request: ranks must agree, once per epoch
-        val_acc = evaluate(
-            state.model,
-            ph.val_source,
-            run.device,
-            amp=run.amp,
-            callbacks=run.callbacks,
-            phase=f"{label} validation",
-            stoppable=False,
-        )[0]
+        with kit.weights_of(state.model, state.ema):  # EMA: validate the averaged weights
+            val_acc = evaluate(
+                state.model,
+                ph.val_source,
+                run.device,
+                amp=run.amp,
+                callbacks=run.callbacks,
+                phase=f"{label} validation",
+                stoppable=False,
+            )[0]
     seen = max(sums.seen, 1)
     stats = EpochStats(
         epoch + 1,
@@ -422,7 +415,12 @@ def _train_epoch(
             run.callbacks.on_batch_end(state, loss)
             info = f"loss {sums.loss_sum / sums.seen:.3f} acc {sums.correct / sums.seen:.1%}"
             run.callbacks.on_progress(label, state.step, spe, info)
-            if run.stop_requested() and state.step < spe:
+            # a stop waits for the accumulated group's update (gradients are not saved)
+            if (
+                state.step % run.cfg.accumulate_steps == 0
+                and run.stop_requested()
+                and state.step < spe
+            ):
                 stopped = True
                 break
     if run.world > 1:
@@ -435,42 +433,61 @@ def _train_epoch(
 def _step(
     run: _Run, state: TrainState, ph: _PhaseRun, x: Any, y: Any, sums: EpochSums
 ) -> tuple[float, float]:
-    """One optimisation step on batch ``(x, y)``, booked into ``sums``.
+    """One batch on ``(x, y)``, booked into ``sums``: its gradient added, and an optimizer
+    step when it ends a group of ``train.accumulate_steps`` batches (or the epoch).
 
     Returns:
         ``(its learning rate, its loss)``.
     """
-    cfg, optimizer, scaler = run.cfg, state.optimizer, state.scaler
-    global_step = (state.epoch - ph.phase.start) * run.steps_per_epoch + state.step
-    lr = lr_at(global_step, ph.total_steps, ph.warmup, cfg, ph.base_lr)
+    cfg, optimizer, k = run.cfg, state.optimizer, run.cfg.accumulate_steps
+    update = (state.epoch - ph.phase.start) * run.updates_per_epoch + state.step // k
+    lr = lr_at(update, ph.total_steps, ph.warmup, cfg, ph.base_lr)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # train.layer_decay's factor
     y = torch.as_tensor(y).to(run.device, non_blocking=True)
-    with autocast(run.device, run.amp):
-        if ph.ddp is None:
-            logits, feats = ph.source.forward(state.model, x)
-            loss = ce = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        else:
-            logits, feats = ph.ddp(x)
+    # this batch's share of its group's samples: k batches of b weigh as one batch of k·b
+    first, n = state.step // k * k * run.batch_size, len(run.train_set)
+    count = min(run.batch_size, n - state.step * run.batch_size)
+    share = count / (min(n, first + k * run.batch_size) - first)
+    soft = None
+    if run.batch_kit is not None and run.batch_kit.active:  # erasing, mixup/cutmix
+        x, soft = run.batch_kit(torch.as_tensor(x).to(run.device), y)
+    plain = soft is None and run.class_weight is None
+    with kit.step_autocast(run.device, cfg.amp):
+        logits, feats = ph.source.forward(state.model, x) if ph.ddp is None else ph.ddp(x)
+        if plain:  # the plain loss; under torchrun this rank's sum (stand-ins ignored)
+            red = "mean" if ph.ddp is None else "sum"
             ce = F.cross_entropy(
-                logits.float(),
-                y,
-                label_smoothing=cfg.label_smoothing,
-                reduction="sum",
-                ignore_index=IGNORE,
+                logits.float(), y, label_smoothing=cfg.label_smoothing, reduction=red
             )
-            # DDP averages over W ranks: Σ_rank ce·W/B / W = the batch mean
-            count = min(run.batch_size, len(run.train_set) - state.step * run.batch_size)
-            loss = ce * (run.world / count)
+        else:
+            ce = kit.kit_loss(logits, y, soft, run.class_weight, cfg.label_smoothing)
+            ce = ce / count if ph.ddp is None else ce
+        # DDP averages over W ranks: Σ_rank ce·W/B / W = the batch mean
+        loss = ce if ph.ddp is None else ce * (run.world / count)
     # Under torchrun: before DDP's gradient all-reduce, agree that no rank failed fetching
     # its batch or in its forward pass (a corrupt image, out of memory); a failed rank
     # sends its error here instead of hanging.
     dist.check()
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if cfg.grad_clip:
+    if state.step % k == 0:
+        optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss if k == 1 else loss * share).backward()
+    if (state.step + 1) % k == 0 or state.step + 1 == run.steps_per_epoch:
+        _update(run, state, ph, lr)
+    # Book-keeping from this same forward pass: no extra pass for NC1.
+    value = float(ce.detach())
+    if not math.isfinite(value):  # diverged: stop before anything is saved
+        raise state.diverged(run.run_dir, f"the loss is {value}")
+    sums.add(logits, feats, y, value, distributed=ph.ddp is not None)
+    return lr, value
+
+
+def _update(run: _Run, state: TrainState, ph: _PhaseRun, lr: float) -> None:
+    """The optimizer step on the gradient summed so far, then the weights' EMA."""
+    optimizer, scaler = state.optimizer, state.scaler
+    if run.cfg.grad_clip:
         scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
-        torch.nn.utils.clip_grad_norm_(ph.params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(ph.params, run.cfg.grad_clip)
     try:
         scaler.step(optimizer)
     except RuntimeError as err:  # lr · update beyond float32 (lr=1e300)
@@ -478,9 +495,5 @@ def _step(
             raise
         raise state.diverged(run.run_dir, f"the step with lr {lr:g} overflows") from None
     scaler.update()
-    # Book-keeping from this same forward pass: no extra pass for NC1.
-    value = float(ce.detach())
-    if not math.isfinite(value):  # diverged: stop before anything is saved
-        raise state.diverged(run.run_dir, f"the loss is {value}")
-    sums.add(logits, feats, y, value, distributed=ph.ddp is not None)
-    return lr, value
+    if state.ema is not None:
+        state.ema.update(state.model)
