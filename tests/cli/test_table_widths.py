@@ -183,6 +183,26 @@ def test_tune_tables(width):
     assert_fits(live, width, SHOWN)
 
 
+# -- evaluate --------------------------------------------------------------------------
+
+CLASSES = ["Ankle boot (category 9)", "Pullover — long sleeves", "T-shirt/top"]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_evaluate_table(width):
+    from nctune.cli.evaluate import _table
+
+    scores = {"precision": 0.8125, "recall": 0.75, "f1": 0.78}
+    doc = {
+        "run": "runs/finetune-convnext_tiny.fb_in22k_ft_in1k",
+        "data": "test split",
+        "per_class": [{"class": c, **scores, "support": 100} for c in CLASSES],
+        "macro": scores,
+        "weighted": scores,
+    }
+    assert_fits(printed(_table(doc), width), width, [*CLASSES, "81.2%"])
+
+
 # -- init --fields (through the CLI, with COLUMNS) -------------------------------------
 
 
