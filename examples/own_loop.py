@@ -10,7 +10,8 @@ calls:
    block plus a skip connection from it to the classifier);
 4. ``nctune.CollapseStats``: NC1 of the features the head sees, tracked every epoch;
 
-and it saves the result so ``nctune.load_finetuned`` and ``nctune predict`` work on it
+and ``nctune.save_finetuned`` saves the result so ``nctune.load_finetuned`` and
+``nctune predict`` work on it
 (plus ``OUT/own_loop.json``: the chosen block, NC1 per epoch, the reloaded test accuracy).
 
 Runs offline in about a minute on CPU (ImageNet-pretrained EfficientNet-Lite0 from its
@@ -41,7 +42,6 @@ from torchvision import transforms as T
 
 import nctune
 from nctune.data import FASHION_MNIST_CLASSES
-from nctune.runs.artifacts import save_model
 
 CLASSES = (0, 1, 7)  # T-shirt/top, Trouser, Sneaker: three Fashion-MNIST classes
 
@@ -148,9 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     # Save as nctune does: weights + how to rebuild + the input config + class names.
-    tuned = applied.export().eval()
-    tuned.set_input_config(input_config)
-    save_model(tuned, args.out / "model.safetensors", extra={"classes": classes})
+    nctune.save_finetuned(applied.model, args.out, classes=classes, input_config=input_config)
 
     # Production: reload without this script and label the test images.
     reloaded = nctune.load_finetuned(args.out)

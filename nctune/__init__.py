@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "Predictions": "nctune.serving.inference",
     "evaluate": "nctune.serving.evaluate",
     "Evaluation": "nctune.serving.evaluate",
+    "save_finetuned": "nctune.serving.save",
     "layer_sweep": "nctune.sweep",
     "rank": "nctune.rank",
     "Ranking": "nctune.rank",
@@ -93,6 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nctune.selection import select_layers
     from nctune.serving.evaluate import Evaluation, evaluate
     from nctune.serving.inference import Predictions, load_finetuned, predict
+    from nctune.serving.save import save_finetuned
     from nctune.sweep import layer_sweep
     from nctune.training.strategies import apply_strategy
     from nctune.tune import SearchResult, tune

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import nctune
 from nctune.backbones import create_backbone
 from nctune.config import load_recipe
 
@@ -31,13 +33,21 @@ def test_readme_library_snippet_runs_as_written(tmp_path):
     claimed = re.search(r"# → (\[[^\]]*\])", code)[1]
     # A fresh interpreter, from the repository root, as a user pasting it would run it (in
     # this process `nctune.analyze` may already be the submodule other tests imported).
+    # It runs to the end: trains, saves (here into tmp_path), reloads and predicts.
+    saved = tmp_path / "my-model"
+    assert code.count('"runs/my-model"') == 2
     script = tmp_path / "snippet.py"
     script.write_text(
-        code + "\nprint(choice.layers, applied.trainable_params < applied.total_params)\n"
+        code.replace('"runs/my-model"', repr(str(saved)))
+        + "\nprint(choice.layers, applied.trainable_params < applied.total_params)\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # as installed -e
     done = subprocess.run(
         [sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[0] == f"{claimed} True"  # the comment tells the truth
+    labels, last = done.stdout.strip().split("\n")[-2:]
+    assert last == f"{claimed} True"  # the comment tells the truth
+    predicted = ast.literal_eval(labels)
+    classes = nctune.load_finetuned(saved).classes
+    assert len(classes) == 10 and len(predicted) == 8 and set(predicted) <= set(classes)
