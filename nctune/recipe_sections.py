@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from nctune import recipe_kit as kit
+
 # the names, not the registries: those import torch, and a typo is refused before it loads
 from nctune._names import BACKBONE_SOURCES, spec_source
 from nctune._names import DATA_SOURCES as SOURCES
-from nctune import recipe_kit as kit
 from nctune._section import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Section
 from nctune.selection import DEFAULT_RULE, RULES
 from nctune.training.strategies import STRATEGIES, STRATEGY_REGISTRY, strategies_help

@@ -84,7 +84,8 @@ Each of these is off by default, and then training is exactly what it was withou
   before its forward pass (timm's `RandomErasing` and `Mixup`). With mixup or cutmix the loss
   is the soft-target cross-entropy, and `train.label_smoothing` is folded into the mixed
   targets (not applied twice); the training accuracy and NC1 in `history` are those of the
-  changed batches against their original labels.
+  changed batches against their original labels. Under `torchrun` each process mixes its own
+  part of the global batch (as timm does), so those runs do not repeat one process's numbers.
 - **The prefix cache** needs the same input every epoch. When `data.augment`,
   `data.random_erase`, `train.mixup` or `train.cutmix` is on, the cache is **turned off for
   training** (not refused): the whole model runs every step, and `report.json`'s

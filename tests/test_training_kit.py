@@ -293,3 +293,56 @@ def test_resuming_a_run_whose_epochs_had_all_finished_keeps_its_time_and_cache(t
     assert resumed.sessions == 2 and resumed.history == first.history
     assert resumed.wall_seconds > first.wall_seconds * 0.9
     assert resumed.total_seconds > first.total_seconds
+
+
+# ------------------------------------------------------------------- torchrun
+@pytest.mark.slow
+def test_balanced_sampler_class_weights_and_accumulation_match_one_process_under_torchrun(
+    tmp_path,
+):
+    from tests.test_distributed import FINETUNE, _n_val, _report, assert_same_run, nctune, run, sets
+    from tests.test_distributed import torchrun as launch
+
+    kit_sets = (
+        *FINETUNE,
+        "data.balanced_sampler=true",
+        "train.class_weights=auto",
+        "train.accumulate_steps=2",
+    )
+    one = nctune("finetune", *sets(*kit_sets), "--out", "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = run(launch("finetune", *sets(*kit_sets), "--out", "two"), tmp_path)
+    assert two.returncode == 0, two.stderr
+    a, b = _report(tmp_path / "one"), _report(tmp_path / "two")
+    assert_same_run(a, b, _n_val())
+
+
+def test_a_run_with_ema_mixup_and_erasing_resumes_to_the_same_weights(tmp_path):
+    o = (
+        "train.epochs=2",
+        "train.ema=true",
+        "train.ema_decay=0.9",
+        "train.mixup=0.4",
+        "train.cutmix=1.0",
+        "data.random_erase=0.5",
+        "train.lr=0.05",
+    )
+    full = setup(*o)
+    train(*full, run_dir=tmp_path / "a")
+    calls = {"n": 0}
+
+    def mid_epoch():
+        calls["n"] += 1
+        return calls["n"] >= 3  # mid-epoch 1, after its third step (of 7)
+
+    stopped = setup(*o)
+    first = train(*stopped, run_dir=tmp_path / "b", callbacks=LambdaCallback(should_stop=mid_epoch))
+    assert first.interrupted and load_checkpoint(tmp_path / "b").step == 3
+    resumed = setup(*o)
+    train(*resumed, run_dir=tmp_path / "b", resume=True)
+    wa, wb = weights(full[3]), weights(resumed[3])
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+    ea, eb = load_checkpoint(tmp_path / "a").ema, load_checkpoint(tmp_path / "b").ema
+    for k in ea:
+        torch.testing.assert_close(ea[k], eb[k], rtol=0, atol=0, msg=k)
