@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nctune.errors import ConfigError, NctuneError, one_line
+from nctune.errors import ConfigError, Interrupted, NctuneError, one_line
 from nctune.finetune import finetune, prepare
 from nctune.runs._io import atomic_write_json
 from nctune.runs.folder import RunFolder
@@ -68,12 +68,16 @@ class Objective:
         except _Surplus:
             trial.set_user_attr("surplus", True)
             raise
-        except _Interrupted:
+        except (_Interrupted, Interrupted) as err:
+            # Interrupted: the stop reached the trial before training (its profile or
+            # prefix cache pass); finetune returns `interrupted` only from training
             self.interrupted = True
             self.failed += 1
             trial.set_user_attr("fail_reason", "interrupted (queued again for a re-run)")
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            raise
+            # an Exception (Interrupted is a KeyboardInterrupt): Optuna records the trial as
+            # failed and the study loop sees `interrupted`, instead of a Ctrl-C escaping
+            raise _Interrupted from err
         except Exception as err:
             self.failed += 1
             reason = one_line(err)
