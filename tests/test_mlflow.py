@@ -70,5 +70,6 @@ def test_tune_logs_one_child_run_per_trial(tmp_path):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.run_name == "search"
+    assert parents[0].info.status == "FINISHED"
     assert sorted(r.info.run_name for r in children) == ["trial 0", "trial 1"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}

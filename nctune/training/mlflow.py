@@ -195,4 +195,6 @@ def log_run(
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+    if parent:  # the search run ends with its latest trial (a search has no "last" one)
+        client.set_terminated(parent, "FINISHED")
     return run_id

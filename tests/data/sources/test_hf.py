@@ -87,3 +87,14 @@ def test_init_recognises_a_saved_dataset_folder(tmp_path, ds):
     ds.save_to_disk(str(tmp_path / "saved"))
     started = starter_recipe(tmp_path / "saved", "timm:test_resnet", estimate=False)
     assert started.recipe.data.source == "hf" and started.classes == list(CLASSES)
+
+
+def test_hub_name_offline_is_one_line_naming_the_cache(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(
+        DataError, match=r"data.name: cannot load the hub dataset 'nobody/x'"
+    ) as err:
+        build_data(cfg(source="hf", name="nobody/x"), IC)
+    assert str(datasets.config.HF_DATASETS_CACHE) in str(err.value)
+    assert "\n" not in str(err.value)
