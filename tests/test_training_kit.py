@@ -11,6 +11,7 @@ from nctune.config import load_recipe
 from nctune.data import build_data
 from nctune.errors import ConfigError
 from nctune.finetune import finetune, prepare
+from nctune.report import finetune_tables
 from nctune.training import kit
 from nctune.training.batches import ImageBatches
 from nctune.training.callbacks import LambdaCallback
@@ -281,6 +282,8 @@ def test_a_resumed_run_reports_the_time_and_sessions_of_all_its_sessions(tmp_pat
     assert resumed.wall_seconds > saved.train_seconds
     doc = resumed.to_dict()
     assert doc["sessions"] == 2 and doc["wall_seconds"] == resumed.wall_seconds
+    cells = [str(c) for t in finetune_tables(resumed) for row, _ in t.rows for c in row]
+    assert any("2 sessions" in c for c in cells)
 
 
 def test_resuming_a_run_whose_epochs_had_all_finished_keeps_its_time_and_cache(tmp_path):

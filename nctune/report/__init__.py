@@ -233,7 +233,11 @@ def finetune_tables(result: Any) -> list[FitTable]:
         if cache.get("used")
         else escape(f"off ({cache.get('reason') or 'n/a'})"),
     )
-    s.add_row("training time", f"{result.wall_seconds:.1f} s (total {result.total_seconds:.1f} s)")
+    sessions = getattr(result, "sessions", 1)  # a resumed run: its time over every session
+    over = f", {sessions} sessions" if sessions > 1 else ""
+    s.add_row(
+        "training time", f"{result.wall_seconds:.1f} s (total {result.total_seconds:.1f} s{over})"
+    )
     tables.append(s)
     return tables
 
