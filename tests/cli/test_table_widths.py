@@ -250,3 +250,25 @@ def test_console_width_is_columns_or_a_generous_log_width(monkeypatch, capsys):
     render(Output({}, body=[sweep_table(_sweep())]))
     out = capsys.readouterr().out
     assert "SCL-FT NC1 after" in out and max(len(line) for line in out.splitlines()) <= LOG_WIDTH
+
+
+# -- a real command, end to end ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [60, None])
+def test_analyze_command_fits_columns_or_the_log_width(tmp_path, width):
+    from tests.tiny import set_args, tiny
+
+    env = {"COLUMNS": str(width)} if width else {"COLUMNS": None}  # None: unset
+    args = ["analyze", *set_args(tiny()), "--out", str(tmp_path / "a")]
+    res = CliRunner().invoke(app, args, env=env)
+    assert res.exit_code == 0, res.output
+    import json
+
+    doc = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    names = [layer["name"] for layer in doc["layers"]]
+    assert len(names) >= 4 and all(
+        any(n in line for line in res.stdout.splitlines()) for n in names
+    )
+    assert max(len(line) for line in res.stdout.splitlines()) <= (width or LOG_WIDTH)
+    assert "…" not in res.stdout
