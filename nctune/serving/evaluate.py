@@ -188,7 +188,8 @@ def _own_split(run_dir: Path, model: nn.Module, split: str, classes: list[str]) 
     # evaluated as validation and test images are: never augmented, train split included
     data_cfg = recipe.data.model_copy(update={"augment": False})
     splits = build_data(data_cfg, model.input_config, seed=recipe.seed)
-    if [str(c) for c in splits.classes] != classes:
+    named = getattr(model, "classes", None) is not None  # else "0", "1", … by index
+    if len(splits.classes) != len(classes) or (named and list(map(str, splits.classes)) != classes):
         raise ArtifactError(
             f"{recipe_file}: its data's classes ({', '.join(map(str, splits.classes[:5]))}, …) "
             "are not the model's; the data changed since the run — give the images to evaluate"
