@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,13 +11,13 @@ import torch.nn.functional as F
 
 from nctune.config import load_recipe
 from nctune.data import build_data
-from nctune.errors import ConfigError
+from nctune.errors import ArtifactError, ConfigError
 from nctune.finetune import finetune, prepare
 from nctune.report import finetune_tables
 from nctune.training import kit
 from nctune.training.batches import ImageBatches
 from nctune.training.callbacks import LambdaCallback
-from nctune.training.checkpoint import load_checkpoint
+from nctune.training.checkpoint import CHECKPOINT, load_checkpoint
 from nctune.training.evaluation import evaluate
 from nctune.training.optim import EpochSampler, make_optimizer
 from nctune.training.strategies import apply_strategy
@@ -349,3 +351,15 @@ def test_a_run_with_ema_mixup_and_erasing_resumes_to_the_same_weights(tmp_path):
     ea, eb = load_checkpoint(tmp_path / "a").ema, load_checkpoint(tmp_path / "b").ema
     for k in ea:
         torch.testing.assert_close(ea[k], eb[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_checkpoint_whose_ema_does_not_fit_the_model_is_refused_in_one_line(tmp_path):
+    o = ("train.ema=true", "train.cache_prefix=off")
+    recipe, backbone, splits, applied, t = setup(*o, n_train=16)
+    train(recipe, backbone, splits, applied, t, val_set=None, run_dir=tmp_path)
+    doc = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    key = next(iter(doc["ema"]))
+    doc["ema"][key] = torch.zeros(3)
+    torch.save(doc, tmp_path / CHECKPOINT)
+    with pytest.raises(ArtifactError, match=re.escape(f"damaged checkpoint (ema.{key}: shape")):
+        load_checkpoint(tmp_path)

@@ -56,7 +56,7 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
             stops before this (diverged), so this is the last guard — or the file cannot
             be written.
     """
-    for part in ("model", "best_state"):
+    for part in ("model", "best_state", "ema"):
         bad = non_finite_tensor(obj.get(part) or {})
         if bad is not None:
             raise ArtifactError(f"{path}: not saved: {part}.{bad} is not finite (NaN or Inf)")
@@ -198,6 +198,7 @@ def _inconsistency(ckpt: Checkpoint) -> tuple[str, str] | None:
             return f"{part}.{bad}", "not finite (NaN or Inf)"
     return (
         _best_state(ckpt)
+        or _best_state(ckpt, "ema")
         or _history(ckpt)
         or _best(ckpt)
         or _optimizer(ckpt.optimizer)
@@ -206,17 +207,19 @@ def _inconsistency(ckpt: Checkpoint) -> tuple[str, str] | None:
     )
 
 
-def _best_state(ckpt: Checkpoint) -> tuple[str, str] | None:
-    if ckpt.best_state is None:
+def _best_state(ckpt: Checkpoint, part: str = "best_state") -> tuple[str, str] | None:
+    """``part`` (the kept epoch's or the EMA's weights) has the model's keys and shapes."""
+    weights = getattr(ckpt, part)
+    if weights is None:
         return None
     for key, value in ckpt.model.items():
-        kept = ckpt.best_state.get(key)
+        kept = weights.get(key)
         if kept is None:
-            return "best_state", f"lacks {key}, which the model has"
+            return part, f"lacks {key}, which the model has"
         if kept.shape != value.shape:
-            return f"best_state.{key}", f"shape {tuple(kept.shape)} is not {tuple(value.shape)}"
-    extra = sorted(ckpt.best_state.keys() - ckpt.model.keys())
-    return ("best_state", f"holds {extra[0]}, which the model lacks") if extra else None
+            return f"{part}.{key}", f"shape {tuple(kept.shape)} is not {tuple(value.shape)}"
+    extra = sorted(weights.keys() - ckpt.model.keys())
+    return (part, f"holds {extra[0]}, which the model lacks") if extra else None
 
 
 def _history(ckpt: Checkpoint) -> tuple[str, str] | None:
