@@ -54,6 +54,8 @@ def _timed(step: Any, batches: list[Any], device: Any) -> float:
     import torch
 
     step(*batches[0])
+    if device.type == "cuda":  # the warm-up's queued work is not the timed batches'
+        torch.cuda.synchronize(device)
     timed = batches[1:] or batches  # one batch in all: time it again after the warm-up
     images, start = 0, time.perf_counter()
     for x, y in timed:
@@ -83,14 +85,17 @@ def measure_cost(backbone: Any, splits: Any, recipe: Recipe, device: Any) -> Cos
         The :class:`Cost`, or None when the timing itself fails (e.g. out of memory).
     """
     import torch
+    from torch.utils.data import Subset
 
     from nctune.data import make_loader
+    from nctune.errors import NctuneError
 
     train, val = splits.train, splits.val
     per_batch = max(1, min(recipe.data.batch_size, TIMING_BATCH, len(train)))
-    take = min(len(train), per_batch * (TIMED_BATCHES + 1))
+    # whole batches only: a last batch of one image would trip BatchNorm in training mode
+    take = per_batch * max(1, min(TIMED_BATCHES + 1, len(train) // per_batch))
     cfg = recipe.data.model_copy(update={"batch_size": per_batch, "num_workers": 0})
-    loader = make_loader(train.subset(range(take)), cfg, train=False, device=device)
+    loader = make_loader(Subset(train, range(take)), cfg, train=False, device=device)
     model = backbone.model.to(device)
     amp = device.type == "cuda" and recipe.train.amp
 
@@ -110,7 +115,9 @@ def measure_cost(backbone: Any, splits: Any, recipe: Recipe, device: Any) -> Cos
         forward_s = _timed(forward, batches, device)
         model.train()
         train_s = _timed(train_step, batches, device)
-    except (RuntimeError, MemoryError):  # out of memory, a device error: no estimate
+    # out of memory, a device error, an image that does not decode (analyze names it): the
+    # estimate is a courtesy, the recipe is written without it
+    except (RuntimeError, ValueError, MemoryError, OSError, NctuneError):
         return None
     finally:
         model.eval()

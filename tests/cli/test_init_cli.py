@@ -122,3 +122,36 @@ def test_no_estimate_skips_the_timing(digits_pngs, tmp_path):
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "Estimate" not in res.stdout and "Image size 32 px" in flat(res.stdout)
+
+
+def test_measured_cost_counts_the_images_analyze_and_an_epoch_pass(make_image_folder):
+    # 17 training images: one whole batch of 16 is timed, never a BatchNorm-breaking one
+    folder = make_image_folder("px8", {"a": 10, "b": 10}, size=8)
+    sets = [*TINY, "data.val_fraction=0.15", "data.test_fraction=0"]
+    made = starter_recipe(folder, "timm:resnet10t", sets)
+    cost, recipe = made.cost, made.recipe
+    assert cost is not None and cost.device == "cpu" and cost.image_size == 32
+    assert cost.forward_s > 0 and cost.train_s > 0
+    assert cost.epoch_images == 17 and cost.analyze_images == 20  # profiled train + val
+    assert cost.analyze_seconds == pytest.approx(cost.forward_s * 20)
+    assert cost.epoch_seconds == pytest.approx(cost.train_s * 17 + cost.forward_s * 3)
+    assert recipe.data.image_size == 32
+
+
+def test_a_timing_that_fails_writes_the_recipe_without_an_estimate(
+    make_image_folder, tmp_path, monkeypatch
+):
+    import nctune.cost
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(nctune.cost, "_timed", broken)
+    folder = make_image_folder("px8", {"a": 3, "b": 3}, size=8)
+    out = tmp_path / "recipe.yaml"
+    res = invoke(
+        "init", "--data", folder, "--backbone", "timm:resnet10t", "--out", out,
+        *[a for s in TINY for a in ("--set", s)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert out.exists() and "No time estimate" in flat(res.stdout)
