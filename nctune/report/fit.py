@@ -127,8 +127,9 @@ class FitTable:
         if sum(widths) > room:
             return None
         spare = room - sum(widths)
-        # Headers of short columns unwrap first (cheapest), then wrapping columns widen.
-        order = sorted(range(len(kept)), key=lambda k: (self.columns[kept[k]].wrap, natural[k]))
+        # Wrapping data columns widen first (a wrapped cell costs a line on every row, a
+        # wrapped header one line in all), narrowest first; then headers unwrap.
+        order = sorted(range(len(kept)), key=lambda k: (not self.columns[kept[k]].wrap, natural[k]))
         for k in order:
             give = min(spare, natural[k] - widths[k])
             widths[k] += give
