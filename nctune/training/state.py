@@ -275,7 +275,10 @@ class TrainState:
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 for name, value in self.optimizer.state.get(p, {}).items():
-                    if not isinstance(value, (torch.Tensor, int, float, type(None))):
+                    # a moment is a tensor (SGD's unused momentum buffer: None); only a
+                    # step count may be a plain number (older torch saved it so)
+                    number = name == "step" and isinstance(value, (int, float))
+                    if not (isinstance(value, torch.Tensor) or value is None or number):
                         raise damaged(path, "optimizer", f"its {name} is not a tensor")
                     if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
                         raise damaged(

@@ -79,8 +79,10 @@ def affordable(root: Path, recipe_file: Path | None, sets: list[str]) -> None:
     assume(not r.backbone.pretrained and r.backbone.weights is None)
     assume(d.source in ("vendored", "imagefolder", None) or d.subset == "vendored")
     assume(d.path is None or root in Path(d.path).resolve().parents or not Path(d.path).exists())
-    assume(t.epochs <= 2 and d.image_size <= 64 and (d.samples_per_class or 10**9) <= 20)
-    assume(d.batch_size >= 4 and d.num_workers == 0 and r.device in ("cpu", "auto"))
+    big = 10**9  # an unset size or count: the backbone's default, or every image
+    assume((t.epochs or big) <= 2 and (d.image_size or big) <= 64)
+    assume((d.samples_per_class or big) <= 20 and (d.batch_size or 0) >= 4)
+    assume(not d.num_workers and r.device in ("cpu", "auto"))
     assume(s.name not in ("lora",) and (getattr(s, "probe_epochs", 1) or 1) <= 2)
     assume(not getattr(t, "lr_finder", False) and not getattr(s, "lr_finder", False))
     assume(not t.tensorboard and (r.threads or 1) <= 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.fuzz.contract import enforce
@@ -23,11 +24,13 @@ def _moment(seeds) -> tuple:
     return ckpt, key
 
 
-def test_an_optimizer_moment_that_is_no_tensor_is_refused_before_training(seeds, tmp_path):
-    """Found: a momentum buffer replaced by a mapping passed the checkpoint's checks and
-    failed in the first step (AttributeError: 'dict' object has no attribute 'mul_')."""
+@pytest.mark.parametrize("value", [{"__tensor__": False}, 1000000000], ids=["dict", "int"])
+def test_an_optimizer_moment_that_is_no_tensor_is_refused_before_training(seeds, tmp_path, value):
+    """Found: a momentum buffer replaced by a mapping (then, once that was refused, by a
+    number) passed the checkpoint's checks and failed in the first step (AttributeError:
+    'dict' object has no attribute 'mul_'; 'int' object …)."""
     ckpt, key = _moment(seeds)
     doc = _skeleton(ckpt)
-    doc["optimizer"]["state"][key]["momentum_buffer"] = {"__tensor__": False}
+    doc["optimizer"]["state"][key]["momentum_buffer"] = value
     run = _run(seeds, "checkpoint", {"kind": "tree", "doc": doc}, tmp_path)
     assert run.result.exit_code == 2 and "momentum_buffer" in run.result.stderr
