@@ -23,6 +23,7 @@ loads: a typo in ``--set`` costs no import.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -204,6 +205,14 @@ def propose_epochs(train_images: int) -> int:
     return next(epochs for least, epochs in EPOCHS_BY_SIZE if train_images >= least)
 
 
+def _epochs_rule() -> str:
+    """:data:`EPOCHS_BY_SIZE` in words: ``'under 500 → 30 epochs, under 2,000 → 20, …'``."""
+    steps = sorted(EPOCHS_BY_SIZE)  # ascending: (0, 30), (500, 20), …
+    parts = [f"under {hi:,} → {epochs}" for (_, epochs), (hi, _) in itertools.pairwise(steps)]
+    parts[0] += " epochs"
+    return f"{', '.join(parts)}, else {steps[-1][1]}"
+
+
 def median_side(folder: str | Path, sample: int = SIDE_SAMPLE, seed: int = 0) -> float | None:
     """Median shorter side of the images under ``folder``, from the headers of a seeded
     sample of at most ``sample`` files (PIL reads the size without decoding).
@@ -327,10 +336,7 @@ def starter_recipe(
     train_images = len(splits.train)
     if "train.epochs" not in given and "train" not in given:
         proposal.epochs = propose_epochs(train_images)
-        proposal.epochs_reason = (
-            f"{train_images} training images: under 500 → 30 epochs, under 2,000 → 20, "
-            "under 10,000 → 10, else 5"
-        )
+        proposal.epochs_reason = f"{train_images} training images: {_epochs_rule()}"
         extra["train"] = {"epochs": proposal.epochs}
         recipe = build(extra)
     text = _recipe_text(recipe, proposal)
