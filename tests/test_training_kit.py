@@ -224,6 +224,9 @@ def test_mixup_and_erasing_change_the_batch_and_turn_the_cache_off():
     assert soft.sum(1).tolist() == pytest.approx([1.0] * 5)
     assert soft[4].tolist() == pytest.approx([0.925, 0.025, 0.025, 0.025])  # odd one: unmixed
     assert not kit.BatchKit(4).active
+    erased, none = kit.BatchKit(4, random_erase=1.0)(x, y)  # erasing alone: hard labels
+    assert none is None and all(not torch.equal(erased[i], x[i]) for i in range(5))
+    assert torch.equal(kit.BatchKit(4, random_erase=1e-9)(x, y)[0], x)  # p ~ 0: untouched
     recipe, backbone, splits, applied, t = setup("train.mixup=0.2", "train.cutmix=1.0")
     result = train(recipe, backbone, splits, applied, t)
     assert not result.cache.used and "mixup" in result.cache.reason
@@ -257,16 +260,19 @@ def test_a_stop_waits_for_the_accumulated_update(tmp_path):
 
 
 # --------------------------------------------------------- time over resumes
+LIGHT = ("data.samples_per_class=4", "train.profile_after=false")  # 3 steps an epoch
+
+
 def test_a_resumed_run_reports_the_time_and_sessions_of_all_its_sessions(tmp_path):
-    recipe = load_recipe(None, tiny("train.epochs=2", "strategy.name=linear"))
+    recipe = load_recipe(None, tiny("train.epochs=2", "strategy.name=linear", *LIGHT))
     polls = {"n": 0, "training": False}
 
     def progress(phase, *args, **kwargs):
         polls["training"] = phase.startswith("epoch")
 
-    def after_epoch_1():  # asked after every step: stop in epoch 2, after its first step
+    def after_epoch_1():  # asked after every step: stop in epoch 2 (3 steps an epoch)
         polls["n"] += polls["training"]
-        return polls["n"] >= 3
+        return polls["n"] >= 5
 
     first = finetune(
         recipe,
@@ -274,7 +280,9 @@ def test_a_resumed_run_reports_the_time_and_sessions_of_all_its_sessions(tmp_pat
         callbacks=LambdaCallback(should_stop=after_epoch_1, on_progress=progress),
     )
     assert first.interrupted and first.sessions == 1 and first.cache["used"]
-    saved = load_checkpoint(tmp_path).clock
+    ckpt = load_checkpoint(tmp_path)
+    assert (ckpt.epoch, ckpt.step) == (1, 1)  # mid-epoch 2
+    saved = ckpt.clock
     assert saved.sessions == 1 and 0 < saved.train_seconds <= saved.total_seconds
     resumed = finetune(recipe, run_dir=tmp_path, resume=True)
     assert not resumed.interrupted and resumed.sessions == 2
@@ -291,7 +299,7 @@ def test_a_resumed_run_reports_the_time_and_sessions_of_all_its_sessions(tmp_pat
 def test_resuming_a_run_whose_epochs_had_all_finished_keeps_its_time_and_cache(tmp_path):
     # Ctrl-C in the pass after training leaves the last epoch's checkpoint: the resumed
     # session trains nothing, and must still report the whole run's time and its cache.
-    recipe = load_recipe(None, tiny("train.epochs=1", "strategy.name=linear"))
+    recipe = load_recipe(None, tiny("train.epochs=1", "strategy.name=linear", *LIGHT))
     first = finetune(recipe, run_dir=tmp_path)
     resumed = finetune(recipe, run_dir=tmp_path, resume=True)
     assert first.cache["used"] and resumed.cache["used"]
