@@ -411,14 +411,27 @@ class RankConfig(Section):
         ),
     )
     by: Literal[
-        "nc1", "nc1_best", "trace_ratio", "cdnv", "ncc", "logme", "hscore", "hscore_reg", "knn",
-        "ncti", "static_top1", "params",
-    ] = Field(  # fmt: skip
+        "nc1",
+        "nc1_best",
         "trace_ratio",
+        "cdnv",
+        "ncc",
+        "logme",
+        "hscore",
+        "hscore_reg",
+        "knn",
+        "ncti",
+        "static_top1",
+        "params",
+    ] = Field(
+        "logme",
         description=(
             "Score the table is sorted by: nc1 (penultimate pinv NC1), nc1_best (lowest over "
-            "blocks), trace_ratio, cdnv, ncc, logme, hscore, knn. Default trace_ratio: the "
-            "best weighted tau in benchmarks/rank.py (docs/evidence.md)."
+            "blocks), trace_ratio, cdnv, ncc, logme, hscore, hscore_reg (shrinkage H-score), "
+            "knn, ncti (NCTI-style composite), or a static baseline that never sees the target "
+            "data: static_top1 (published ImageNet or source-task top-1), params. Default "
+            "logme: the only score whose leave-one-task-out pick held up on the graded zoo "
+            "of benchmarks/zoo.py (docs/evidence.md); no collapse score did."
         ),
     )
     subsample: int = Field(

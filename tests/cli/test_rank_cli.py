@@ -67,7 +67,7 @@ def test_json_alone_on_stdout(recipe: Path, tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["by"] == "trace_ratio" and len(doc["candidates"]) == 2
+    assert doc["by"] == "logme" and len(doc["candidates"]) == 2  # the default (evidence.md)
 
 
 @pytest.mark.slow
