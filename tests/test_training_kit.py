@@ -371,3 +371,11 @@ def test_a_checkpoint_whose_ema_does_not_fit_the_model_is_refused_in_one_line(tm
     torch.save(doc, tmp_path / CHECKPOINT)
     with pytest.raises(ArtifactError, match=re.escape(f"damaged checkpoint (ema.{key}: shape")):
         load_checkpoint(tmp_path)
+
+
+def test_fit_resumed_after_its_last_epoch_says_why_no_cache_served_it(tmp_path):
+    recipe, backbone, splits, applied, t = setup(n_train=16)
+    done = train(recipe, backbone, splits, applied, t, val_set=None, run_dir=tmp_path)
+    again = train(recipe, backbone, splits, applied, t, val_set=None, run_dir=tmp_path, resume=True)
+    assert done.cache.used and again.clock.sessions == 2
+    assert not again.cache.used and "no epoch was left" in again.cache.reason

@@ -8,6 +8,7 @@ turns it into the :class:`TrainResult` that :func:`~nctune.training.train.fit` r
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,32 @@ from nctune.training.clock import SessionClock
 from nctune.training.evaluation import EpochStats
 from nctune.training.prefix_cache import CacheInfo
 from nctune.training.strategies import AppliedStrategy
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return repr(value) if value is None else "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def _odd_setting(ref: dict[str, Any], group: dict[str, Any]) -> str | None:
+    """What of a loaded parameter group the optimizer's step would fail on: a setting of a
+    fresh group missing, of another kind (a number, a flag, a tuple), or not finite."""
+    for key, want in ref.items():
+        if key == "params":
+            continue
+        if key not in group:
+            return f"lacks {key}"
+        got = group[key]
+        if _kind(want) not in (_kind(got), "None"):
+            return f"its {key} is {got!r:.40}, not a {_kind(want)}"
+        if _kind(got) == "number" and not math.isfinite(got):
+            return f"its {key} is {got}, not finite"
+        if isinstance(want, (tuple, list)) and len(want) != len(got):
+            return f"its {key} has {len(got)} values, not {len(want)}"
+    return None
 
 
 @dataclass
@@ -263,6 +290,7 @@ class TrainState:
         if self.resumed is None or self.resumed.phase != phase:
             return
         path = self.resumed_from or CHECKPOINT
+        fresh = [dict(g) for g in self.optimizer.param_groups]
         for where, target, saved in (
             ("optimizer", self.optimizer, self.resumed.optimizer),
             ("scaler", self.scaler, self.resumed.scaler),
@@ -271,6 +299,10 @@ class TrainState:
                 target.load_state_dict(saved)
             except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:
                 raise damaged(path, where, one_line(err, 160)) from None
+        for i, (ref, group) in enumerate(zip(fresh, self.optimizer.param_groups, strict=True)):
+            odd = _odd_setting(ref, group)  # torch loads a group's settings as they are
+            if odd is not None:
+                raise damaged(path, f"optimizer.param_groups.{i}", odd)
         # a moment of another shape (or no tensor) would only fail inside the first step
         for group in self.optimizer.param_groups:
             for p in group["params"]:
@@ -364,6 +396,8 @@ class TrainState:
         """
         if not interrupted and self.best.state is not None:
             self.model.load_state_dict(self.best.state)
+        if not self.cache.used and not self.cache.reason:  # no phase started: say why
+            self.cache = CacheInfo(False, reason="no epoch was left to train after the resume")
         return TrainResult(
             self.history,
             self.best.epoch,
