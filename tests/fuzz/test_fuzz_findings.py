@@ -34,3 +34,18 @@ def test_an_optimizer_moment_that_is_no_tensor_is_refused_before_training(seeds,
     doc["optimizer"]["state"][key]["momentum_buffer"] = value
     run = _run(seeds, "checkpoint", {"kind": "tree", "doc": doc}, tmp_path)
     assert run.result.exit_code == 2 and "momentum_buffer" in run.result.stderr
+
+
+@pytest.mark.parametrize("value", [None, "0.9", [0.9]], ids=["deleted", "text", "list"])
+def test_an_optimizer_group_lacking_a_setting_is_refused_before_training(seeds, tmp_path, value):
+    """Found: a parameter group without its ``momentum`` (deleted) passed the checks and
+    failed in the first step (KeyError: 'momentum' inside torch's SGD)."""
+    ckpt, _ = _moment(seeds)
+    doc = _skeleton(ckpt)
+    group = doc["optimizer"]["param_groups"][-1]
+    if value is None:
+        del group["momentum"]
+    else:
+        group["momentum"] = value
+    run = _run(seeds, "checkpoint", {"kind": "tree", "doc": doc}, tmp_path)
+    assert run.result.exit_code == 2 and "momentum" in run.result.stderr
