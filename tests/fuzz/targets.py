@@ -269,7 +269,7 @@ def _metadata(model: Path) -> tuple[dict[str, Any], dict[str, str]]:
 def _metadata_examples(draw, seeds: Seeds) -> dict:
     _, meta = _metadata(seeds.run / "model.safetensors")
     decoded = {}
-    for k, v in meta.items():
+    for k, v in sorted(meta.items()):  # safetensors hands the metadata in no fixed order
         try:
             decoded[k] = json.loads(v)
         except ValueError:
