@@ -41,11 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.errors import UnsatisfiedAssumption
 
 from tests.fuzz import contract
 from tests.fuzz.targets import TARGETS, build_seeds
 
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "nctune-hypothesis")  # not the checkout
 KINDS = ("traceback", "non-finite save", "changed input", "other")
 
 

@@ -10,9 +10,12 @@ settings.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests.cli.conftest import plain_stderr  # noqa: F401 - autouse: a plain stderr console
 
@@ -22,6 +25,8 @@ _COMMON = dict(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+# hypothesis caches constants and unicode tables in ./.hypothesis: keep the checkout clean
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "nctune-hypothesis")
 settings.register_profile("ci", max_examples=6, derandomize=True, **_COMMON)
 settings.register_profile("dev", max_examples=50, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
