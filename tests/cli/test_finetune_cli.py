@@ -257,6 +257,9 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, sig, uninterrupted):
     assert done.returncode == 0, done.stderr.decode()
     assert _metrics(out) == uninterrupted
     assert not (out / "checkpoint.pt").exists()  # a finished run keeps model.safetensors only
+    report = json.loads((out / "report.json").read_text())  # time over both sessions
+    assert report["sessions"] == 2 and report["cpu_seconds"] > 0
+    assert report["wall_seconds"] >= sum(h["seconds"] for h in report["history"])  # epoch 1's too
 
 
 @pytest.mark.parametrize("first", ["linear", "scl"])
