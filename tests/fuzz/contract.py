@@ -160,9 +160,13 @@ def violations(run: Run) -> list[str]:
         lines = [x for x in res.stderr.splitlines() if x.strip()]
         if len(lines) != 1:
             found.append(f"refusal: {len(lines)} stderr lines")
-        # a run stopped after its first checkpoint keeps it (and says how to resume)
-        kept = any(Path(p).name == "checkpoint.pt" for p in run.out_after)
-        allowed = run.allow_on_refusal if kept else ()
+        # a run stopped after its first checkpoint keeps it, and says so (docs/cli.md)
+        ckpts = [p for p in run.out_after if Path(p).name == "checkpoint.pt"]
+        allowed = run.allow_on_refusal if ckpts else ()
+        if any(run.out_before.get(p) != run.out_after[p] for p in ckpts) and not any(
+            "checkpoint" in x for x in lines
+        ):
+            found.append("refusal kept a checkpoint without saying so")
         new = {
             p: h
             for p, h in run.out_after.items()
@@ -178,7 +182,6 @@ def violations(run: Run) -> list[str]:
         for name in run.required:
             if not any(Path(p).name == name for p in written):
                 found.append(f"success without {name}")
-    # a refusal names its field in one line: keep the campaign's failures apart by kind
     return found
 
 
