@@ -342,6 +342,28 @@ class TrainState:
             "clock": self.clock.to_dict(),
         }
 
+    def update(
+        self, params: list[nn.Parameter], grad_clip: float | None, run_dir: Path | None, lr: float
+    ) -> None:
+        """The optimizer step on the gradient summed so far (clipped to ``grad_clip``),
+        then the weights' EMA.
+
+        Raises:
+            TrainingError: the step overflows float32 (diverged, see :meth:`diverged`).
+        """
+        if grad_clip:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        try:
+            self.scaler.step(self.optimizer)
+        except RuntimeError as err:  # lr · update beyond float32 (lr=1e300)
+            if "overflow" not in str(err):
+                raise
+            raise self.diverged(run_dir, f"the step with lr {lr:g} overflows") from None
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
     def save(self, run_dir: Path | None, partial: EpochSums | None = None) -> None:
         """Write ``run_dir/checkpoint.pt`` atomically (rank 0 alone: every rank holds the
         same state); nothing without a ``run_dir``."""

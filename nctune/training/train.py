@@ -473,27 +473,10 @@ def _step(
         optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss if k == 1 else loss * share).backward()
     if (state.step + 1) % k == 0 or state.step + 1 == run.steps_per_epoch:
-        _update(run, state, ph, lr)
+        state.update(ph.params, run.cfg.grad_clip, run.run_dir, lr)  # then the EMA
     # Book-keeping from this same forward pass: no extra pass for NC1.
     value = float(ce.detach())
     if not math.isfinite(value):  # diverged: stop before anything is saved
         raise state.diverged(run.run_dir, f"the loss is {value}")
     sums.add(logits, feats, y, value, distributed=ph.ddp is not None)
     return lr, value
-
-
-def _update(run: _Run, state: TrainState, ph: _PhaseRun, lr: float) -> None:
-    """The optimizer step on the gradient summed so far, then the weights' EMA."""
-    optimizer, scaler = state.optimizer, state.scaler
-    if run.cfg.grad_clip:
-        scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
-        torch.nn.utils.clip_grad_norm_(ph.params, run.cfg.grad_clip)
-    try:
-        scaler.step(optimizer)
-    except RuntimeError as err:  # lr · update beyond float32 (lr=1e300)
-        if "overflow" not in str(err):
-            raise
-        raise state.diverged(run.run_dir, f"the step with lr {lr:g} overflows") from None
-    scaler.update()
-    if state.ema is not None:
-        state.ema.update(state.model)
