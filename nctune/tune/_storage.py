@@ -146,7 +146,10 @@ def holders(study: optuna.Study) -> list[Holder]:
         return []
     grace = store.grace_period or 2 * interval
     short = min(grace, interval + 2)
-    ages = _heartbeat_ages(store, study._study_id)
+    try:
+        ages = _heartbeat_ages(store, study._study_id)
+    except (ImportError, AttributeError):  # Optuna's internals moved: its own grace applies
+        return []
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
