@@ -164,6 +164,28 @@ def _seed_sets() -> list[str]:
     return out
 
 
+#: Values some field takes (a --set of one on the right field runs the recipe).
+PLAUSIBLE = [
+    "0",
+    "1",
+    "2",
+    "0.5",
+    "0.001",
+    "true",
+    "false",
+    "null",
+    "sgd",
+    "adamw",
+    "cosine",
+    "full",
+    "layers",
+    "scl",
+    "[layer1.0]",
+    "auto",
+    "mean",
+]
+
+
 @st.composite
 def _set_examples(draw, seeds: Seeds) -> list[str]:
     extra = []
@@ -177,12 +199,14 @@ def _set_examples(draw, seeds: Seeds) -> list[str]:
         )
         value = draw(
             st.one_of(
+                st.sampled_from(PLAUSIBLE),  # often valid somewhere: those runs run
                 st.just(_dump(draw(values())).strip().removesuffix("...").strip()),
                 st.text(max_size=16),
                 st.sampled_from(["", "[", "{", "nan", "1e999", "-0", "0x10", "~", "!!binary aGk="]),
             )
         )
-        extra.append(draw(st.sampled_from([f"{key}={value}", key, f"{key}=={value}"])))
+        form = draw(st.sampled_from([f"{key}={value}"] * 4 + [key, f"{key}=={value}"]))
+        extra.append(form)
     return extra
 
 
