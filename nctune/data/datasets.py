@@ -11,6 +11,7 @@ Unreadable images raise :class:`~nctune.errors.DataError` naming the file or sam
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -149,15 +150,22 @@ def open_image(path: str) -> Any:
     Raises:
         DataError: the file is missing or cannot be decoded (one line naming it).
     """
-    try:
-        with Image.open(path) as img:
-            return to_rgb8(img)  # decodes, so truncation shows up here; 16-bit scaled
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found (was it moved or deleted?)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(
-            f"{path}: cannot read image ({one_line(err, 160)}); fix or remove the file"
-        ) from None
+    # A decoder's warnings about a damaged file are held back: a file that is then refused
+    # gets its one line alone (bad input is one line); one that reads passes them on.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with Image.open(path) as img:
+                rgb = to_rgb8(img)  # decodes, so truncation shows up here; 16-bit scaled
+        except FileNotFoundError:
+            raise DataError(f"{path}: image file not found (was it moved or deleted?)") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise DataError(
+                f"{path}: cannot read image ({one_line(err, 160)}); fix or remove the file"
+            ) from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return rgb
 
 
 class FileImageDataset(ImageDataset):

@@ -49,3 +49,20 @@ def test_an_optimizer_group_lacking_a_setting_is_refused_before_training(seeds, 
         group["momentum"] = value
     run = _run(seeds, "checkpoint", {"kind": "tree", "doc": doc}, tmp_path)
     assert run.result.exit_code == 2 and "momentum" in run.result.stderr
+
+
+def test_a_refused_image_is_one_line_without_the_decoders_warnings(seeds, tmp_path):
+    """Found: a damaged TIFF (named .jpg) in a training folder was refused with its one line,
+    followed by PIL's "warning: Tag data larger than file. Skipping tag 284" — two lines."""
+    example = {
+        "file": "test/cat/2.png",
+        "format": "tiff",
+        "edit": 608,
+        "bytes": True,
+        "mode": "CMYK",
+        "size": (3, 3),
+        "command": "finetune",
+        "ext": ".jpg",
+    }
+    run = _run(seeds, "image", example, tmp_path)
+    assert run.result.exit_code == 2 and "cannot read image" in run.result.stderr
