@@ -1,4 +1,5 @@
-"""``nctune predict``: label image files, folders or a CSV manifest with a fine-tuned run."""
+"""``nctune predict``: label image files, folders, a CSV manifest or a data set (WebDataset
+shards, a saved Hugging Face dataset) with a fine-tuned run."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ RunArg = Annotated[
 InputsArg = Annotated[
     list[Path],
     typer.Argument(
-        help="Image files, folders (searched recursively) or CSV manifests (path[,label][,split]).",
+        help="Image files, folders (searched recursively), CSV manifests (path[,label][,split]), "
+        "WebDataset shards (.tar, brace pattern, folder of shards) or a saved HF dataset folder.",
         show_default=False,
     ),
 ]
@@ -48,7 +50,8 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per fo
 SplitOpt = Annotated[
     str | None,
     typer.Option(
-        "--split", help="With a CSV manifest: only its rows of this split (train, val, test)."
+        "--split",
+        help="With a CSV manifest or a data set: only its rows of this split (train, val, test).",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
@@ -69,7 +72,7 @@ def _refuse_an_input(out: Path, inputs: list[Path], images: list[str]) -> None:
         target = out.stat()
     except OSError:  # nothing there yet (or a dangling link): it is no input
         return
-    for path in [*inputs, *images]:
+    for path in [*inputs, *(i for i in images if isinstance(i, str))]:
         try:
             st = os.stat(path)
         except OSError:

@@ -34,7 +34,7 @@ from torch import nn
 from nctune.data import eval_transform, open_image
 from nctune.errors import ConfigError, DataError, NctuneError, one_line
 from nctune.runs.artifacts import load_finetuned as _load_run_model
-from nctune.serving.inputs import expand_inputs
+from nctune.serving.inputs import DataSample, expand_inputs
 from nctune.taps import resolve_device
 
 __all__ = [
@@ -169,6 +169,8 @@ def _prepare(item: Any, transform: Callable[[Any], torch.Tensor]) -> torch.Tenso
         return item.to(torch.float32)
     if isinstance(item, (str, os.PathLike)):
         return transform(open_image(os.fspath(item)))
+    if isinstance(item, DataSample):  # read by its data source's reader
+        return transform(item.image())
     if hasattr(item, "convert"):  # a PIL image
         return transform(item)
     raise DataError(f"cannot predict on a {type(item).__name__}; pass paths, PIL images or tensors")
@@ -204,7 +206,7 @@ def _check_item(where: str, item: Any) -> None:
         if not bool(torch.isfinite(item).all()):
             raise ConfigError(f"{where}: the image tensor holds NaN or Inf values")
         return
-    if isinstance(item, (str, os.PathLike)) or hasattr(item, "convert"):
+    if isinstance(item, (str, os.PathLike, DataSample)) or hasattr(item, "convert"):
         return
     raise ConfigError(
         f"{where}: cannot predict on a {type(item).__name__}; pass paths, PIL images or tensors"
@@ -248,7 +250,11 @@ def _not_finite(src: str, logits: torch.Tensor) -> str:
 
 def _sources(images: Sequence[Any]) -> list[str]:
     return [
-        os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"<input {i}>"
+        os.fspath(x)
+        if isinstance(x, (str, os.PathLike))
+        else x.source
+        if isinstance(x, DataSample)
+        else f"<input {i}>"
         for i, x in enumerate(images)
     ]
 
@@ -266,7 +272,8 @@ def iter_predict(
     """Yield one :class:`Prediction` per image, in input order, batch by batch.
 
     The streaming form of :func:`predict` (the CLI writes each row as it comes). An image
-    that cannot be read yields a row with ``error`` set; the others are unaffected. So does
+    file that cannot be read yields a row with ``error`` set (a data set's
+    :class:`~nctune.serving.inputs.DataSample` raises its source's DataError instead); the others are unaffected. So does
     an image whose logits are not finite (a model with NaN weights, or one that overflows
     on it): a NaN probability is never an answer.
 
@@ -316,6 +323,8 @@ def iter_predict(
         try:
             return _prepare(item, transform)
         except (NctuneError, OSError, ValueError) as err:  # this image only; the rest go on
+            if isinstance(item, DataSample):  # a data set's corrupt sample stops the run,
+                raise  # as every command reading that data set does (one line, exit 2)
             return err
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -1,4 +1,9 @@
-"""Images named on a command line: files, folders and CSV manifests → paths (and labels).
+"""Images named on a command line: files, folders, CSV manifests and data sets → images
+(and labels).
+
+A data set — WebDataset shards (a ``.tar``, a brace pattern, a folder of shards) or a
+Hugging Face ``save_to_disk`` folder — gives one :class:`DataSample` per sample, read by
+the data source's own reader and named ``SHARD#KEY`` or ``FOLDER#SPLIT/ROW``.
 
 ``predict`` takes any mix of them (:func:`expand_inputs`, :func:`expand_labelled`: a
 labelled manifest's label travels beside its path); ``evaluate`` needs every image's true
@@ -8,12 +13,20 @@ class (:func:`labelled_images`: class folders or a manifest with a ``label`` col
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nctune.data import IMG_EXTENSIONS, list_images, read_manifest
 from nctune.errors import DataError
 
-__all__ = ["MANIFEST_EXTENSIONS", "expand_inputs", "expand_labelled", "labelled_images"]
+__all__ = [
+    "MANIFEST_EXTENSIONS",
+    "DataSample",
+    "expand_inputs",
+    "expand_labelled",
+    "labelled_images",
+]
 
 #: Manifest files among the inputs are read as ``path[,label][,split]`` lists of images.
 MANIFEST_EXTENSIONS = (".csv",)
@@ -25,28 +38,65 @@ def _is_manifest(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in MANIFEST_EXTENSIONS
 
 
+@dataclass(frozen=True)
+class DataSample:
+    """One sample of a data set given as input: its name and where its image is read.
+
+    Attributes:
+        source: ``SHARD#KEY`` (WebDataset) or ``FOLDER#SPLIT/ROW`` (a saved HF dataset).
+        base: the data source's reader (``base[index][0]`` is the RGB image).
+        index: the sample's index in ``base``.
+    """
+
+    source: str
+    base: Any
+    index: int
+
+    def image(self) -> Any:
+        """The sample's RGB PIL image; DataError naming shard and key (or row) if corrupt."""
+        return self.base[self.index][0]
+
+
+def _data_set(path: Path, raw: str | Path, split: str | None) -> list[tuple[Any, str | None]]:
+    """A data set input's samples with their labels, or ``[]`` when it is none."""
+    from nctune.data.sources.hf import is_saved_dataset, read_dataset_samples
+    from nctune.data.sources.webdataset import is_shard_input, read_shard_samples
+
+    if is_saved_dataset(path):
+        refs, names, labels = read_dataset_samples(path, split=split)
+    elif is_shard_input(raw):
+        refs, names, labels = read_shard_samples(raw, split=split)
+    else:
+        return []
+    return [(DataSample(n, b, i), y) for (b, i), n, y in zip(refs, names, labels, strict=True)]
+
+
 def expand_labelled(
     inputs: Iterable[str | Path], *, split: str | None = None
-) -> list[tuple[str, str | None]]:
-    """:func:`expand_inputs` with each image's manifest label: ``(path, label or None)``.
+) -> list[tuple[Any, str | None]]:
+    """:func:`expand_inputs` with each image's label: ``(image, label or None)``.
 
-    Only a manifest row carries a label (its ``label`` cell, when the manifest has that
-    column); files and folders give None.
+    A manifest row carries its ``label`` cell (when the manifest has that column), a data
+    set sample its class name; files and folders give None.
 
     Args:
         inputs: paths given by the user, in order.
-        split: with a manifest, keep only rows of this split (train, val or test).
+        split: with a manifest, keep only rows of this split (train, val or test); with
+            a data set, only its samples of this split.
 
     Returns:
-        ``(image path, label)`` in input order.
+        ``(image path or DataSample, label)`` in input order.
 
     Raises:
         DataError: as :func:`expand_inputs`.
     """
-    out: list[tuple[str, str | None]] = []
+    out: list[tuple[Any, str | None]] = []
     for raw in inputs:
         path = Path(raw).expanduser()
-        if path.is_dir():
+        samples = _data_set(path, raw, split)
+        if samples:
+            out.extend(samples)
+        elif path.is_dir():
             found = list_images(path)
             if not found:
                 raise DataError(
@@ -61,27 +111,33 @@ def expand_labelled(
         else:
             raise DataError(f"{path}: no such file or folder")
     if not out:
-        raise DataError("no images to predict: give image files, folders or a CSV manifest")
+        raise DataError(
+            "no images to predict: give image files, folders, a CSV manifest or a data set"
+        )
     return out
 
 
-def expand_inputs(inputs: Iterable[str | Path], *, split: str | None = None) -> list[str]:
-    """Image paths from command-line inputs: files, folders (recursive) and CSV manifests.
+def expand_inputs(inputs: Iterable[str | Path], *, split: str | None = None) -> list[Any]:
+    """Images from command-line inputs: files, folders (recursive), CSV manifests, data sets.
 
     A folder contributes its image files (:data:`~nctune.data.IMG_EXTENSIONS`, hidden
     entries skipped, sorted); a ``.csv`` file is read as a csv data-source manifest
-    (:func:`~nctune.data.read_manifest`; its ``label`` column is optional here); any other
-    file is taken as an image (if it cannot be decoded its row fails, not the run).
+    (:func:`~nctune.data.read_manifest`; its ``label`` column is optional here); WebDataset
+    shards (a ``.tar``, a brace pattern, a folder of shards) and a Hugging Face
+    ``save_to_disk`` folder give one :class:`DataSample` per sample, in their order; any
+    other file is taken as an image (if it cannot be decoded its row fails, not the run).
 
     Args:
         inputs: paths given by the user, in order.
         split: with a manifest, keep only rows of this split (train, val or test).
 
     Returns:
-        Image paths in input order (a missing manifest row's file is kept, and fails).
+        Image paths and data set samples in input order (a missing manifest row's file is
+        kept, and fails).
 
     Raises:
-        DataError: an input does not exist, a manifest is malformed, or nothing is left.
+        DataError: an input does not exist, a manifest or data set is malformed (as the
+            data source says it), or nothing is left.
     """
     return [p for p, _ in expand_labelled(inputs, split=split)]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -214,3 +215,56 @@ def is_saved_dataset(folder: str | Path) -> bool:
     return (folder / "dataset_dict.json").is_file() or (
         (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
     )
+
+
+def read_dataset_samples(
+    folder: str | Path, split: str | None = None, image_key: str = "image", label_key: str = "label"
+) -> tuple[list[tuple[Any, int]], list[str], list[str | None]]:
+    """Every row of a ``save_to_disk`` folder, for reading one by one (``nctune predict``).
+
+    Read as ``data.source: hf`` reads it (memory-mapped; an image decoded when asked for).
+
+    Args:
+        folder: a saved ``Dataset`` or ``DatasetDict``.
+        split: only this split (train, val or test); default every split, train first.
+        image_key: the image column.
+        label_key: the label column, when present (its ClassLabel names the classes).
+
+    Returns:
+        ``(refs, names, labels)``: ``refs[i]`` is ``(base, row)`` with ``base[row][0]``
+        the row's RGB image (a DataError naming the dataset, split and row when it cannot
+        be decoded); ``names[i]`` is
+        ``FOLDER#SPLIT/ROW``, ``labels[i]`` its class name or None.
+
+    Raises:
+        DataError: one line: the extra missing, a folder that does not load, no such
+            split, no image column.
+    """
+    hf = _optional("datasets", "hf", f"{folder}")
+    cfg: Any = SimpleNamespace(source="hf", path=Path(folder), name=None)
+    try:
+        splits, _ = _open(cfg, hf)
+    except DataError as err:
+        raise DataError(str(err).removeprefix("data.path: ")) from None
+    if split is not None:
+        if split not in splits:
+            raise DataError(f"{folder}: no {split} split (splits: {_short_list(list(splits))})")
+        splits = {split: splits[split]}
+    refs: list[tuple[Any, int]] = []
+    names: list[str] = []
+    labels: list[str | None] = []
+    for name, dataset in splits.items():
+        if image_key not in dataset.column_names:
+            raise DataError(
+                f"{folder} ({name}): no column {image_key!r} (columns: "
+                f"{_short_list(dataset.column_names)})"
+            )
+        base = _HFImages(dataset, image_key, f"{folder} ({name})")
+        feature = dataset.features.get(label_key)
+        values = dataset[label_key] if feature is not None else [None] * len(dataset)
+        classes = feature.names if isinstance(feature, hf.ClassLabel) else None
+        for row, y in enumerate(values):
+            refs.append((base, row))
+            names.append(f"{folder}#{name}/{row}")
+            labels.append(None if y is None else classes[y] if classes else str(y))
+    return refs, names, labels

@@ -28,6 +28,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,7 +80,8 @@ class _Index:
 class _ShardImages:
     """Sample ``i`` of an index as ``(RGB PIL image, 0)``, read at its offset in the shard.
 
-    File handles are opened lazily, one per shard and process (loader workers fork).
+    File handles are opened lazily, one per shard and process (loader workers fork), and
+    read at an offset without seeking, so threads may share them.
     """
 
     def __init__(self, index: _Index) -> None:
@@ -103,9 +105,10 @@ class _ShardImages:
         s = int(self.shard[index])
         f = self._files.get(s)
         if f is None:
-            f = self._files[s] = open(self.shards[s], "rb")  # noqa: SIM115 — kept open
-        f.seek(int(self.offset[index]))
-        return f.read(int(self.size[index]))
+            f = self._files.setdefault(s, open(self.shards[s], "rb"))  # noqa: SIM115 — kept open
+        # pread, not seek + read: predict's decoding threads share the handle, and one
+        # thread's seek between another's seek and read would hand it the wrong bytes
+        return os.pread(f.fileno(), int(self.size[index]), int(self.offset[index]))
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         index = int(index)
@@ -262,6 +265,70 @@ def _load_webdataset(cfg: DataSection) -> _Source:
     return _Source(classes, name, pools["train"], pools.get("val"), pools.get("test"), tv_name=name)
 
 
+def is_shard_input(path: str | Path) -> bool:
+    """Whether a command-line input names WebDataset shards rather than images.
+
+    Args:
+        path: what the user gave: a ``.tar`` file, a brace pattern ending in ``.tar`` or a
+            folder whose top level holds ``.tar`` files.
+
+    Returns:
+        True for shards (the pattern need not match anything yet: reading it says so).
+    """
+    text = str(path)
+    if "{" in text and text.endswith(".tar"):
+        return True
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path.suffix == ".tar"
+    return path.is_dir() and any(p.suffix == ".tar" and p.is_file() for p in path.iterdir())
+
+
+def read_shard_samples(
+    path: str | Path, split: str | None = None
+) -> tuple[list[tuple[Any, int]], list[str], list[str | None]]:
+    """Every sample of some shards, for reading one by one (``nctune predict``).
+
+    The same expansion and index as ``data.source: webdataset`` (so the same one-line
+    errors: an empty shard list, a pattern matching nothing, a sample without an image or
+    label); a folder's shards in file-name order, which for shards written by
+    :func:`write_shards` is the order :func:`~nctune.data.list_images` walks their image
+    folder in.
+
+    Args:
+        path: a ``.tar`` shard, a brace pattern, a ``.txt`` list or a folder of shards.
+        split: with a folder, only its shards of this split (train, val or test).
+
+    Returns:
+        ``(refs, names, labels)``: ``refs[i]`` is ``(base, j)`` with ``base[j][0]`` sample
+        ``i``'s RGB image (a DataError naming shard and key when it cannot be decoded);
+        ``names[i]`` is
+        ``SHARD#KEY``, ``labels[i]`` its class name (``classes.txt`` beside the shards,
+        else the integer label).
+
+    Raises:
+        DataError: one line, as the source's (``data.path:`` left off).
+    """
+    cfg: Any = SimpleNamespace(source="webdataset", path=path)
+    try:
+        by_split, folder = _shard_lists(cfg)
+        if split is not None and Path(str(path)).is_dir():
+            by_split = {split: by_split.get(split, [])}
+            if not by_split[split]:
+                raise DataError(f"{path}: no {split} shards ({split}-*.tar) in this folder")
+        shards = [s for group in by_split.values() for s in group]
+        if Path(str(path)).is_dir():
+            shards.sort()
+        index = _index(shards, IMAGE_KEYS.split(";"), LABEL_KEY)
+    except DataError as err:
+        raise DataError(str(err).removeprefix("data.path: ")) from None
+    names = _class_file(folder) or []
+    labels: list[str | None] = [names[y] if 0 <= y < len(names) else str(y) for y in index.label]
+    sources = [f"{index.shards[s]}#{k}" for s, k in zip(index.shard, index.key, strict=True)]
+    base = _ShardImages(index)
+    return [(base, i) for i in range(len(base))], sources, labels
+
+
 def write_shards(
     root: str | Path,
     out: Path,
@@ -290,8 +357,6 @@ def write_shards(
     Raises:
         DataError: what ``data.source: imagefolder`` refuses about ``root``.
     """
-    from types import SimpleNamespace
-
     from nctune.data.sources.imagefolder import _load_imagefolder
 
     src = _load_imagefolder(SimpleNamespace(source="imagefolder", path=Path(root)))
