@@ -19,8 +19,9 @@ RunArg = Annotated[
 DataArg = Annotated[
     list[Path] | None,
     typer.Argument(
-        help="Folders of class folders (or of train/val/test folders of them) and CSV "
-        "manifests with a label column (default: the run's own --split).",
+        help="Folders of class folders (or of train/val/test folders of them), CSV "
+        "manifests with a label column, WebDataset shards or a saved HF dataset "
+        "(default: the run's own --split).",
         show_default=False,
     ),
 ]

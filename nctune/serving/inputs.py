@@ -169,13 +169,15 @@ def _class_folders(folder: Path, classes: Sequence[str], split: str) -> list[tup
 
 def labelled_images(
     inputs: Iterable[str | Path], classes: Sequence[str], *, split: str | None = None
-) -> list[tuple[str, int]]:
-    """Labelled images for an evaluation: ``(path, class index)`` in input order.
+) -> list[tuple[Any, int]]:
+    """Labelled images for an evaluation: ``(path or DataSample, class index)``, input order.
 
     A folder holds one folder per class (named as the run's classes; a class may be
     missing), or train/val/test folders of them (``split`` picks one, default ``test``); a
     ``.csv`` manifest needs its ``label`` column, each label one of ``classes`` (``split``
-    keeps only that split's rows).
+    keeps only that split's rows); a data set (WebDataset shards, a saved HF dataset) gives
+    its samples (``split`` keeps one split's, default every one), each class name one of
+    ``classes``.
 
     Args:
         inputs: folders and manifests given by the user.
@@ -192,9 +194,19 @@ def labelled_images(
             no images at all.
     """
     index = {c: i for i, c in enumerate(classes)}
-    out: list[tuple[str, int]] = []
+    out: list[tuple[Any, int]] = []
     for raw in inputs:
         path = Path(raw).expanduser()
+        samples = _data_set(path, raw, split)
+        for sample, label in samples:
+            if label not in index:
+                raise DataError(
+                    f"{sample.source}: label {label!r} is not a class of the run (classes: "
+                    f"{', '.join(list(classes)[:8])}{' …' if len(classes) > 8 else ''})"
+                )
+            out.append((sample, index[label]))
+        if samples:
+            continue
         if path.is_dir():
             out.extend((f, index[c]) for f, c in _class_folders(path, classes, split or "test"))
         elif _is_manifest(path):

@@ -111,3 +111,21 @@ def test_a_corrupt_sample_is_one_line_naming_shard_and_key_exit_2(folder_rows, t
     assert f"shard {shard} key s1: cannot read the image" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == [shard]  # no rows file, no partial file
+
+
+def test_evaluate_on_the_test_shards_reproduces_the_test_accuracy(folder_rows, tmp_path):
+    import json
+
+    from nctune.data.sources.webdataset import write_shards
+
+    run, _ = folder_rows
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shards(run.data, shards, shard_size=5)
+    res = invoke(
+        "evaluate", run.run_dir, shards, "--split", "test", "--json", "--out", tmp_path / "e"
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["num_images"] == len(list_images(run.data / "test"))
+    assert doc["accuracy"] == run.report["test_accuracy"]
