@@ -19,6 +19,7 @@ from nctune.analyze import profile_recipe
 from nctune.auto import choose_lr, plan_auto, probes
 from nctune.backbones import Backbone, create_backbone
 from nctune.data import DataSplits, build_data, resolve_input_config
+from nctune.data.sources.hf import refuse_streaming
 from nctune.distributed import is_main
 from nctune.passes import (
     HeadInputs,
@@ -179,6 +180,7 @@ def prepare(recipe: Recipe) -> Prepared:
     Everything that can fail on bad input fails here, before a run folder exists.
     """
     check_tracking(recipe.train)  # an unreachable train.mlflow is refused before any output
+    refuse_streaming(recipe.data)  # training reads in shuffled order: a stream cannot
     device = resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
     backbone = create_backbone(recipe.backbone)

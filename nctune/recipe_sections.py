@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from nctune import recipe_kit as kit
 
@@ -165,12 +165,25 @@ class DataConfig(Section):
         None,
         description="hf, webdataset: class names for integer labels 0..K-1 (default: the ClassLabel names, or classes.txt beside the shards, else '0'..'K-1').",
     )
+    streaming: bool = Field(
+        False,
+        description="hf: stream the dataset (datasets' streaming=True) for data larger than memory or disk cache; one in-order pass, so analyze and rank only (finetune, tune and sweep refuse it: save_to_disk and leave it off, Arrow is memory-mapped).",
+    )
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
         if v not in SOURCES:
             raise ValueError(SOURCES.unknown(v, prefix=False))
+        return v
+
+    @field_validator("streaming")
+    @classmethod
+    def _streamed_source(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("source") != "hf":
+            raise ValueError(
+                f"only data.source: hf streams, not {info.data.get('source')}; leave it false"
+            )
         return v
 
 

@@ -31,3 +31,4 @@ class DataSection(Protocol):
     image_key: str | None
     label_key: str | None
     classes: list[str] | None
+    streaming: bool

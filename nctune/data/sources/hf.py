@@ -11,11 +11,20 @@ present, otherwise the recipe's fractions hold them out of ``train``.
 
 Arrow data is memory-mapped and decoded one row at a time, so a dataset larger than
 memory is read without being loaded: only the label column is read up front.
+
+``data.streaming: true`` reads it as ``datasets`` streams it (``streaming=True``, an
+``IterableDataset``): Parquet and Arrow files are read in place (no Arrow cache is written
+beside them, as ``Dataset.from_parquet`` does), a hub dataset is not downloaded whole. The
+label column is streamed once up front; images are then read in row order, skipping
+forward (skipped rows are read, not decoded). That suits the commands that make one pass
+in order (``analyze``, ``rank``); those that need random access (``finetune``, ``tune``,
+``sweep``: shuffled epochs) refuse it (:func:`refuse_streaming`).
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -73,6 +82,57 @@ class _HFImages:
             ) from None
 
 
+class _StreamImages:
+    """Row ``i`` of a streamed dataset's image column as ``(RGB PIL image, 0)``.
+
+    Rows are read in increasing order from one iterator, skipping forward; asking for an
+    earlier row starts a new iterator (a second pass, another split's pool, a forked
+    loader worker). Random access is therefore quadratic: only in-order passes use it.
+    """
+
+    def __init__(self, stream: Any, column: str, where: str, length: int) -> None:
+        self.stream = stream
+        self.column = column
+        self.where = where
+        self.length = length
+        self._rows: Any = None
+        self._next = 0
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_rows": None, "_next": 0}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _row(self, index: int) -> Any:
+        if self._rows is None or index < self._next or self._pid != os.getpid():
+            self._rows, self._next, self._pid = iter(self.stream), 0, os.getpid()
+        try:
+            while self._next < index:
+                next(self._rows)
+                self._next += 1
+            row = next(self._rows)
+        except StopIteration:
+            raise DataError(
+                f"{self.where}: the stream ended before row {index} of {self.length}; did "
+                "the files change while being read?"
+            ) from None
+        self._next = index + 1
+        return row[self.column]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        index = int(index)
+        value = self._row(index)
+        try:
+            return to_rgb8(_as_pil(value)), 0
+        except Exception as err:
+            raise DataError(
+                f"{self.where} row {index}: cannot read column {self.column!r} as an image "
+                f"({one_line(err, 160)}); fix or drop the row"
+            ) from None
+
+
 def _as_pil(value: Any) -> Any:
     """An ``Image`` feature's value (PIL, ``{'bytes', 'path'}``), bytes, a path or an array."""
     if isinstance(value, Image.Image):
@@ -97,7 +157,7 @@ def _open(cfg: DataSection, hf: Any) -> tuple[dict[str, Any], str]:
     """The dataset's splits (name → ``Dataset``) and a display name."""
     if cfg.path is None and cfg.name:
         try:
-            loaded = hf.load_dataset(cfg.name)
+            loaded = hf.load_dataset(cfg.name, streaming=bool(getattr(cfg, "streaming", False)))
         except Exception as err:
             raise DataError(
                 f"data.name: cannot load the hub dataset {cfg.name!r} ({one_line(err, 120)}); "
@@ -106,6 +166,8 @@ def _open(cfg: DataSection, hf: Any) -> tuple[dict[str, Any], str]:
             ) from None
         return _splits(loaded), f"hf:{cfg.name}"
     path = _require_path(cfg, "a save_to_disk folder, a .parquet or an .arrow file")
+    if getattr(cfg, "streaming", False):
+        return _open_stream(path, hf), f"hf:{path}"
     try:
         if path.is_dir():
             loaded = hf.load_from_disk(str(path))
@@ -124,6 +186,67 @@ def _open(cfg: DataSection, hf: Any) -> tuple[dict[str, Any], str]:
             f"data.path: {path} cannot be read as a Hugging Face dataset ({one_line(err, 160)})"
         ) from None
     return _splits(loaded), f"hf:{path}"
+
+
+def _open_stream(path: Path, hf: Any) -> dict[str, Any]:
+    """A folder, Parquet or Arrow file as ``IterableDataset`` splits (nothing loaded)."""
+    try:
+        if path.is_dir():
+            loaded = hf.load_from_disk(str(path))  # memory-mapped: only its iterator streams
+            if hasattr(loaded, "keys"):
+                loaded = hf.IterableDatasetDict(
+                    {k: v.to_iterable_dataset() for k, v in loaded.items()}
+                )
+            else:
+                loaded = loaded.to_iterable_dataset()
+        elif path.suffix.lower() in (".parquet", ".arrow"):
+            kind = path.suffix.lower().lstrip(".")
+            loaded = hf.load_dataset(kind, data_files=str(path), split="train", streaming=True)
+        else:
+            raise DataError(
+                f"data.path: {path} is not a save_to_disk folder, a .parquet or an .arrow file"
+            )
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(
+            f"data.path: {path} cannot be streamed as a Hugging Face dataset ({one_line(err, 160)})"
+        ) from None
+    return _splits(loaded)
+
+
+def _streamed_pool(
+    dataset: Any, hf: Any, image_col: str, label_col: str, where: str
+) -> tuple[np.ndarray, _StreamImages]:
+    """A streamed split's labels (one pass over that column) and its image reader."""
+    values = [row[label_col] for row in dataset.select_columns([label_col])]
+    if any(v is None for v in values):
+        raise DataError(f"{where}: label column {label_col!r} has empty cells; fill or drop them")
+    images = dataset.select_columns([image_col])
+    feature = (images.features or {}).get(image_col)
+    if isinstance(feature, hf.Image):  # skipped rows are then read, never decoded
+        images = images.cast_column(image_col, hf.Image(decode=False))
+    labels = np.asarray(values, dtype=np.int64)
+    return labels, _StreamImages(images, image_col, where, len(labels))
+
+
+def refuse_streaming(cfg: DataSection) -> None:
+    """Refuse ``data.streaming`` where the data must be read in any order (training).
+
+    Args:
+        cfg: the recipe's ``data`` section.
+
+    Raises:
+        ConfigError: one line saying what to do instead, when ``cfg.streaming`` is set.
+    """
+    from nctune.errors import ConfigError
+
+    if getattr(cfg, "streaming", False):
+        raise ConfigError(
+            "data.streaming: finetune, tune and sweep need random access to the data "
+            "(shuffled epochs), which a stream cannot give; save_to_disk the dataset and set "
+            "data.streaming: false (Arrow is memory-mapped, not loaded into memory)"
+        )
 
 
 def _splits(loaded: Any) -> dict[str, Any]:
@@ -176,14 +299,24 @@ def _load_hf(cfg: DataSection) -> _Source:
     label_col = cfg.label_key or "label"
     splits, name = _open(cfg, hf)
     for split, dataset in splits.items():
-        missing = [c for c in (image_col, label_col) if c not in dataset.column_names]
+        columns = dataset.column_names or list(dataset.features or ())
+        missing = [c for c in (image_col, label_col) if c not in columns]
         if missing:
             raise DataError(
                 f"{name} ({split}): no column {_short_list(missing)} (columns: "
-                f"{_short_list(dataset.column_names)}); set data.image_key / data.label_key"
+                f"{_short_list(columns)}); set data.image_key / data.label_key"
             )
     names = _class_names(splits["train"].features[label_col], hf, cfg, label_col, name)
-    labels = {s: _labels(d, label_col, f"{name} ({s})") for s, d in splits.items()}
+    if getattr(cfg, "streaming", False):
+        streamed = {
+            s: _streamed_pool(d, hf, image_col, label_col, f"{name} ({s})")
+            for s, d in splits.items()
+        }
+        labels = {s: lab for s, (lab, _) in streamed.items()}
+        bases: dict[str, Any] = {s: base for s, (_, base) in streamed.items()}
+    else:
+        labels = {s: _labels(d, label_col, f"{name} ({s})") for s, d in splits.items()}
+        bases = {s: _HFImages(d, image_col, f"{name} ({s})") for s, d in splits.items()}
     classes = _integer_classes(labels["train"], names, name)
     for split, values in labels.items():
         if values.size and int(values.max()) >= len(classes):
@@ -194,10 +327,10 @@ def _load_hf(cfg: DataSection) -> _Source:
     pools = {
         split: _Pool(
             labels=labels[split],
-            base=_HFImages(dataset, image_col, f"{name} ({split})"),
-            base_indices=np.arange(len(dataset), dtype=np.int64),
+            base=bases[split],
+            base_indices=np.arange(len(labels[split]), dtype=np.int64),
         )
-        for split, dataset in splits.items()
+        for split in splits
     }
     return _Source(classes, name, pools["train"], pools.get("val"), pools.get("test"), tv_name=name)
 
