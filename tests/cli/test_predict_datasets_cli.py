@@ -129,3 +129,15 @@ def test_evaluate_on_the_test_shards_reproduces_the_test_accuracy(folder_rows, t
     doc = json.loads(res.stdout)
     assert doc["num_images"] == len(list_images(run.data / "test"))
     assert doc["accuracy"] == run.report["test_accuracy"]
+
+
+def test_a_brace_pattern_matching_nothing_is_one_line_exit_2(folder_rows, tmp_path):
+    run, _ = folder_rows
+    out = tmp_path / "p.csv"
+    res = invoke("predict", run.run_dir, f"{tmp_path}/train-{{000000..000003}}.tar", "--out", out)
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip()
+    assert (
+        "\n" not in line and line.startswith("error: brace pattern") and "matches no file" in line
+    )
+    assert not out.exists()
