@@ -357,9 +357,8 @@ def write_shards(
     Raises:
         DataError: what ``data.source: imagefolder`` refuses about ``root``.
     """
-    from nctune.data.sources.imagefolder import _load_imagefolder
-
-    src = _load_imagefolder(SimpleNamespace(source="imagefolder", path=Path(root)))
+    # through the registry: source modules do not import each other (tests/data/test_package.py)
+    src = SOURCES.get("imagefolder")(SimpleNamespace(source="imagefolder", path=Path(root)))
     splits = {s: p for s, p in (("train", src.train), ("val", src.val), ("test", src.test)) if p}
     total = sum(len(p.labels) for p in splits.values())
     written: list[str] = []
