@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -41,7 +42,7 @@ def test_finetune_reads_back_with_mlflows_client(tmp_path):
     files = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.json", "model.safetensors", "metrics.csv", "recipe.yaml"} <= files
     local = client.download_artifacts(run.info.run_id, "report.json", str(tmp_path / "dl"))
-    assert json.loads(open(local).read())["nc1_after"] == report["nc1_after"]
+    assert json.loads(Path(local).read_text())["nc1_after"] == report["nc1_after"]
 
 
 def test_unusable_tracking_uri_is_one_line_and_writes_nothing(tmp_path):

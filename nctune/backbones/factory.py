@@ -53,7 +53,6 @@ SourceFn = Callable[[str, bool, "Path | None", dict[str, Any]], Backbone]
 SOURCES: Registry[SourceFn] = Registry("backbone source", field="backbone.name")
 
 
-
 def list_sources() -> list[str]:
     """The known ``source:`` prefixes.
 
