@@ -166,6 +166,11 @@ def _open(cfg: DataSection, hf: Any) -> tuple[dict[str, Any], str]:
             ) from None
         return _splits(loaded), f"hf:{cfg.name}"
     path = _require_path(cfg, "a save_to_disk folder, a .parquet or an .arrow file")
+    # one check of the path's kind for both ways of opening it
+    if not path.is_dir() and path.suffix.lower() not in (".parquet", ".arrow"):
+        raise DataError(
+            f"data.path: {path} is not a save_to_disk folder, a .parquet or an .arrow file"
+        )
     if getattr(cfg, "streaming", False):
         return _open_stream(path, hf), f"hf:{path}"
     try:
@@ -173,14 +178,8 @@ def _open(cfg: DataSection, hf: Any) -> tuple[dict[str, Any], str]:
             loaded = hf.load_from_disk(str(path))
         elif path.suffix.lower() == ".parquet":
             loaded = hf.Dataset.from_parquet(str(path))
-        elif path.suffix.lower() == ".arrow":
-            loaded = hf.Dataset.from_file(str(path))
         else:
-            raise DataError(
-                f"data.path: {path} is not a save_to_disk folder, a .parquet or an .arrow file"
-            )
-    except DataError:
-        raise
+            loaded = hf.Dataset.from_file(str(path))
     except Exception as err:
         raise DataError(
             f"data.path: {path} cannot be read as a Hugging Face dataset ({one_line(err, 160)})"
@@ -189,7 +188,8 @@ def _open(cfg: DataSection, hf: Any) -> tuple[dict[str, Any], str]:
 
 
 def _open_stream(path: Path, hf: Any) -> dict[str, Any]:
-    """A folder, Parquet or Arrow file as ``IterableDataset`` splits (nothing loaded)."""
+    """A folder, Parquet or Arrow file (the kind :func:`_open` checked) as ``IterableDataset``
+    splits (nothing loaded)."""
     try:
         if path.is_dir():
             loaded = hf.load_from_disk(str(path))  # memory-mapped: only its iterator streams
@@ -199,15 +199,9 @@ def _open_stream(path: Path, hf: Any) -> dict[str, Any]:
                 )
             else:
                 loaded = loaded.to_iterable_dataset()
-        elif path.suffix.lower() in (".parquet", ".arrow"):
+        else:
             kind = path.suffix.lower().lstrip(".")
             loaded = hf.load_dataset(kind, data_files=str(path), split="train", streaming=True)
-        else:
-            raise DataError(
-                f"data.path: {path} is not a save_to_disk folder, a .parquet or an .arrow file"
-            )
-    except DataError:
-        raise
     except Exception as err:
         raise DataError(
             f"data.path: {path} cannot be streamed as a Hugging Face dataset ({one_line(err, 160)})"
