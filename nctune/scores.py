@@ -73,6 +73,15 @@ def _check(features: np.ndarray) -> np.ndarray:
     return f
 
 
+def _class_mean_rows(f: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """E[f | y]: each row of ``f`` replaced by the mean of its class's rows."""
+    _, inverse = np.unique(y, return_inverse=True)
+    means = np.zeros((int(inverse.max()) + 1, f.shape[1]))
+    np.add.at(means, inverse, f)
+    means /= np.bincount(inverse)[:, None]
+    return means[inverse]
+
+
 # ======================================================================= LogME
 def _logme_one(
     sigma: np.ndarray, z: np.ndarray, y_sq: float, n: int, d: int, tol: float, max_iter: int
@@ -222,11 +231,7 @@ def hscore(
     n = f.shape[0]
     y = _labels(labels, n)
     f = f - f.mean(axis=0, keepdims=True)
-    classes, inverse = np.unique(y, return_inverse=True)
-    means = np.zeros((len(classes), f.shape[1]))
-    np.add.at(means, inverse, f)
-    means /= np.bincount(inverse)[:, None]
-    g = means[inverse]  # already centred: the class means of centred features average to 0
+    g = _class_mean_rows(f, y)  # already centred: the class means of centred features average to 0
     # cov(f) = V diag(s²/n) Vᵀ from the thin SVD of the centred features, so
     # tr(cov(f)⁺ cov(g)) = Σ_i ‖g v_i‖² / s_i² over the kept directions: O(n²D), never D×D.
     _, s, vt = np.linalg.svd(f, full_matrices=False)
@@ -313,11 +318,7 @@ def hscore_reg(
     n, d = f.shape
     y = _labels(labels, n)
     f = f - f.mean(axis=0, keepdims=True)
-    _, inverse = np.unique(y, return_inverse=True)
-    means = np.zeros((int(inverse.max()) + 1, d))
-    np.add.at(means, inverse, f)
-    means /= np.bincount(inverse)[:, None]
-    g = means[inverse]
+    g = _class_mean_rows(f, y)
     alpha = ledoit_wolf_shrinkage(f) if shrinkage is None else float(shrinkage)
     mu = float(np.sum(f * f)) / (n * d)
     if mu == 0.0:  # every feature constant: nothing separates the classes
