@@ -161,10 +161,6 @@ class BatchKit:
         """Whether a batch changes (the frozen prefix then differs every step)."""
         return self._mixer is not None or self._eraser is not None
 
-    @property
-    def mixes(self) -> bool:
-        return self._mixer is not None
-
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -302,7 +302,7 @@ def _start_phase(run: _Run, state: TrainState, phase: Phase) -> _PhaseRun:
     caches = []
     if cfg.cache_prefix != "off" and run.augment:
         state.cache = CacheInfo(False, reason="data.augment is on: the prefix differs every epoch")
-    elif cfg.cache_prefix != "off" and run.batch_kit is not None and run.batch_kit.active:
+    elif cfg.cache_prefix != "off" and run.batch_kit is not None:  # None unless it changes batches
         state.cache = CacheInfo(False, reason=kit.NO_CACHE)
     elif run.sources is not None and phase.start == 0:  # the caller's, closed by the caller
         cached, cached_val, state.cache = run.sources
@@ -450,7 +450,7 @@ def _step(
     count = min(run.batch_size, n - state.step * run.batch_size)
     share = count / (min(n, first + k * run.batch_size) - first)
     soft = None
-    if run.batch_kit is not None and run.batch_kit.active:  # erasing, mixup/cutmix
+    if run.batch_kit is not None:  # erasing, mixup/cutmix (None when both are off)
         x, soft = run.batch_kit(torch.as_tensor(x).to(run.device), y)
     plain = soft is None and run.class_weight is None
     with kit.step_autocast(run.device, cfg.amp):
