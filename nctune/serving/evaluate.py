@@ -20,7 +20,7 @@ K×K confusion matrix ``C[t, p] = #{i : y_i = t, ŷ_i = p}``:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,25 +115,9 @@ class Evaluation:
     files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the document ``evaluation.json`` and ``--json`` hold)."""
-        return {
-            "run": self.run,
-            "data": self.data,
-            "split": self.split,
-            "classes": self.classes,
-            "num_images": self.num_images,
-            "num_failed": self.num_failed,
-            "accuracy": self.accuracy,
-            "top_k": self.top_k,
-            "top_k_accuracy": self.top_k_accuracy,
-            "per_class": [c.to_dict() for c in self.per_class],
-            "macro": self.macro,
-            "weighted": self.weighted,
-            "confusion": self.confusion,
-            "failed": self.failed,
-            "seconds": self.seconds,
-            "files": self.files,
-        }
+        """JSON-ready form (the document ``evaluation.json`` and ``--json`` hold): the fields
+        in their order, each class row as :meth:`ClassScores.to_dict` names it."""
+        return {**asdict(self), "per_class": [c.to_dict() for c in self.per_class]}
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
