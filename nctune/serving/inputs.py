@@ -142,6 +142,11 @@ def expand_inputs(inputs: Iterable[str | Path], *, split: str | None = None) -> 
     return [p for p, _ in expand_labelled(inputs, split=split)]
 
 
+def _shown(classes: Sequence[str]) -> str:
+    """The run's classes as error messages list them: the first eight, then ``…``."""
+    return ", ".join(list(classes)[:8]) + (" …" if len(classes) > 8 else "")
+
+
 def _class_folders(folder: Path, classes: Sequence[str], split: str) -> list[tuple[str, str]]:
     """``(path, class)`` of a folder of class folders, or of its ``split`` folder when it is
     a data set with train/val/test folders (as ``data.source: imagefolder`` reads)."""
@@ -161,8 +166,7 @@ def _class_folders(folder: Path, classes: Sequence[str], split: str) -> list[tup
         shown = ", ".join(repr(u) for u in unknown[:3]) + (" …" if len(unknown) > 3 else "")
         raise DataError(
             f"{folder}: folder(s) {shown} are not classes of the run (classes: "
-            f"{', '.join(list(classes)[:8])}{' …' if len(classes) > 8 else ''}); give a folder "
-            "of the run's class folders"
+            f"{_shown(classes)}); give a folder of the run's class folders"
         )
     return [(f, name) for name in subdirs for f in list_images(folder / name)]
 
@@ -201,8 +205,8 @@ def labelled_images(
         for sample, label in samples:
             if label not in index:
                 raise DataError(
-                    f"{sample.source}: label {label!r} is not a class of the run (classes: "
-                    f"{', '.join(list(classes)[:8])}{' …' if len(classes) > 8 else ''})"
+                    f"{sample.source}: label {label!r} is not a class of the run "
+                    f"(classes: {_shown(classes)})"
                 )
             out.append((sample, index[label]))
         if samples:
@@ -216,7 +220,7 @@ def labelled_images(
                 if row.label not in index:
                     raise DataError(
                         f"{path} line {row.line}: label {row.label!r} is not a class of the run "
-                        f"(classes: {', '.join(list(classes)[:8])}{' …' if len(classes) > 8 else ''})"
+                        f"(classes: {_shown(classes)})"
                     )
                 out.append((row.path, index[row.label]))
         elif path.is_file():
