@@ -118,10 +118,11 @@ class SweepResult:
             either has no score.
         """
         out: dict[str, dict[str, float | None]] = {}
+        tops = {mode: self.best(mode) for mode in modes}  # the same for every rule
         for rule, block in self.picks.items():
             out[rule] = {}
             for mode in modes:
-                top = self.best(mode)
+                top = tops[mode]
                 want = None if top is None else self._score(top)
                 got = next(
                     (self._score(p) for p in self.points if p.mode == mode and p.block == block),
