@@ -248,15 +248,15 @@ def _not_finite(src: str, logits: torch.Tensor) -> str:
     )
 
 
+def _source(i: int, x: Any) -> str:
+    """How row ``i`` names its image: the path, the data set sample, else its position."""
+    if isinstance(x, DataSample):
+        return x.source
+    return os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"<input {i}>"
+
+
 def _sources(images: Sequence[Any]) -> list[str]:
-    return [
-        os.fspath(x)
-        if isinstance(x, (str, os.PathLike))
-        else x.source
-        if isinstance(x, DataSample)
-        else f"<input {i}>"
-        for i, x in enumerate(images)
-    ]
+    return [_source(i, x) for i, x in enumerate(images)]
 
 
 def iter_predict(
@@ -273,9 +273,9 @@ def iter_predict(
 
     The streaming form of :func:`predict` (the CLI writes each row as it comes). An image
     file that cannot be read yields a row with ``error`` set (a data set's
-    :class:`~nctune.serving.inputs.DataSample` raises its source's DataError instead); the others are unaffected. So does
-    an image whose logits are not finite (a model with NaN weights, or one that overflows
-    on it): a NaN probability is never an answer.
+    :class:`~nctune.serving.inputs.DataSample` raises its source's DataError instead); the
+    others are unaffected. So does an image whose logits are not finite (a model with NaN
+    weights, or one that overflows on it): a NaN probability is never an answer.
 
     Args:
         model: a fine-tuned model (from :func:`load_finetuned`), or any classifier with
