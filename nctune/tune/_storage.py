@@ -162,15 +162,20 @@ def holders(study: optuna.Study) -> list[Holder]:
     return out
 
 
-def fail_dead(study: optuna.Study, held: list[Holder]) -> None:
+def fail_dead(study: optuna.Study, held: list[Holder]) -> list[Holder]:
     """Fail the trials whose worker is provably dead (:func:`holders`) and whose short grace
-    passed, and run the storage's retry callback on them, as Optuna's own stale check does."""
+    passed, and run the storage's retry callback on them, as Optuna's own stale check does.
+
+    Returns:
+        Those holders (the ones due), whether this worker or another one failed them.
+    """
+    due = [h for h in held if h.dead and h.left <= 0]
+    if not due:  # the common case, twice a second while waiting: no storage read
+        return due
     store = study._storage
     ids = {t.number: t._trial_id for t in study.get_trials(deepcopy=False)}
     callback = store.get_heartbeat_stale_trial_callback()
-    for h in held:
-        if not (h.dead and h.left <= 0):
-            continue
+    for h in due:
         try:
             if not store.set_trial_state_values(ids[h.number], state=TrialState.FAIL):
                 continue
@@ -178,6 +183,7 @@ def fail_dead(study: optuna.Study, held: list[Holder]) -> None:
             continue
         if callback is not None:
             callback(study, copy.deepcopy(store.get_trial(ids[h.number])))
+    return due
 
 
 def worker_name() -> str:

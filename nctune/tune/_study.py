@@ -302,8 +302,7 @@ def _run(study: optuna.Study, search: Search, *, heartbeat: bool) -> bool:
         if heartbeat:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, retried
             held = holders(study)
-            fail_dead(study, held)  # sooner when its process on this machine is gone
-            freed = [h for h in held if h.dead and h.left <= 0]
+            freed = fail_dead(study, held)  # sooner when its process on this machine is gone
             held = [h for h in held if h not in freed]
             if freed and search.on_wait is not None:
                 search.on_wait(freed)  # failed just now, to be retried here
