@@ -46,7 +46,7 @@ from nctune.errors import ArtifactError, DataError, ExportError, NctuneError, on
 from nctune.runs._io import check_writable
 from nctune.runs._lock import _pid_alive
 from nctune.runs.artifacts import load_finetuned
-from nctune.serving.inference import expand_inputs
+from nctune.serving.inputs import expand_inputs
 
 __all__ = ["FORMATS", "TOLERANCE", "ExportError", "ExportResult", "export_run", "onnx_opset_range"]
 
@@ -328,6 +328,11 @@ def _run_torchscript(tmp: Path, pixels: torch.Tensor) -> torch.Tensor:
         return loaded(pixels)
 
 
+def _taken(out: Path) -> ArtifactError:
+    """The refusal of an ``out`` that exists without ``overwrite``."""
+    return ArtifactError(f"--out {out}: already exists; use --overwrite or another file")
+
+
 def _place(tmp: Path, out: Path, overwrite: bool) -> None:
     """Rename the verified file to ``out``; without ``overwrite`` never over a file that
     appeared meanwhile (a hard link is created only where nothing is: atomic no-clobber)."""
@@ -337,14 +342,10 @@ def _place(tmp: Path, out: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, out)
     except FileExistsError:
-        raise ArtifactError(
-            f"--out {out}: already exists; use --overwrite or another file"
-        ) from None
+        raise _taken(out) from None
     except OSError:  # a file system without hard links: checked once more, then renamed
         if out.exists() or out.is_symlink():
-            raise ArtifactError(
-                f"--out {out}: already exists; use --overwrite or another file"
-            ) from None
+            raise _taken(out) from None
         os.replace(tmp, out)
 
 
@@ -404,7 +405,7 @@ def export_run(
     if out.is_dir():
         raise ArtifactError(f"--out {out}: is a folder; give a file name")
     if not overwrite and (out.exists() or out.is_symlink()):
-        raise ArtifactError(f"--out {out}: already exists; use --overwrite or another file")
+        raise _taken(out)
     check_writable(out.parent)
     model = load_finetuned(run, device="cpu")
     pixels = _verification_pixels(run, model, images, num_images)
