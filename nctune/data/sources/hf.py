@@ -360,8 +360,8 @@ def read_dataset_samples(
     Returns:
         ``(refs, names, labels)``: ``refs[i]`` is ``(base, row)`` with ``base[row][0]``
         the row's RGB image (a DataError naming the dataset, split and row when it cannot
-        be decoded); ``names[i]`` is
-        ``FOLDER#SPLIT/ROW``, ``labels[i]`` its class name or None.
+        be decoded); ``names[i]`` is ``FOLDER#SPLIT/ROW``, ``labels[i]`` its class name
+        or None.
 
     Raises:
         DataError: one line: the extra missing, a folder that does not load, no such

@@ -302,9 +302,8 @@ def read_shard_samples(
     Returns:
         ``(refs, names, labels)``: ``refs[i]`` is ``(base, j)`` with ``base[j][0]`` sample
         ``i``'s RGB image (a DataError naming shard and key when it cannot be decoded);
-        ``names[i]`` is
-        ``SHARD#KEY``, ``labels[i]`` its class name (``classes.txt`` beside the shards,
-        else the integer label).
+        ``names[i]`` is ``SHARD#KEY``, ``labels[i]`` its class name (``classes.txt``
+        beside the shards, else the integer label).
 
     Raises:
         DataError: one line, as the source's (``data.path:`` left off).
