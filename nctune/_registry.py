@@ -24,26 +24,9 @@ from typing import Generic, TypeVar
 
 from nctune.errors import ConfigError
 
-__all__ = ["Registry", "StaticNames", "unknown_name"]
+__all__ = ["Registry", "StaticNames"]
 
 T = TypeVar("T")
-
-
-def unknown_name(kind: str, field: str, name: str, names: list[str], *, prefix: bool = True) -> str:
-    """The one-line message for a name that is not among ``names``.
-
-    Args:
-        kind: what the names are ("data source").
-        field: the recipe field the name came from ("data.source").
-        name: the unknown name.
-        names: the known names, in the order to list them.
-        prefix: start with ``field: ``; recipe validators pass False, as the recipe error
-            format adds the field path itself.
-    """
-    close = difflib.get_close_matches(str(name), names, n=1)
-    hint = f" — did you mean {close[0]!r}?" if close else ""
-    text = f"unknown {kind} {name!r}{hint} (registered: {', '.join(names)})"
-    return f"{field}: {text}" if prefix else text
 
 
 class Registry(Generic[T]):
@@ -95,7 +78,10 @@ class Registry(Generic[T]):
             prefix: start with the recipe field (``data.source: ``); recipe validators pass
                 False, as the recipe error format adds the field path itself.
         """
-        return unknown_name(self.kind, self.field, name, self.names(), prefix=prefix)
+        close = difflib.get_close_matches(str(name), self.names(), n=1)
+        hint = f" — did you mean {close[0]!r}?" if close else ""
+        text = f"unknown {self.kind} {name!r}{hint} (registered: {', '.join(self.names())})"
+        return f"{self.field}: {text}" if prefix else text
 
     def names(self) -> list[str]:
         """Registered names, in registration order."""
@@ -114,12 +100,14 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}: {', '.join(self._entries)})"
 
 
-class StaticNames:
+class StaticNames(Registry[str]):
     """The names (and help lines) of a registry, known without importing its modules.
 
     A registry whose entries import torch (data sources, backbone sources) is filled only
     when its package is imported; the recipe checks names against this list instead, so
     a typo is refused before torch loads. A test keeps each list equal to its registry.
+    It is a registry of help lines, filled at construction: lookups and the message for
+    an unknown name are :class:`Registry`'s own.
 
     Args:
         kind: what the names are, for messages ("data source"), as the registry says it.
@@ -128,28 +116,15 @@ class StaticNames:
     """
 
     def __init__(self, kind: str, field: str, entries: dict[str, str]) -> None:
-        self.kind = kind
-        self.field = field
-        self.entries = dict(entries)
+        super().__init__(kind, field)
+        self._entries = dict(entries)
 
-    def unknown(self, name: str, *, prefix: bool = True) -> str:
-        """The one-line message for an unknown ``name``, as :meth:`Registry.unknown` words it."""
-        return unknown_name(self.kind, self.field, name, self.names(), prefix=prefix)
-
-    def names(self) -> list[str]:
-        """The names, in registration order."""
-        return list(self.entries)
+    @property
+    def entries(self) -> dict[str, str]:
+        """Name → one-line help, in registration order."""
+        return self._entries
 
     def help(self) -> str:
         """``name (help), …`` in one line, ending in a full stop (the recipe's help text)."""
-        parts = [f"{n} ({h})" if h else n for n, h in self.entries.items()]
+        parts = [f"{n} ({h})" if h else n for n, h in self._entries.items()]
         return ", ".join(parts) + "."
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.entries)
-
-    def __len__(self) -> int:
-        return len(self.entries)
