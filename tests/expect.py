@@ -3,6 +3,9 @@ line on stderr naming the field or file, no traceback)."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 
@@ -15,3 +18,13 @@ def one_line(res: Any, *names: str) -> str:
     for name in names:
         assert name in lines[0], (name, lines[0])
     return lines[0]
+
+
+def appears(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until ``path`` exists while ``proc`` (a command under test) still runs; fail with
+    the process's output if it ends first, or after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.05)

@@ -31,6 +31,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nctune.cli import app
+from tests.expect import appears
 from tests.tiny import set_args, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -358,11 +359,7 @@ def test_sigterm_stops_a_search_with_143_and_says_the_trial_is_queued_again(tmp_
         env=env,
     )
     try:
-        end = time.monotonic() + 300
-        while not (out / "trials" / "0" / "recipe.yaml").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < end, "trial 0 never started"
-            time.sleep(0.05)
+        appears(out / "trials" / "0" / "recipe.yaml", proc, 300)
         time.sleep(1.0)  # into its training
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=300)

@@ -10,7 +10,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from nctune.config import load_recipe
 from nctune.data import build_data
 from nctune.errors import DataError
 from nctune.training.train import evaluate
+from tests.expect import appears
 from tests.tiny import extend, tiny
 
 TINY = tiny("data.max_test_samples=60", "train.epochs=2", "train.lr=0.01")
@@ -205,14 +205,6 @@ def _cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "nctune", "finetune", *args]
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < end, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 def _metrics(run_dir: Path) -> dict:
     doc = json.loads((run_dir / "report.json").read_text())
     return {k: doc[k] for k in ("val_accuracy", "test_accuracy", "nc1_after")} | {
@@ -240,7 +232,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, sig, uninterrupted):
     proc = subprocess.Popen(
         _cmd(*args, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()
     )
-    _wait_for(out / "checkpoint.pt", proc)  # epoch 1 is saved; the signal lands in epoch 2
+    appears(out / "checkpoint.pt", proc)  # epoch 1 is saved; the signal lands in epoch 2
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     if sig == signal.SIGINT:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from typer.testing import CliRunner, Result
 
 from nctune.cli import app
 from nctune.runs._lock import lock_path
-from tests.expect import one_line
+from tests.expect import appears, one_line
 from tests.tiny import extend, set_args, tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,14 +62,6 @@ def _cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "nctune", *args]
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < end, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 # ------------------------------------------------------------------ two runs, one folder
 LONG = extend(TINY, "train.epochs=200", "strategy.name=full")
 
@@ -86,7 +77,7 @@ def test_two_finetune_processes_on_one_folder_the_second_is_refused(tmp_path):
         env=_env(),
     )
     try:
-        _wait_for(out / "checkpoint.pt", first)  # well inside its run
+        appears(out / "checkpoint.pt", first, 180)  # well inside its run
         second = subprocess.run(
             _cmd("finetune", *args, "--out", str(out), "--overwrite"),
             capture_output=True,
@@ -123,7 +114,7 @@ def test_sigkill_during_overwrite_restores_the_old_run_on_the_next_command(tmp_p
         stderr=subprocess.PIPE,
         env=_env(),
     )
-    _wait_for(tmp_path / f".run.old-{proc.pid}", proc)  # the old run is set aside
+    appears(tmp_path / f".run.old-{proc.pid}", proc, 180)  # the old run is set aside
     proc.kill()
     proc.communicate()
     assert not (out / "checkpoint.pt").exists()  # killed before its first checkpoint

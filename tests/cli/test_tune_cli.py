@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nctune.cli import app
+from tests.expect import appears
 from tests.tiny import set_args, tiny
 
 TINY = tiny(
@@ -138,11 +139,7 @@ def test_sigkill_mid_trial_then_rerun_keeps_finished_trials(tmp_path):
     ]
     proc = subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     try:
-        end = time.monotonic() + 300
-        while not (out / "trials" / "1" / "recipe.yaml").exists():  # trial 0 done, 1 running
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < end, "trial 1 never started"
-            time.sleep(0.05)
+        appears(out / "trials" / "1" / "recipe.yaml", proc, 300)  # trial 0 done, 1 running
         time.sleep(1.0)  # into trial 1's training
     finally:
         proc.send_signal(signal.SIGKILL)

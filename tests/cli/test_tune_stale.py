@@ -13,6 +13,7 @@ import pytest
 
 from nctune.tune._storage import Holder, _gone, holders, open_storage
 from tests.cli.test_tune_cli import _cmd, _env, _trials, sets
+from tests.expect import appears
 
 
 @pytest.mark.slow
@@ -34,11 +35,7 @@ def test_rerun_after_sigkill_says_what_it_waits_for_and_skips_the_grace(tmp_path
     ]
     proc = subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     try:
-        end = time.monotonic() + 120
-        while not (out / "trials" / "0" / "recipe.yaml").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < end, "trial 0 never started"
-            time.sleep(0.05)
+        appears(out / "trials" / "0" / "recipe.yaml", proc, 120)
         time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGKILL)
