@@ -26,6 +26,7 @@ import io
 import os
 import re
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -80,8 +81,10 @@ class _Index:
 class _ShardImages:
     """Sample ``i`` of an index as ``(RGB PIL image, 0)``, read at its offset in the shard.
 
-    File handles are opened lazily, one per shard and process (loader workers fork), and
-    read at an offset without seeking, so threads may share them.
+    Shards are opened lazily, one descriptor per shard and process (loader workers fork),
+    under a lock (threads reading a new shard at once open it once), read at an offset
+    without seeking (so threads may share them), and closed with the reader: a file left to
+    the garbage collector is a ResourceWarning, a second stderr line after a command's error.
     """
 
     def __init__(self, index: _Index) -> None:
@@ -90,25 +93,35 @@ class _ShardImages:
         self.offset = np.asarray(index.offset, dtype=np.int64)
         self.size = np.asarray(index.size, dtype=np.int64)
         self.key = list(index.key)
-        self._files: dict[int, Any] = {}
+        self._fds: dict[int, int] = {}
         self._pid = os.getpid()
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": {}}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fds", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _fds={}, _lock=threading.Lock())
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():  # a fork's copies are its own to drop
+            for fd in self._fds.values():
+                os.close(fd)
 
     def __len__(self) -> int:
         return len(self.key)
 
     def _read(self, index: int) -> bytes:
-        if self._pid != os.getpid():  # a forked worker must not share the parent's offsets
-            self._files, self._pid = {}, os.getpid()
         s = int(self.shard[index])
-        f = self._files.get(s)
-        if f is None:
-            f = self._files.setdefault(s, open(self.shards[s], "rb"))  # noqa: SIM115 — kept open
-        # pread, not seek + read: predict's decoding threads share the handle, and one
+        with self._lock:
+            if self._pid != os.getpid():  # a forked worker must not share the parent's offsets
+                self._fds, self._pid = {}, os.getpid()
+            fd = self._fds.get(s)
+            if fd is None:
+                fd = self._fds[s] = os.open(self.shards[s], os.O_RDONLY)
+        # pread, not seek + read: predict's decoding threads share the descriptor, and one
         # thread's seek between another's seek and read would hand it the wrong bytes
-        return os.pread(f.fileno(), int(self.size[index]), int(self.offset[index]))
+        return os.pread(fd, int(self.size[index]), int(self.offset[index]))
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         index = int(index)

@@ -184,3 +184,39 @@ def test_torchrun_over_shards_equals_one_process_each_sample_read_once(folder, t
     for a, b in zip(docs[1]["layers"], docs[2]["layers"], strict=True):
         for key in ("nc1", "cdnv", "trace_ratio"):
             assert b[key] == pytest.approx(a[key], rel=1e-9, abs=0), (a["name"], key)
+
+
+def test_shard_handles_are_closed_not_leaked(folder, tmp_path):
+    # A handle left for the garbage collector is a ResourceWarning, which a command shows as
+    # a second stderr line after its one-line error (seen in CI: "unclosed file …bad.tar").
+    # Threads reading the same new shard must not open it twice either.
+    import gc
+    import threading
+    import warnings
+
+    from nctune.data.sources.webdataset import _index, _ShardImages
+
+    png = (folder / "ant" / "000.png").read_bytes()
+    tar = write_tar(
+        tmp_path / "one.tar",
+        {f"{k}.png": png for k in "abcdefgh"} | {f"{k}.cls": b"0" for k in "abcdefgh"},
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            images = _ShardImages(_index([str(tar)], ["png"], "cls"))
+            start = threading.Barrier(8)
+
+            def read(i, images=images, start=start):
+                start.wait()
+                images[i]
+
+            threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            del images, threads
+            gc.collect()
+    leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks, leaks[0].message
