@@ -13,7 +13,6 @@ from nctune.data import list_images, open_image
 from nctune.errors import ConfigError, DataError
 from nctune.serving.evaluate import Evaluation, evaluate, scores_from_confusion
 
-metrics = pytest.importorskip("sklearn.metrics")  # the test extra: CI installs it
 # top-k with k = the number of classes is 1 by definition: scikit-learn warns, nctune caps k
 pytestmark = pytest.mark.filterwarnings("ignore:.k. .3. greater than or equal")
 
@@ -32,6 +31,9 @@ def _reference(run, split="test"):
 
 
 def _check_against_sklearn(res: Evaluation, y, probs, k: int):
+    # The test extra installs scikit-learn; imported here, not at collection, where every
+    # xdist worker would pay its 1.5 s for the one that runs these tests.
+    metrics = pytest.importorskip("sklearn.metrics")
     pred = probs.argmax(1)
     labels = list(range(probs.shape[1]))
     assert res.num_images == len(y) and res.num_failed == 0
