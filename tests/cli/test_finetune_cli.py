@@ -195,8 +195,8 @@ def test_bad_input_found_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_
 # --------------------------------------------------------------- signals
 SLOW = extend(
     TINY,
-    "data.samples_per_class=60",
-    "train.epochs=4",
+    "data.samples_per_class=20",  # 13 steps an epoch: after epoch 1's checkpoint, 39 more
+    "train.epochs=4",  # steps to land the signal in (the killer polls every 50 ms)
     "strategy.name=full",  # no prefix cache: every epoch costs real time, easy to interrupt
 )
 
@@ -214,9 +214,10 @@ def _metrics(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
+    # in this process (one thread, as the killed one): only the killed run needs its own
     out = tmp_path_factory.mktemp("ref") / "run"
-    args = [a for s in SLOW for a in ("--set", s)]
-    subprocess.run(_cmd(*args, "--out", str(out)), check=True, capture_output=True, env=_env())
+    res = invoke("finetune", *(a for s in SLOW for a in ("--set", s)), "--out", str(out), "-q")
+    assert res.exit_code == 0, res.output
     return _metrics(out)
 
 
@@ -245,8 +246,8 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, sig, uninterrupted):
     else:
         assert proc.returncode == -signal.SIGKILL
     assert not (out / "report.json").exists()
-    done = subprocess.run(_cmd(*args, "--resume", str(out)), capture_output=True, env=_env())
-    assert done.returncode == 0, done.stderr.decode()
+    done = invoke("finetune", *args, "--resume", str(out), "-q")  # resumed in this process
+    assert done.exit_code == 0, done.output
     assert _metrics(out) == uninterrupted
     assert not (out / "checkpoint.pt").exists()  # a finished run keeps model.safetensors only
     report = json.loads((out / "report.json").read_text())  # time over both sessions
