@@ -134,11 +134,9 @@ def test_sigkill_mid_predict_leaves_no_truncated_output(tiny_runs, tmp_path):
     lines = partial[0].read_text().splitlines()
     assert lines[0].startswith("path,label") and 20 <= len(lines) - 1 < 600
     assert all(len(next(csv.reader([line]))) == 4 for line in lines)  # whole rows only
-    # a completed run afterwards writes the full file
-    done = subprocess.run(
-        [*cmd, "--out", str(out), "--batch-size", "64"], env=env, capture_output=True
-    )
-    assert done.returncode == 0, done.stderr
+    # a completed run afterwards (in this process) writes the full file
+    done = invoke("predict", run.run_dir, folder, "--out", out, "--batch-size", "64")
+    assert done.exit_code == 0, done.output
     assert len(out.read_text().splitlines()) == 601
 
 
