@@ -37,6 +37,13 @@ class _Loader(DataLoader):
         try:
             yield from it
         except DataError as err:
+            # Stop the workers now: the error's traceback keeps the iterator alive, and when
+            # the garbage collector frees it later, torch waits 5 s for every worker to join.
+            # A persistent loader makes fresh workers the next time it is iterated.
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+                self._iterator = None
             raise DataError(_worker_message(err)) from None
 
 
