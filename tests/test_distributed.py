@@ -1,9 +1,12 @@
 """Running under torchrun: 2 CPU processes with gloo against one process, same numbers.
 
-The slow tests start real process groups: ``python -m torch.distributed.run`` (torchrun),
-or the ranks as plain subprocesses with the variables torchrun sets when a test needs each
-rank's own exit code. Tiny random-init timm test models at 32 px on the vendored
-Fashion-MNIST subset or generated PNGs; nothing is downloaded.
+The slow tests start real process groups: one ``python -m torch.distributed.run``
+(torchrun) whose ranks run the commands of the tests that compare numbers
+(tests/torchrun_batch.py: each rank's ~5 s of imports paid once, not per test), or the
+ranks as plain subprocesses with the variables torchrun sets when a test needs each rank's
+own exit code or kills them. The one-process baselines run in this process. Tiny
+random-init timm test models at 32 px on the vendored Fashion-MNIST subset or generated
+PNGs; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,53 +21,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import Result
+from typer.testing import CliRunner
 
 from nctune import distributed as dist
+from nctune.cli import app
 from nctune.config import load_recipe
 from nctune.data import build_data
 from nctune.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# A ViT has no BatchNorm: with the same global batches, 2 processes must then match one
-# process up to float32 summation order (BatchNorm would normalise per process).
-VENDORED = [
-    "backbone.pretrained=false",
-    "data.subset=vendored",
-    "data.image_size=32",
-    "device=cpu",
-    "train.profile_after=false",
-]
-
-
-def sets(*pairs: str) -> list[str]:
-    return [arg for p in pairs for arg in ("--set", p)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
-    return env
-
-
-def torchrun(*args: str, nproc: int = 2) -> list[str]:
-    """The torchrun command line for ``python -m nctune ARGS`` on ``nproc`` CPU processes."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc}",
-        f"--master-port={free_port()}",
-        "-m",
-        "nctune",
-        *args,
-    ]
+from tests.torchrun_batch import (
+    ANALYZE,
+    FINETUNE,
+    SWEEP,
+    SWEEP_GRID,
+    Job,
+    child_env,
+    free_port,
+    sets,
+    shared,
+)
 
 
 def launch(*args: str, cwd: Path, world: int = 2, one_group: bool = False, **popen):
@@ -89,14 +63,18 @@ def launch(*args: str, cwd: Path, world: int = 2, one_group: bool = False, **pop
     return procs
 
 
-def run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout
-    )
+def in_process(*args: str) -> Result:
+    """``nctune ARGS`` in this process (a one-process baseline needs no interpreter of its
+    own: the ~5 s of importing torch and timm are paid once per test process)."""
+    res = CliRunner().invoke(app, list(args))
+    assert res.exit_code == 0, (res.output, res.exception)
+    return res
 
 
-def nctune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "nctune", *args], cwd)
+@pytest.fixture(scope="module")
+def two(tmp_path_factory) -> dict[str, Job]:
+    """The slow tests' commands on 2 gloo ranks, one torchrun launch (tests/torchrun_batch.py)."""
+    return shared(tmp_path_factory)
 
 
 # ------------------------------------------------------------------ in-process units
@@ -141,44 +119,22 @@ def test_shards_cover_every_sample_once():
 
 
 # ------------------------------------------------------------ multi-process (slow)
-ANALYZE = [
-    *VENDORED,
-    "backbone.name=timm:test_resnet",
-    "data.samples_per_class=8",
-    "data.batch_size=16",
-    "analysis.max_samples=69",  # odd: the two shards differ in size
-]
-
-
 @pytest.mark.slow
-def test_analyze_on_two_processes_matches_one(tmp_path):
-    one = nctune("analyze", *sets(*ANALYZE), "--out", "one", "--json", cwd=tmp_path)
-    two = run(torchrun("analyze", *sets(*ANALYZE), "--out", "two", "--json"), tmp_path)
-    assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr
-    a, b = json.loads(one.stdout), json.loads(two.stdout)  # rank 0 alone printed
+def test_analyze_on_two_processes_matches_one(tmp_path, two):
+    one = in_process("analyze", *sets(*ANALYZE), "--out", str(tmp_path / "one"), "--json")
+    job = two["analyze"]
+    job.ok()
+    assert job.stdout[1] == ""  # rank 0 alone printed
+    a, b = json.loads(one.stdout), json.loads(job.stdout[0])
     assert a["num_samples"] == b["num_samples"] == 69
     assert [x["name"] for x in a["layers"]] == [x["name"] for x in b["layers"]]
     for x, y in zip(a["layers"], b["layers"], strict=True):
         for key in ("nc1", "cdnv", "trace_ratio", "ncc_accuracy"):
             assert y[key] == pytest.approx(x[key], rel=1e-9, abs=0), (x["name"], key)
     assert a["recommendation"] == b["recommendation"]
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+    assert sorted(p.name for p in (job.folder / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )
-
-
-FINETUNE = [
-    *VENDORED,
-    "backbone.name=timm:test_vit",
-    "strategy.name=scl",
-    "data.samples_per_class=9",
-    "data.val_fraction=0.2",
-    "data.max_test_samples=30",
-    "data.batch_size=16",  # the global batch: one process and two train on the same batches
-    "train.epochs=2",
-    "train.lr=0.01",
-]
 
 
 def _report(folder: Path) -> dict:
@@ -187,10 +143,9 @@ def _report(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory) -> Path:
-    cwd = tmp_path_factory.mktemp("one")
-    proc = nctune("finetune", *sets(*FINETUNE), "--out", "run", cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    return cwd / "run"
+    out = tmp_path_factory.mktemp("one") / "run"
+    in_process("finetune", *sets(*FINETUNE), "--out", str(out))
+    return out
 
 
 def assert_same_run(a: dict, b: dict, n_val: int) -> None:
@@ -220,14 +175,14 @@ def _input_config(recipe):
 
 
 @pytest.mark.slow
-def test_finetune_on_two_processes_matches_one(tmp_path, one_process_run):
-    proc = run(torchrun("finetune", *sets(*FINETUNE), "--out", "run"), tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert_same_run(_report(one_process_run), _report(tmp_path / "run"), _n_val())
+def test_finetune_on_two_processes_matches_one(one_process_run, two):
+    job = two["finetune"]
+    job.ok()
+    assert_same_run(_report(one_process_run), _report(job.folder / "run"), _n_val())
     # exactly one set of artefacts: the one-process files, nothing else beside them
-    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    files = sorted(p.name for p in (job.folder / "run").iterdir())
     assert files == sorted(p.name for p in one_process_run.iterdir())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in job.folder.iterdir()) == ["run"]
 
 
 @pytest.mark.slow
@@ -255,8 +210,8 @@ def test_killed_after_epoch_one_resumes_on_one_process(tmp_path, one_process_run
             p.wait()
     saved = torch.load(ckpt, weights_only=True)
     assert saved["epoch"] == 1 and not (out / "report.json").exists()
-    resumed = nctune("finetune", *sets(*FINETUNE), "--resume", "run", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    # the one process that resumes needs no interpreter of its own
+    in_process("finetune", *sets(*FINETUNE), "--resume", str(out))
     assert not ckpt.exists()
     assert_same_run(_report(one_process_run), _report(out), _n_val())
 
@@ -320,14 +275,13 @@ def make_png_folder(tmp_path) -> tuple[Path, str]:
 
 
 @pytest.mark.slow
-def test_sweep_deals_blocks_to_ranks_and_rank_zero_writes_one_table(tmp_path):
-    recipe = [*ANALYZE, "train.epochs=1", "data.max_test_samples=20"]
-    args = ["sweep", *sets(*recipe), "--blocks", "layer3.0,layer4.0", "--modes", "layer,scl"]
-    one = nctune(*args, "--out", "one", "--json", cwd=tmp_path)
-    two = run(torchrun(*args, "--out", "two", "--json"), tmp_path)
-    assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr
-    a, b = json.loads(one.stdout), json.loads(two.stdout)
+def test_sweep_deals_blocks_to_ranks_and_rank_zero_writes_one_table(tmp_path, two):
+    args = ["sweep", *sets(*SWEEP), *SWEEP_GRID]
+    one = in_process(*args, "--out", str(tmp_path / "one"), "--json")
+    job = two["sweep"]
+    job.ok()
+    assert job.stdout[1] == ""  # rank 0 alone printed
+    a, b = json.loads(one.stdout), json.loads(job.stdout[0])
     # each run trains alone on the whole data: the very numbers of one process
     keys = ("block", "mode", "test_accuracy", "val_accuracy", "nc1_after")
     assert [[p[k] for k in keys] for p in a["points"]] == [
@@ -336,7 +290,7 @@ def test_sweep_deals_blocks_to_ranks_and_rank_zero_writes_one_table(tmp_path):
     for p, q in zip(a["points"], b["points"], strict=True):  # the profile: summed shards
         assert q["nc1_before"] == pytest.approx(p["nc1_before"], rel=1e-9)
     assert (a["picks"], a["regret"]) == (b["picks"], b["regret"])
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+    assert sorted(p.name for p in (job.folder / "two").iterdir()) == [
         "layer_sweep.png",
         "recipe.yaml",
         "sweep.json",

@@ -311,22 +311,16 @@ def test_resuming_a_run_whose_epochs_had_all_finished_keeps_its_time_and_cache(t
 # ------------------------------------------------------------------- torchrun
 @pytest.mark.slow
 def test_balanced_sampler_class_weights_and_accumulation_match_one_process_under_torchrun(
-    tmp_path,
+    tmp_path, tmp_path_factory
 ):
-    from tests.test_distributed import FINETUNE, _n_val, _report, assert_same_run, nctune, run, sets
-    from tests.test_distributed import torchrun as launch
+    from tests.test_distributed import _n_val, _report, assert_same_run, in_process
+    from tests.torchrun_batch import KIT, sets, shared
 
-    kit_sets = (
-        *FINETUNE,
-        "data.balanced_sampler=true",
-        "train.class_weights=auto",
-        "train.accumulate_steps=2",
-    )
-    one = nctune("finetune", *sets(*kit_sets), "--out", "one", cwd=tmp_path)
-    assert one.returncode == 0, one.stderr
-    two = run(launch("finetune", *sets(*kit_sets), "--out", "two"), tmp_path)
-    assert two.returncode == 0, two.stderr
-    a, b = _report(tmp_path / "one"), _report(tmp_path / "two")
+    # the two ranks ran finetune with KIT in the one torchrun launch of tests/torchrun_batch.py
+    two = shared(tmp_path_factory)["kit"]
+    two.ok()
+    in_process("finetune", *sets(*KIT), "--out", str(tmp_path / "one"))
+    a, b = _report(tmp_path / "one"), _report(two.folder / "two")
     assert_same_run(a, b, _n_val())
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -137,44 +135,32 @@ def test_bad_samples_name_the_shard_and_key(folder, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-COUNTING = """
-import os, sys
-from nctune.data.sources import webdataset as w
-read = w._ShardImages.__getitem__
-def counted(self, i):
-    with open(f"{os.environ['COUNT']}.{os.environ.get('RANK', '0')}", "a") as f:
-        f.write(f"{self.shards[self.shard[int(i)]]}:{self.key[int(i)]}\\n")
-    return read(self, i)
-w._ShardImages.__getitem__ = counted
-from nctune.cli import main
-main(sys.argv[1:])
-"""
-
-
 @pytest.mark.slow
-def test_torchrun_over_shards_equals_one_process_each_sample_read_once(folder, tmp_path):
-    from tests.test_distributed import child_env, free_port
+def test_torchrun_over_shards_equals_one_process_each_sample_read_once(
+    tmp_path, tmp_path_factory, monkeypatch
+):
+    from nctune.data.sources import webdataset as w
+    from tests.torchrun_batch import sets, shared, shared_root, webdataset_sets
 
-    shards(folder, tmp_path / "wds", shard_size=7)
-    (tmp_path / "count.py").write_text(COUNTING)
-    sets = [*TINY, "data.source=webdataset", f"data.path={tmp_path / 'wds'}"]
-    sets += ["data.val_fraction=0", "data.batch_size=16"]
-    args = [str(tmp_path / "count.py"), "analyze", *[a for s in sets for a in ("--set", s)]]
-    docs, reads = {}, {}
-    for world in (1, 2):
-        # one process: plain python, no process group; two: torchrun on CPU (gloo)
-        launcher = [sys.executable]
-        if world > 1:
-            launcher += ["-m", "torch.distributed.run", f"--nproc-per-node={world}"]
-            launcher += [f"--master-port={free_port()}"]
-        cmd = [*launcher, *args, "--out", f"out{world}", "--json"]
-        env = child_env(COUNT=str(tmp_path / f"reads{world}"))
-        proc = subprocess.run(
-            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 0, proc.stderr
-        docs[world] = json.loads(proc.stdout)
-        reads[world] = [tmp_path / f"reads{world}.{r}" for r in range(world)]
+    # two: torchrun on CPU (gloo), in the one launch of tests/torchrun_batch.py, over 36
+    # images in shards of 7, each rank logging the shard:key of every sample it reads
+    two = shared(tmp_path_factory)["webdataset"]
+    two.ok()
+    reads = {2: [shared_root() / f"reads.{r}" for r in range(2)], 1: [tmp_path / "reads.0"]}
+    # one: this process, no process group, logging its reads the same way
+    read = w._ShardImages.__getitem__
+
+    def counted(self, i):
+        with open(reads[1][0], "a") as f:
+            f.write(f"{self.shards[self.shard[int(i)]]}:{self.key[int(i)]}\n")
+        return read(self, i)
+
+    monkeypatch.setattr(w._ShardImages, "__getitem__", counted)
+    args = ["analyze", *sets(*webdataset_sets(shared_root() / "data"))]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out1"), "--json"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert two.stdout[1] == ""  # rank 0 alone printed
+    docs = {1: json.loads(res.stdout), 2: json.loads(two.stdout[0])}
     per_rank = [p.read_text().split() for p in reads[2]]
     assert all(per_rank) and set(per_rank[0]).isdisjoint(per_rank[1])
     every = sorted(k for keys in per_rank for k in keys)
