@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -180,42 +181,53 @@ def _train(self, trial, values, run):
     return float(values["train.lr"])
 
 objective.Objective._train = _train
-from nctune.cli import app
-app(sys.argv[1:], prog_name="nctune")
+from nctune.cli import main
+main()  # as the console script: sys.argv[1:] is the command line
 """
 
 
+def _slow_quick_train(self, trial, values, run) -> float:
+    """The worker script's trial, for the worker that runs in this process."""
+    score = _quick_train(self, trial, values, run)
+    time.sleep(1.0)  # long enough for the two workers' trials to interleave
+    return score
+
+
 @pytest.mark.slow
-def test_two_workers_run_a_grid_each_point_once(tmp_path):
+def test_two_workers_run_a_grid_each_point_once(tmp_path, monkeypatch):
+    # Two processes (a worker is a host:pid): a worker script, and this test's process as
+    # the second, started as the first opens the study so that both queue the grid.
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(_WORKER))
     out = tmp_path / "g"
     space = "search.space={train.lr: {choice: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]}}"
     args = [*sets(space, "search.sampler=grid"), "--trials", "6", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), "tune", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:  # a file, not a pipe nobody reads while this worker runs
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "tune", *args], stdout=sink, stderr=sink, env=env
         )
-        for _ in range(2)
-    ]
     try:
-        errors = [p.communicate(timeout=300)[1].decode() for p in procs]
+        appears(out, proc, 300)  # made just before the worker opens the study
+        monkeypatch.setattr(
+            importlib.import_module("nctune.tune._objective").Objective,
+            "_train",
+            _slow_quick_train,
+        )
+        res = invoke(*args)
+        proc.wait(timeout=300)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, err in zip(procs, errors, strict=True):
-        assert p.returncode == 0, err
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert res.exit_code == 0, res.output
+    assert proc.returncode == 0, log.read_text()
     trials = _study(out, "g")
     ran = [t.params["train.lr"] for t in trials if t.state.name == "COMPLETE"]
     assert Counter(ran) == Counter([0.01, 0.02, 0.03, 0.04, 0.05, 0.06]), ran
     workers = {t.user_attrs["worker"] for t in trials if t.state.name == "COMPLETE"}
-    assert len(workers) == 2  # both took points
+    assert workers == {f"{socket.gethostname()}:{pid}" for pid in (proc.pid, os.getpid())}
 
 
 # ---------------------------------------------------------------- 9, 10: bad grids, up front
@@ -345,7 +357,7 @@ def test_the_plot_of_a_search_stopped_before_any_trial_warns_nothing(tmp_path):
 def test_sigterm_stops_a_search_with_143_and_says_the_trial_is_queued_again(tmp_path):
     out = tmp_path / "s"
     args = [
-        *sets("strategy.name=full", "data.samples_per_class=30", "train.epochs=3"),
+        *sets("strategy.name=full", "train.epochs=3"),
         "--trials",
         "2",
         "--out",
@@ -359,8 +371,7 @@ def test_sigterm_stops_a_search_with_143_and_says_the_trial_is_queued_again(tmp_
         env=env,
     )
     try:
-        appears(out / "trials" / "0" / "recipe.yaml", proc, 300)
-        time.sleep(1.0)  # into its training
+        appears(out / "trials" / "0" / "checkpoint.pt", proc, 300)  # into its training
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
     finally:

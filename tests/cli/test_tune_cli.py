@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -20,6 +19,7 @@ from tests.expect import appears
 from tests.tiny import set_args, tiny
 
 TINY = tiny(
+    "data.max_test_samples=100",  # the best trial's test pass: 100 of the 1,000 images
     "strategy.name=linear",
     "train.epochs=1",
     "train.warmup_epochs=0",
@@ -125,9 +125,8 @@ def test_sigkill_mid_trial_then_rerun_keeps_finished_trials(tmp_path):
     out = tmp_path / "s"
     args = [
         *sets(
-            "strategy.name=full",  # no prefix cache: a trial takes long enough to be killed in
-            "data.samples_per_class=30",
-            "train.epochs=2",
+            "strategy.name=full",  # no prefix cache: every epoch trains the backbone
+            "train.epochs=3",
             "search.heartbeat=1",
             "search.grace=2",
             "search.pruner=none",
@@ -139,8 +138,8 @@ def test_sigkill_mid_trial_then_rerun_keeps_finished_trials(tmp_path):
     ]
     proc = subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     try:
-        appears(out / "trials" / "1" / "recipe.yaml", proc, 300)  # trial 0 done, 1 running
-        time.sleep(1.0)  # into trial 1's training
+        # trial 0 done, trial 1 past its first epoch (its checkpoint): into its training
+        appears(out / "trials" / "1" / "checkpoint.pt", proc, 300)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -148,8 +147,8 @@ def test_sigkill_mid_trial_then_rerun_keeps_finished_trials(tmp_path):
     before = _trials(storage, "s")
     assert [(t.number, t.state.name) for t in before] == [(0, "COMPLETE"), (1, "RUNNING")]
 
-    done = subprocess.run(_cmd(*args), capture_output=True, env=_env(), timeout=600)
-    assert done.returncode == 0, done.stderr.decode()
+    done = invoke("tune", *args)  # the re-run: another worker, here in this process
+    assert done.exit_code == 0, done.output
     after = _trials(storage, "s")
     assert after[0].value == before[0].value and after[0].params == before[0].params
     assert len(_finished(after)) == 3  # the requested number, the kept trial among them
@@ -162,22 +161,24 @@ def test_sigkill_mid_trial_then_rerun_keeps_finished_trials(tmp_path):
 
 
 def _two_workers(out: Path, storage: str | None, trials: int) -> None:
+    """Two workers on one study: a ``nctune tune`` process, and this test's process as the
+    second (started in-process as the first opens the study, so that both run trials)."""
     args = [*sets("search.pruner=none"), "--trials", str(trials), "--out", str(out)]
     if storage:
         args += ["--storage", storage, "--study", "shared"]
-    procs = [
-        subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-        for _ in range(2)
-    ]
+    log = out.parent / "worker.log"
+    with log.open("wb") as sink:  # a file, not a pipe nobody reads while this worker runs
+        proc = subprocess.Popen(_cmd(*args), stdout=sink, stderr=sink, env=_env())
     try:
-        errors = [p.communicate(timeout=600)[1].decode() for p in procs]
-    finally:
-        for p in procs:  # never leave a worker behind, whatever failed
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, err in zip(procs, errors, strict=True):
-        assert p.returncode == 0, err
+        appears(out, proc, 300)  # made just before the worker opens the study
+        res = invoke("tune", *args)
+        proc.wait(timeout=600)
+    finally:  # never leave a worker behind, whatever failed
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert res.exit_code == 0, res.output
+    assert proc.returncode == 0, log.read_text()
 
 
 def _check_shared(out: Path, storage: str, name: str, want: int) -> None:
