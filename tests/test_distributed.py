@@ -32,6 +32,7 @@ from nctune.errors import ConfigError
 from tests.torchrun_batch import (
     ANALYZE,
     FINETUNE,
+    ONE_LAUNCH,
     SWEEP,
     SWEEP_GRID,
     Job,
@@ -120,6 +121,7 @@ def test_shards_cover_every_sample_once():
 
 # ------------------------------------------------------------ multi-process (slow)
 @pytest.mark.slow
+@ONE_LAUNCH
 def test_analyze_on_two_processes_matches_one(tmp_path, two):
     one = in_process("analyze", *sets(*ANALYZE), "--out", str(tmp_path / "one"), "--json")
     job = two["analyze"]
@@ -175,6 +177,7 @@ def _input_config(recipe):
 
 
 @pytest.mark.slow
+@ONE_LAUNCH
 def test_finetune_on_two_processes_matches_one(one_process_run, two):
     job = two["finetune"]
     job.ok()
@@ -275,6 +278,7 @@ def make_png_folder(tmp_path) -> tuple[Path, str]:
 
 
 @pytest.mark.slow
+@ONE_LAUNCH
 def test_sweep_deals_blocks_to_ranks_and_rank_zero_writes_one_table(tmp_path, two):
     args = ["sweep", *sets(*SWEEP), *SWEEP_GRID]
     one = in_process(*args, "--out", str(tmp_path / "one"), "--json")

@@ -24,6 +24,7 @@ from nctune.training.optim import EpochSampler, make_optimizer
 from nctune.training.strategies import apply_strategy
 from nctune.training.train import fit
 from tests.tiny import tiny
+from tests.torchrun_batch import ONE_LAUNCH
 
 BASE = ("train.epochs=1", "train.warmup_epochs=0", "train.profile_after=false")
 
@@ -316,6 +317,7 @@ def test_resuming_a_run_whose_epochs_had_all_finished_keeps_its_time_and_cache(t
 
 # ------------------------------------------------------------------- torchrun
 @pytest.mark.slow
+@ONE_LAUNCH
 def test_balanced_sampler_class_weights_and_accumulation_match_one_process_under_torchrun(
     tmp_path, tmp_path_factory
 ):

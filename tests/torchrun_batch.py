@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each job: {"name", "argv", "env"}; the ranks run them in order, each in folder ``name``,
@@ -100,6 +102,11 @@ class Job:
 
 
 _done: dict[str, object] = {}
+
+#: Marks every test that reads :func:`shared`: with ``--dist loadgroup`` (pyproject's
+#: addopts) xdist sends them all to one worker, so the suite launches torchrun once, not once
+#: in each worker that happens to draw one of them (~25 s of CPU each time).
+ONE_LAUNCH = pytest.mark.xdist_group("torchrun_batch")
 
 # ------------------------------------------------------------------ the tests' commands
 # A ViT has no BatchNorm: with the same global batches, 2 processes must then match one

@@ -133,14 +133,17 @@ def test_training_figure(run):
     assert "timm:resnet10t" in title and "fashion-mnist" in title
 
 
-def test_collapse_figure_shows_the_recommended_band_in_the_legend():
+def _collapse_figure():
     layers = [
         LayerCollapse(i, name, 8, SimpleNamespace(nc1=5.0 / (i + 1)), 0.5 + 0.1 * i)
         for i, name in enumerate(BLOCKS)
     ]
     profile = CollapseProfile(layers, 40, 4, 1.0, "timm:resnet10t", "digits")
-    rec = Selection("elbow", ["layer3.0"], "the knee of the NC1 curve")
-    fig = profile_figure(profile, rec)
+    return profile_figure(profile, Selection("elbow", ["layer3.0"], "the knee of the NC1 curve"))
+
+
+def test_collapse_figure_shows_the_recommended_band_in_the_legend():
+    fig = _collapse_figure()
     ax = fig.axes[0]
     texts = _legend_texts(ax)
     assert "recommended (elbow): layer3.0" in texts
@@ -152,3 +155,33 @@ def test_collapse_figure_shows_the_recommended_band_in_the_legend():
     assert x0 < BLOCKS.index("layer3.0") < x1 and x1 - x0 < 1
     for a in fig.axes:
         assert _no_raw_underscores(a.get_ylabel()) and _no_raw_underscores(a.get_xlabel())
+
+
+def test_every_figure_fits_its_canvas(run, sweep):
+    # The PNGs are saved without bbox_inches="tight" (report/_common.py: it drew each figure
+    # twice): constrained layout must then keep every label, legend and title on the canvas.
+    from nctune.report.evaluation import confusion_figure
+    from nctune.report.search import search_figure
+    from tests.report.test_plot_fixes import _search
+    from tests.report.test_training_probe import _lr_finder, _probe, _result
+    from tests.test_evaluate import Evaluation
+
+    confusion = Evaluation(
+        run="r", data="d", split=None, classes=[f"class_{k}" for k in range(12)], num_images=5,
+        num_failed=0, accuracy=0.8, top_k=1, top_k_accuracy=0.8, per_class=[], macro={},
+        weighted={}, confusion=[[k + j for j in range(12)] for k in range(12)],
+    )  # fmt: skip
+    figures = {
+        "training": training_figure(run),
+        "training, probe and lr test": training_figure(_result(_probe(), _lr_finder())),
+        "collapse": _collapse_figure(),
+        "sweep": sweep_figure(sweep),
+        "search": search_figure(_search("val_accuracy")),
+        "search on nc1": search_figure(_search("nc1_after")),
+        "confusion": confusion_figure(confusion),
+    }
+    for name, fig in figures.items():
+        fig.canvas.draw()
+        box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches, every artist drawn
+        w, h = fig.get_size_inches()
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= w and box.y1 <= h, (name, box, w, h)

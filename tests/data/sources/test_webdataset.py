@@ -20,6 +20,7 @@ from nctune.errors import DataError
 from tests.data.helpers import IC, cfg
 from tests.data.sources.formats import CLASSES, hf_dataset, image_folder, shards
 from tests.expect import one_line
+from tests.torchrun_batch import ONE_LAUNCH
 
 TINY = [
     "backbone.name=timm:test_resnet",
@@ -136,6 +137,7 @@ def test_bad_samples_name_the_shard_and_key(folder, tmp_path):
 
 
 @pytest.mark.slow
+@ONE_LAUNCH
 def test_torchrun_over_shards_equals_one_process_each_sample_read_once(
     tmp_path, tmp_path_factory, monkeypatch
 ):
