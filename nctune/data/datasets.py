@@ -11,8 +11,11 @@ Unreadable images raise :class:`~nctune.errors.DataError` naming the file or sam
 
 from __future__ import annotations
 
+import logging
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -138,6 +141,44 @@ class TensorImageDataset(ImageDataset):
         return sub
 
 
+class _DecoderLog(logging.Handler):
+    """PIL's log records (e.g. TIFF's "More samples per pixel than can be decoded"), held
+    back on a thread while :func:`open_image` decodes, as its warnings are; otherwise passed
+    on as Python would pass them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()  # loader threads decode side by side
+
+    @contextmanager
+    def hold(self) -> Iterator[list[logging.LogRecord]]:
+        self._local.records = records = []
+        try:
+            yield records
+        finally:
+            self._local.records = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        held = getattr(self._local, "records", None)
+        if held is not None:
+            held.append(record)
+        else:
+            self.pass_on(record)
+
+    @staticmethod
+    def pass_on(record: logging.LogRecord) -> None:
+        # A handler on "PIL" keeps Python's last resort from printing the record when no
+        # logging is configured: do what it would have done (configured handlers get the
+        # record by propagation anyway).
+        last = logging.lastResort
+        if not logging.getLogger().handlers and last and record.levelno >= last.level:
+            last.handle(record)
+
+
+_DECODER_LOG = _DecoderLog()
+logging.getLogger("PIL").addHandler(_DECODER_LOG)
+
+
 def open_image(path: str) -> Any:
     """Open and fully decode an image file as an RGB PIL image (what every file dataset does).
 
@@ -150,9 +191,10 @@ def open_image(path: str) -> Any:
     Raises:
         DataError: the file is missing or cannot be decoded (one line naming it).
     """
-    # A decoder's warnings about a damaged file are held back: a file that is then refused
-    # gets its one line alone (bad input is one line); one that reads passes them on.
-    with warnings.catch_warnings(record=True) as caught:
+    # A decoder's warnings and log records about a damaged file are held back: a file that
+    # is then refused gets its one line alone (bad input is one line); one that reads passes
+    # them on.
+    with warnings.catch_warnings(record=True) as caught, _DECODER_LOG.hold() as logged:
         warnings.simplefilter("always")
         try:
             with Image.open(path) as img:
@@ -165,6 +207,8 @@ def open_image(path: str) -> Any:
             ) from None
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for record in logged:
+        _DECODER_LOG.pass_on(record)
     return rgb
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from PIL import Image
@@ -53,3 +55,30 @@ def test_truncated_image(tmp_path):
     s = build_data(cfg(source="imagefolder", path=root, val_fraction=0.0), IC)
     with pytest.raises(DataError, match=r"001\.png: cannot read image"):
         s.verify()
+
+
+def test_pil_log_records_are_held_back_for_a_refused_file_and_passed_on_otherwise(
+    tmp_path, monkeypatch, capsys
+):
+    # No logging configured, as on the command line (pytest's capture handlers would take
+    # the records): Python's last resort prints a WARNING+ record on stderr.
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    pil_log = logging.getLogger("PIL.TiffImagePlugin")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (4, 4)).save(good)
+
+    real_open = datasets_mod.Image.open
+
+    def logging_open(path, *a, **k):
+        pil_log.error("decoder says: %s", path.rsplit("/", 1)[-1])
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(datasets_mod.Image, "open", logging_open)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="cannot read image"):
+        datasets_mod.open_image(str(tmp_path / "bad.png"))
+    assert capsys.readouterr().err == ""  # the refusal's one line is the caller's to print
+    assert datasets_mod.open_image(str(good)).size == (4, 4)
+    assert capsys.readouterr().err == "decoder says: good.png\n"  # a file that reads: passed on
+    pil_log.error("outside open_image")
+    assert capsys.readouterr().err == "outside open_image\n"  # as Python prints it

@@ -3,6 +3,7 @@ it; the contract must hold). Docs: docs/benchmarks.md, "Fuzzing"."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,26 @@ def test_a_refused_image_is_one_line_without_the_decoders_warnings(seeds, tmp_pa
         "size": (3, 3),
         "command": "finetune",
         "ext": ".jpg",
+    }
+    run = _run(seeds, "image", example, tmp_path)
+    assert run.result.exit_code == 2 and "cannot read image" in run.result.stderr
+
+
+def test_a_refused_image_is_one_line_without_the_decoders_log_records(seeds, tmp_path, monkeypatch):
+    """Found: a damaged TIFF (named .png) in a validation folder was refused with its one
+    line, after PIL's *logged* error "More samples per pixel than can be decoded: 132",
+    which Python's last-resort handler printed on stderr — two lines."""
+    # as on the command line: no logging configured (pytest's capture handlers would take it)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    example = {
+        "file": "val/cat/2.png",
+        "format": "tiff",
+        "edit": 68969,
+        "bytes": True,
+        "mode": "RGBA",
+        "size": (1, 1),
+        "command": "finetune",
+        "ext": ".png",
     }
     run = _run(seeds, "image", example, tmp_path)
     assert run.result.exit_code == 2 and "cannot read image" in run.result.stderr
