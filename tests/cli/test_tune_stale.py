@@ -44,8 +44,20 @@ def test_rerun_after_sigkill_says_what_it_waits_for_and_skips_the_grace(tmp_path
     assert [t.state.name for t in _trials(storage, "s")] == ["RUNNING"]
 
     t0 = time.monotonic()
-    done = CliRunner().invoke(app, ["tune", *args])  # the re-run, in this process
-    assert done.exit_code == 0, done.output
+
+    def sat_out_the_grace(*_):
+        raise TimeoutError("the re-run waited 120 s: it is sitting out the 600 s grace")
+
+    # the re-run, in this process; an alarm ends it if it waits out the grace (a regression
+    # then fails in 2 minutes, not 10)
+    before = signal.signal(signal.SIGALRM, sat_out_the_grace)
+    signal.alarm(120)
+    try:
+        done = CliRunner().invoke(app, ["tune", *args])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    assert done.exit_code == 0, (done.output, done.exception)
     assert time.monotonic() - t0 < 120
     # "waiting for trial 0 (worker HOST:PID, gone from this machine, since …; retried in 2s)"
     # or, its short grace already over, "trial 0: worker HOST:PID, since … is gone …; retried now"
