@@ -87,3 +87,23 @@ def test_a_refused_image_is_one_line_without_the_decoders_log_records(seeds, tmp
     }
     run = _run(seeds, "image", example, tmp_path)
     assert run.result.exit_code == 2 and "cannot read image" in run.result.stderr
+
+
+def test_a_model_whose_mean_has_two_values_is_refused_in_one_line(seeds, tmp_path):
+    """Found: a model file's metadata with ``input_config.mean`` (and ``std``) of two values
+    passed the metadata checks and failed building the transform (ValueError, exit 1)."""
+    import json
+
+    from tests.fuzz.targets import _metadata
+
+    doc = {}
+    for k, v in _metadata(seeds.run / "model.safetensors")[1].items():
+        try:
+            doc[k] = json.loads(v)
+        except ValueError:  # a plain string value
+            doc[k] = v
+    doc["config"]["input_config"]["mean"] = [0.485, 0.406]
+    doc["config"]["input_config"]["std"] = [0.229, 0.224]
+    example = {"where": "safetensors", "edit": {"doc": doc, "raw": None}, "command": "predict"}
+    run = _run(seeds, "metadata", example, tmp_path)
+    assert run.result.exit_code == 2 and "input_config" in run.result.stderr
