@@ -386,6 +386,8 @@ class _InputConfigMeta(_Meta):
     def _per_channel(self) -> _InputConfigMeta:
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean has {len(self.mean)} values but std {len(self.std)}")
+        if len(self.mean) not in (1, 3):  # what the eval transform takes (per_channel)
+            raise ValueError(f"mean and std need 1 or 3 values, got {len(self.mean)}")
         return self
 
 
