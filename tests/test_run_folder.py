@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,26 +12,16 @@ import pytest
 from nctune.errors import ArtifactError, DataError, Interrupted
 from nctune.runs._lock import FolderBusyError, lock_path
 from nctune.runs.folder import Kept, RunFolder, first_difference
+from tests import fresh_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@fresh_imports.group
 def test_loading_a_model_does_not_import_matplotlib():
-    code = (
-        "import sys\n"
-        "import nctune.runs.artifacts, nctune.runs.folder, nctune.serving.inference\n"
-        "bad = sorted(m for m in sys.modules if m == 'matplotlib' or m == 'nctune.report')\n"
-        "print(bad)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    # nctune.runs.artifacts, nctune.runs.folder and nctune.serving.inference, in a fresh
+    # interpreter: neither matplotlib nor nctune.report
+    assert fresh_imports.probe()["serving"] == []
 
 
 def test_first_difference_names_the_first_differing_path():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 import torch
 
 from nctune.collapse import CollapseError, CollapseStats, CollapseWarning
+from tests import fresh_imports
 from tests.collapse.reference import reference_metrics
 
 METRICS = (
@@ -252,10 +251,9 @@ def test_collapsed_features_give_small_nc1():
     assert tight == pytest.approx(loose / 100, rel=1e-6)
 
 
+@fresh_imports.group
 def test_collapse_package_imports_no_model_code():
-    code = "import sys, nctune.collapse; bad = [m for m in ('timm', 'torchvision', 'rich', 'matplotlib', 'nctune.backbones') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert fresh_imports.probe()["collapse"] == []  # no timm, torchvision, rich, matplotlib
 
 
 def test_numpy_reference_agrees_with_sklearn_free_brute_force():

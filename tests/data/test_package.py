@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import nctune.data
+from tests import fresh_imports
 
 SOURCES_DIR = Path(nctune.data.__file__).parent / "sources"
 
@@ -40,11 +39,10 @@ def test_public_names():
         assert getattr(nctune.data, name) is not None, name
 
 
+@fresh_imports.group
 def test_data_does_not_import_config_at_run_time():
     # config sits above data (it validates data.source against the registry)
-    code = "import sys, nctune.data; print(int('nctune.config' in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "0"
+    assert fresh_imports.probe()["data"] == []
 
 
 def imported_modules(path: Path) -> set[str]:
