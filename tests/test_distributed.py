@@ -2,9 +2,9 @@
 
 The slow tests start real process groups: one ``python -m torch.distributed.run``
 (torchrun) whose ranks run the commands of the tests that compare numbers
-(tests/torchrun_batch.py: each rank's ~5 s of imports paid once, not per test), or the
-ranks as plain subprocesses with the variables torchrun sets when a test needs each rank's
-own exit code or kills them. The one-process baselines run in this process. Tiny
+and of the one whose rank 1 fails (tests/torchrun_batch.py: each rank's ~5 s of imports paid
+once, not per test), or the ranks as plain subprocesses with the variables torchrun sets
+when a test kills them. The one-process baselines run in this process. Tiny
 random-init timm test models at 32 px on the vendored Fashion-MNIST subset or generated
 PNGs; nothing is downloaded.
 """
@@ -33,6 +33,7 @@ from tests.torchrun_batch import (
     ANALYZE,
     FINETUNE,
     ONE_LAUNCH,
+    PNGS,
     SWEEP,
     SWEEP_GRID,
     Job,
@@ -40,6 +41,7 @@ from tests.torchrun_batch import (
     free_port,
     sets,
     shared,
+    shared_root,
 )
 
 
@@ -220,61 +222,20 @@ def test_killed_after_epoch_one_resumes_on_one_process(tmp_path, one_process_run
 
 
 @pytest.mark.slow
-def test_an_error_on_rank_one_ends_both_with_exit_2(tmp_path, make_png_folder):
-    folder, bad = make_png_folder
-    recipe = [
-        "backbone.name=timm:test_resnet",
-        "backbone.pretrained=false",
-        "data.source=imagefolder",
-        f"data.path={folder}",
-        "data.image_size=32",
-        "data.batch_size=4",
-        "data.val_fraction=0",
-        "device=cpu",
-    ]
-    splits = build_data(load_recipe(None, recipe).data, _input_config(load_recipe(None, recipe)))
+@ONE_LAUNCH
+def test_an_error_on_rank_one_ends_both_with_exit_2(two):
+    folder, bad = shared_root() / "data" / "pngs", "3.png"  # png_folder_with_a_corrupt_file
+    recipe = load_recipe(None, [*PNGS, f"data.path={folder}"])
+    splits = build_data(recipe.data, _input_config(recipe))
     index = [Path(p).name for p in splits.train.paths].index(bad)
     assert index % 2 == 1  # the corrupt image is in rank 1's shard alone
-    ended: dict[int, float] = {}
-    start = time.monotonic()
-    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # -q: no progress lines (rank 0 logs its finished pass off a terminal), the error alone
-    procs = launch("analyze", *sets(*recipe), "--out", "out", "-q", cwd=tmp_path, **pipes)
-    try:
-        while len(ended) < 2:
-            for rank, p in enumerate(procs):
-                if rank not in ended and p.poll() is not None:
-                    ended[rank] = time.monotonic()
-            assert time.monotonic() - start < 120, "a rank hangs"
-            time.sleep(0.02)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    outs = [p.communicate() for p in procs]
-    assert [p.returncode for p in procs] == [2, 2], outs
-    assert abs(ended[0] - ended[1]) < 5.0  # together, not after a timeout
-    lines = outs[0][1].splitlines()  # rank 0 prints the one line, naming rank 1's file
-    assert len(lines) == 1 and lines[0].startswith("error: ") and bad in lines[0], outs[0][1]
-    assert outs[1] == ("", "")  # rank 1 stays quiet: one copy of the line
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture
-def make_png_folder(tmp_path) -> tuple[Path, str]:
-    """Two classes of PNGs and one corrupt file at an odd position of the training order."""
-    import numpy as np
-    from PIL import Image
-
-    root = tmp_path / "pngs"
-    rng = np.random.default_rng(0)
-    for k, cls in enumerate(("ant", "bee")):
-        (root / cls).mkdir(parents=True)
-        for i in range(5):
-            pixels = np.clip(40 + 60 * k + rng.normal(0, 30, (32, 32, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / cls / f"{i}.png")
-    (root / "ant" / "3.png").write_bytes(b"\x89PNG not really an image" * 20)
-    return root, "3.png"
+    job = two["error"]  # the batch's last job: a rank that hangs would have stopped the batch
+    assert job.codes == [2, 2], job.stderr
+    assert abs(job.ended[0] - job.ended[1]) < 5.0  # together, not after a timeout
+    lines = job.stderr[0].splitlines()  # rank 0 prints the one line, naming rank 1's file
+    assert len(lines) == 1 and lines[0].startswith("error: ") and bad in lines[0], job.stderr[0]
+    assert (job.stdout[1], job.stderr[1]) == ("", "")  # rank 1 stays quiet: one copy of the line
+    assert not (job.folder / "out").exists()
 
 
 @pytest.mark.slow

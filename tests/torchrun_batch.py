@@ -26,11 +26,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each job: {"name", "argv", "env"}; the ranks run them in order, each in folder ``name``,
-# with stdout/stderr at ``name.RANK.out|err`` and the exit code at ``name.RANK.code`` beside.
+# with stdout/stderr at ``name.RANK.out|err`` and at ``name.RANK.code`` beside the exit code and
+# the time the rank ended the job.
 # With COUNT in a job's env, each rank appends the shard:key of every WebDataset sample it
 # reads to ``$COUNT.RANK`` (the "each sample read once" check).
 DRIVER = """
-import json, os, sys
+import json, os, sys, time
 from nctune.data.sources import webdataset as w
 read = w._ShardImages.__getitem__
 def counted(self, i):
@@ -71,7 +72,7 @@ for job in json.loads(open(sys.argv[1]).read()):
     for var in job["env"]:
         del os.environ[var]
     with open(f"{root}/{name}.{rank}.code", "w") as f:
-        f.write(str(code))
+        f.write(f"{code} {time.time()}")
 """
 
 
@@ -90,12 +91,14 @@ def child_env(**extra: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Job:
-    """One command's result on the 2 ranks: ``folder`` is its working folder."""
+    """One command's result on the 2 ranks: ``folder`` is its working folder, ``ended`` the
+    time (``time.time()``) each rank finished it."""
 
     folder: Path
     codes: list[int]
     stdout: list[str]
     stderr: list[str]
+    ended: list[float]
 
     def ok(self) -> None:
         assert self.codes == [0, 0], (self.codes, self.stderr)
@@ -148,6 +151,34 @@ SWEEP = [*ANALYZE, "train.epochs=1", "data.max_test_samples=20"]
 SWEEP_GRID = ["--blocks", "layer3.0,layer4.0", "--modes", "layer,scl"]
 
 
+#: test_distributed's failing analyze: rank 1's shard holds the corrupt image
+#: (:func:`png_folder_with_a_corrupt_file`); run last, after the jobs that must succeed.
+PNGS = [
+    "backbone.name=timm:test_resnet",
+    "backbone.pretrained=false",
+    "data.source=imagefolder",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.val_fraction=0",
+    "device=cpu",
+]
+
+
+def png_folder_with_a_corrupt_file(root: Path) -> tuple[Path, str]:
+    """Two classes of PNGs and one corrupt file at an odd position of the training order."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(("ant", "bee")):
+        (root / cls).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.clip(40 + 60 * k + rng.normal(0, 30, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / cls / f"{i}.png")
+    (root / "ant" / "3.png").write_bytes(b"\x89PNG not really an image" * 20)
+    return root, "3.png"
+
+
 def sets(*pairs: str) -> list[str]:
     return [arg for p in pairs for arg in ("--set", p)]
 
@@ -168,6 +199,7 @@ def shared(tmp_path_factory) -> dict[str, Job]:
         root = tmp_path_factory.mktemp("torchrun")
         data = root / "data"
         shards(image_folder(data / "images"), data / "wds", shard_size=7)
+        pngs, _ = png_folder_with_a_corrupt_file(data / "pngs")
         jobs = [
             ("analyze", ["analyze", *sets(*ANALYZE), "--out", "two", "--json"], {}),
             ("finetune", ["finetune", *sets(*FINETUNE), "--out", "run"], {}),
@@ -178,6 +210,8 @@ def shared(tmp_path_factory) -> dict[str, Job]:
                 ["analyze", *sets(*webdataset_sets(data)), "--out", "out2", "--json"],
                 {"COUNT": str(root / "reads")},
             ),
+            # -q: no progress lines (rank 0 logs its finished pass off a terminal)
+            ("error", ["analyze", *sets(*PNGS, f"data.path={pngs}"), "--out", "out", "-q"], {}),
         ]
         _done["jobs"] = run_batch(root / "runs", [dict(name=n, argv=a, env=e) for n, a, e in jobs])
         _done["root"] = root
@@ -185,7 +219,7 @@ def shared(tmp_path_factory) -> dict[str, Job]:
 
 
 def shared_root() -> Path:
-    """The folder of :func:`shared` (after it ran): ``data/`` (the images and shards it
+    """The folder of :func:`shared` (after it ran): ``data/`` (the images, shards and PNGs it
     wrote), ``runs/`` (the jobs) and ``reads.RANK`` (the WebDataset samples each read)."""
     return _done["root"]  # type: ignore[return-value]
 
@@ -215,12 +249,14 @@ def run_batch(root: Path, jobs: list[dict], nproc: int = 2) -> dict[str, Job]:
     def read(name: str, what: str) -> list[str]:
         return [(root / f"{name}.{r}.{what}").read_text() for r in range(nproc)]
 
-    return {
-        job["name"]: Job(
+    jobs_ = {}
+    for job in jobs:
+        ends = [c.split() for c in read(job["name"], "code")]
+        jobs_[job["name"]] = Job(
             root / job["name"],
-            [int(c) for c in read(job["name"], "code")],
+            [int(code) for code, _ in ends],
             read(job["name"], "out"),
             read(job["name"], "err"),
+            [float(t) for _, t in ends],
         )
-        for job in jobs
-    }
+    return jobs_
