@@ -25,7 +25,13 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from nctune.data.bitdepth import array_to_uint8, to_rgb8
-from nctune.data.transforms import _pil_transform, _resize_uint8, _Spec, augment_steps
+from nctune.data.transforms import (
+    _pil_transform,
+    _resize_uint8,
+    _Spec,
+    augment_steps,
+    resize_check,
+)
 from nctune.errors import DataError, one_line
 
 # Above this many bytes of resized uint8 pixels a split is resized per sample instead of
@@ -179,11 +185,15 @@ _DECODER_LOG = _DecoderLog()
 logging.getLogger("PIL").addHandler(_DECODER_LOG)
 
 
-def open_image(path: str) -> Any:
+def open_image(path: str, check: Callable[[Any], None] | None = None) -> Any:
     """Open and fully decode an image file as an RGB PIL image (what every file dataset does).
 
     Args:
         path: the image file.
+        check: called with the decoded image; a :class:`~nctune.errors.DataError` it raises
+            refuses the file like a decoding error (named, the decoder's warnings held back),
+            e.g. :func:`~nctune.data.transforms.check_resizable` for an image too elongated
+            for the transform that follows.
 
     Returns:
         The decoded ``PIL.Image.Image`` in mode RGB.
@@ -199,6 +209,10 @@ def open_image(path: str) -> Any:
         try:
             with Image.open(path) as img:
                 rgb = to_rgb8(img)  # decodes, so truncation shows up here; 16-bit scaled
+            if check is not None:
+                check(rgb)
+        except DataError as err:
+            raise DataError(f"{path}: {err}") from None
         except FileNotFoundError:
             raise DataError(f"{path}: image file not found (was it moved or deleted?)") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -238,9 +252,11 @@ class FileImageDataset(ImageDataset):
         self.augment = augment
         self.flip = flip
         self._transform = _pil_transform(spec, augment=augment, flip=flip)
+        self._check = resize_check(spec, augment=augment)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self._transform(open_image(self.paths[index])), int(self.targets[index])
+        img = open_image(self.paths[index], check=self._check)
+        return self._transform(img), int(self.targets[index])
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FileImageDataset:
         """The files at ``indices`` (in that order).
@@ -312,7 +328,13 @@ class _TorchvisionDataset(ImageDataset):
         return img
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self._transform(self._image(index)), int(self.targets[index])
+        img = self._image(index)  # its own one line when it cannot be read
+        try:
+            x = self._transform(img)
+        except DataError as err:  # e.g. too elongated to resize
+            where = f"data.name: {self.name} sample {int(self.indices[index])}"
+            raise DataError(f"{where}: {err}") from None
+        return x, int(self.targets[index])
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> _TorchvisionDataset:
         idx = np.asarray(indices, dtype=np.int64)

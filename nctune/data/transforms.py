@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from nctune.data.bitdepth import to_rgb8
 from nctune.data.input_config import crop_fraction, per_channel, resize_side, resolve_input_config
-from nctune.errors import ConfigError
+from nctune.errors import ConfigError, DataError
 
 #: Light augmentation: crops keep at least half the image, so few-shot classes stay visible.
 AUG_SCALE = (0.5, 1.0)
@@ -224,11 +225,51 @@ def _pil_transform(
         ]
     pipeline = T.Compose([*steps, T.PILToTensor()])
     normalize = spec.normalizer()
+    check = resize_check(spec, augment=augment)
 
     def transform(img: Any) -> torch.Tensor:
-        return normalize(pipeline(to_rgb8(img)))  # 16-bit/float images scaled, not clipped
+        img = to_rgb8(img)  # 16-bit/float images scaled, not clipped
+        if check is not None:
+            check(img)
+        return normalize(pipeline(img))
 
     return transform
+
+
+def resize_check(spec: _Spec, *, augment: bool | str) -> Callable[[Any], None] | None:
+    """The eval transform's check that a PIL image can be resized (:func:`check_resizable`),
+    or None where no shorter side is resized (augmenting crops first; ``squash``)."""
+    if augment or spec.crop_mode == "squash":
+        return None
+    side = resize_side(spec)
+    return lambda img: check_resizable(img.size, side)
+
+
+def check_resizable(size: tuple[int, int], shorter_side: int) -> None:
+    """Refuse an image whose shorter side cannot be resized to ``shorter_side`` pixels.
+
+    Resizing a ``w × h`` image so that its shorter side is ``s`` makes it
+    ``s × ⌈s · max(w, h) / min(w, h)⌉``: a 1-pixel-wide strip 10⁸ pixels long becomes
+    billions of pixels, which overflows PIL's resize (or exhausts memory). The limit is the
+    one PIL itself refuses to open, twice ``PIL.Image.MAX_IMAGE_PIXELS`` (its
+    decompression-bomb error; with that check turned off, a side of 2³¹ − 1 pixels).
+
+    Args:
+        size: the image's ``(width, height)``.
+        shorter_side: ``s``, the eval transform's resize of the shorter side.
+
+    Raises:
+        DataError: the resized image would pass the limit (one line with both sizes).
+    """
+    short, long = sorted(size)
+    resized = -(-shorter_side * long // max(short, 1))  # ceil
+    limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    if resized >= 2**31 - 1 or (limit is not None and resized * shorter_side > limit):
+        w, h = size
+        raise DataError(
+            f"a {w}×{h} px image is too elongated to resize to {shorter_side} px on its "
+            f"shorter side ({resized:,} px long, past PIL's image size limit); crop or remove it"
+        )
 
 
 def _resize_uint8(images: torch.Tensor, size: int, mode: str) -> torch.Tensor:

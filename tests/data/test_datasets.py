@@ -82,3 +82,16 @@ def test_pil_log_records_are_held_back_for_a_refused_file_and_passed_on_otherwis
     assert capsys.readouterr().err == "decoder says: good.png\n"  # a file that reads: passed on
     pil_log.error("outside open_image")
     assert capsys.readouterr().err == "outside open_image\n"  # as Python prints it
+
+
+def test_a_decoded_sample_too_elongated_to_resize_is_named_by_its_source():
+    """Sources that hand over decoded images (torchvision, Hugging Face, WebDataset shards)
+    name the sample: there is no file to name."""
+    from nctune.data.transforms import _Spec
+
+    base = [(Image.new("L", (12, 10), 9), 0), (Image.new("L", (1, 3_000_000), 9), 1)]
+    spec = _Spec.from_input_config(InputConfig(image_size=32))
+    ds = datasets_mod._TorchvisionDataset(base, [0, 1], [0, 1], spec, name="strips")
+    assert ds[0][0].shape == (3, 32, 32)
+    with pytest.raises(DataError, match=r"^data\.name: strips sample 1: a 1×3000000 px image"):
+        ds[1]

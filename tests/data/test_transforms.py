@@ -70,3 +70,40 @@ def test_file_train_transform_is_eval_transform_unless_augmenting(tmp_path):
     torch.testing.assert_close(s.train[1][0], expected, rtol=0, atol=0)
     a = build_data(cfg(source="imagefolder", path=root, augment=True, val_fraction=0.0), ic)
     assert a.train[0][0].shape == (3, 16, 16)
+
+
+def test_an_image_too_elongated_to_resize_is_a_data_error_not_an_overflow(monkeypatch):
+    from nctune.data.transforms import check_resizable
+    from nctune.errors import DataError
+
+    # the fuzz finding: 1 × 134,228,553 px at 33 px → 4.4 billion px long, past a C int
+    with pytest.raises(DataError, match=r"1×134228553 px image is too elongated .* 33 px"):
+        check_resizable((1, 134_228_553), 33)
+    # PIL's limit (2 × MAX_IMAGE_PIXELS = 178,956,970 px): 256 × 256,000 passes, × 768,000 not
+    check_resizable((1000, 1_000_000), 256)
+    with pytest.raises(DataError, match="768,000 px long"):
+        check_resizable((3000, 9_000_000), 256)
+    check_resizable((64, 48), 36)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the user turned PIL's check off
+    check_resizable((3000, 9_000_000), 256)
+    with pytest.raises(DataError):  # a side past 2³¹ − 1 still cannot be made
+        check_resizable((1, 10**8), 33)
+
+
+def test_the_eval_transform_refuses_a_long_strip_and_crops_need_no_check(tmp_path):
+    from nctune.errors import DataError
+
+    strip = Image.new("L", (1, 3_000_000), 9)  # 3 MB; resized it would be 36 × 108,000,000
+    with pytest.raises(DataError, match="too elongated"):
+        eval_transform(InputConfig(image_size=32, crop_pct=0.9))(strip)
+    squash = BackboneInputConfig(32, (0.5,) * 3, (0.5,) * 3, crop_pct=0.9, crop_mode="squash")
+    assert eval_transform(squash)(strip).shape == (3, 32, 32)  # to a square: nothing long
+    # in a training folder: refused with the file's name; augmenting crops before resizing
+    root = make_folder(tmp_path / "ds", {"a": 2, "b": 2})
+    strip.save(root / "a" / "strip.png")
+    s = build_data(cfg(source="imagefolder", path=root, val_fraction=0.0), IC)
+    i = [p.endswith("strip.png") for p in s.train.paths].index(True)
+    with pytest.raises(DataError, match=r"strip\.png: a 1×3000000 px image is too elongated"):
+        s.train[i]
+    a = build_data(cfg(source="imagefolder", path=root, augment=True, val_fraction=0.0), IC)
+    assert a.train[i][0].shape == (3, 16, 16)

@@ -107,3 +107,21 @@ def test_a_model_whose_mean_has_two_values_is_refused_in_one_line(seeds, tmp_pat
     example = {"where": "safetensors", "edit": {"doc": doc, "raw": None}, "command": "predict"}
     run = _run(seeds, "metadata", example, tmp_path)
     assert run.result.exit_code == 2 and "input_config" in run.result.stderr
+
+
+def test_an_image_too_elongated_to_resize_is_refused_in_one_line(seeds, tmp_path):
+    """Found: a damaged 1-bit TIFF (named .jpg) in a test folder decoded as a 1-pixel-wide
+    strip; resizing its shorter side to the model's size overflowed PIL (OverflowError: signed
+    integer is greater than maximum, a traceback, exit 1)."""
+    example = {
+        "file": "test/cat/5.png",
+        "format": "tiff",
+        "edit": 342,
+        "bytes": True,
+        "mode": "1",
+        "size": (1, 1),
+        "command": "finetune",
+        "ext": ".jpg",
+    }
+    run = _run(seeds, "image", example, tmp_path)
+    assert run.result.exit_code == 2 and "5.jpg" in run.result.stderr
