@@ -19,6 +19,21 @@ def _run(seeds, target: str, example, tmp_path: Path):
     return run
 
 
+def _damaged_tiff(file: str, edit: int, mode: str, size: tuple, ext: str) -> dict:
+    """An ``image`` example: ``file`` re-encoded as a ``mode`` TIFF of ``size``, its bytes
+    damaged with seed ``edit``, renamed to ``ext``, then fine-tuned on."""
+    return {
+        "file": file,
+        "format": "tiff",
+        "edit": edit,
+        "bytes": True,
+        "mode": mode,
+        "size": size,
+        "command": "finetune",
+        "ext": ext,
+    }
+
+
 def _moment(seeds) -> tuple:
     ckpt = torch.load(seeds.halfway / "checkpoint.pt", weights_only=True)
     key = next(iter(ckpt["optimizer"]["state"]))
@@ -55,16 +70,7 @@ def test_an_optimizer_group_lacking_a_setting_is_refused_before_training(seeds, 
 def test_a_refused_image_is_one_line_without_the_decoders_warnings(seeds, tmp_path):
     """Found: a damaged TIFF (named .jpg) in a training folder was refused with its one line,
     followed by PIL's "warning: Tag data larger than file. Skipping tag 284" — two lines."""
-    example = {
-        "file": "test/cat/2.png",
-        "format": "tiff",
-        "edit": 608,
-        "bytes": True,
-        "mode": "CMYK",
-        "size": (3, 3),
-        "command": "finetune",
-        "ext": ".jpg",
-    }
+    example = _damaged_tiff("test/cat/2.png", 608, "CMYK", (3, 3), ".jpg")
     run = _run(seeds, "image", example, tmp_path)
     assert run.result.exit_code == 2 and "cannot read image" in run.result.stderr
 
@@ -75,16 +81,7 @@ def test_a_refused_image_is_one_line_without_the_decoders_log_records(seeds, tmp
     which Python's last-resort handler printed on stderr — two lines."""
     # as on the command line: no logging configured (pytest's capture handlers would take it)
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
-    example = {
-        "file": "val/cat/2.png",
-        "format": "tiff",
-        "edit": 68969,
-        "bytes": True,
-        "mode": "RGBA",
-        "size": (1, 1),
-        "command": "finetune",
-        "ext": ".png",
-    }
+    example = _damaged_tiff("val/cat/2.png", 68969, "RGBA", (1, 1), ".png")
     run = _run(seeds, "image", example, tmp_path)
     assert run.result.exit_code == 2 and "cannot read image" in run.result.stderr
 
@@ -113,15 +110,6 @@ def test_an_image_too_elongated_to_resize_is_refused_in_one_line(seeds, tmp_path
     """Found: a damaged 1-bit TIFF (named .jpg) in a test folder decoded as a 1-pixel-wide
     strip; resizing its shorter side to the model's size overflowed PIL (OverflowError: signed
     integer is greater than maximum, a traceback, exit 1)."""
-    example = {
-        "file": "test/cat/5.png",
-        "format": "tiff",
-        "edit": 342,
-        "bytes": True,
-        "mode": "1",
-        "size": (1, 1),
-        "command": "finetune",
-        "ext": ".jpg",
-    }
+    example = _damaged_tiff("test/cat/5.png", 342, "1", (1, 1), ".jpg")
     run = _run(seeds, "image", example, tmp_path)
     assert run.result.exit_code == 2 and "5.jpg" in run.result.stderr
