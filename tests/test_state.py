@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from nctune.config import load_recipe
 from nctune.data import DataSplits
+from nctune.errors import ArtifactError
 from nctune.finetune import prepare
 from nctune.training.checkpoint import CHECKPOINT, load_checkpoint
 from nctune.training.optim import make_optimizer, no_weight_decay_ids
@@ -61,3 +63,66 @@ def test_save_then_restore_gives_back_the_same_state(tmp_path):
     # the restored state saves the very document the original saved
     assert other.checkpoint(back).keys() == state.checkpoint(sums).keys()
     assert other.checkpoint(back)["history"] == state.checkpoint(sums)["history"]
+
+
+def _stepped_checkpoint(tmp_path) -> dict:
+    """The document of a state whose optimizer (AdamW) took one step."""
+    state, splits = fresh_state(seed=0)
+    x, y = next(iter(torch.utils.data.DataLoader(splits.train, batch_size=8)))
+    F.cross_entropy(state.model(x), y).backward()
+    state.optimizer.step()
+    state.save(tmp_path)
+    return torch.load(tmp_path / CHECKPOINT, weights_only=True)
+
+
+def _tampered(doc: dict, how: str) -> None:
+    groups, moments = doc["optimizer"]["param_groups"], doc["optimizer"]["state"]
+    if how == "fused-number":  # the fuzzer's 8th finding (SGD there; torch's fused path)
+        groups[-1]["fused"] = -1.8e16
+    elif how == "fused-flag":
+        groups[0]["fused"] = True
+    elif how == "amsgrad":  # AdamW's step would read a max_exp_avg_sq no parameter has
+        groups[0]["amsgrad"] = True
+    elif how == "one-moment-missing":  # AdamW's step: KeyError 'exp_avg'
+        del moments[next(iter(moments))]["exp_avg"]
+    elif how == "every-moment-missing":
+        for slot in moments.values():
+            del slot["exp_avg_sq"]
+    else:  # pragma: no cover
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "how, names",
+    [
+        ("fused-number", ["param_groups.1", "fused"]),
+        ("fused-flag", ["param_groups.0", "fused"]),
+        ("amsgrad", ["param_groups.0", "amsgrad"]),
+        ("one-moment-missing", ["optimizer", "exp_avg"]),
+        ("every-moment-missing", ["optimizer", "exp_avg_sq"]),
+    ],
+)
+def test_an_optimizer_state_its_step_would_fail_on_is_refused(tmp_path, how, names):
+    """A group's algorithm flags (fused, amsgrad, …) must be the run's own, and a parameter
+    with moments must have every moment its optimizer's step reads."""
+    doc = _stepped_checkpoint(tmp_path)
+    _tampered(doc, how)
+    torch.save(doc, tmp_path / CHECKPOINT)
+    other, _ = fresh_state(seed=1)
+    other.restore(load_checkpoint(tmp_path), tmp_path / CHECKPOINT)
+    with pytest.raises(ArtifactError) as err:
+        other.restore_optimizer("main")
+    line = str(err.value)
+    assert "\n" not in line and all(name in line for name in names), line
+
+
+def test_a_parameter_without_moments_resumes_as_a_fresh_one(tmp_path):
+    """A parameter that never got a gradient has no moments: that is no damage."""
+    doc = _stepped_checkpoint(tmp_path)
+    moments = doc["optimizer"]["state"]
+    moments.pop(next(iter(moments)))
+    torch.save(doc, tmp_path / CHECKPOINT)
+    other, _ = fresh_state(seed=1)
+    other.restore(load_checkpoint(tmp_path), tmp_path / CHECKPOINT)
+    other.restore_optimizer("main")
+    assert len(other.optimizer.state) == len(moments)

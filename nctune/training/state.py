@@ -46,20 +46,36 @@ def _kind(value: Any) -> str:
 
 def _odd_setting(ref: dict[str, Any], group: dict[str, Any]) -> str | None:
     """What of a loaded parameter group the optimizer's step would fail on: a setting of a
-    fresh group missing, of another kind (a number, a flag, a tuple), or not finite."""
+    fresh group missing, of another kind (a number, a tuple), not finite, or a flag that
+    picks the algorithm (``fused``, ``amsgrad``: a bool or unset) other than the run's own
+    (the recipe is the same, so a saved group's flags are too)."""
     for key, want in ref.items():
         if key == "params":
             continue
         if key not in group:
             return f"lacks {key}"
         got = group[key]
-        if _kind(want) not in (_kind(got), "None"):
+        if isinstance(want, bool) or want is None:
+            if got is not want and not (isinstance(got, bool) and got == want):
+                return f"its {key} is {got!r:.40}, not this run's {want}"
+            continue
+        if _kind(want) != _kind(got):
             return f"its {key} is {got!r:.40}, not a {_kind(want)}"
         if _kind(got) == "number" and not math.isfinite(got):
             return f"its {key} is {got}, not finite"
         if isinstance(want, (tuple, list)) and len(want) != len(got):
             return f"its {key} has {len(got)} values, not {len(want)}"
     return None
+
+
+def _moments(kind: type[torch.optim.Optimizer], settings: dict[str, Any]) -> set[str]:
+    """The names of the moments an optimizer of ``kind`` with a group's ``settings`` keeps
+    for each parameter: one step on a one-element stand-in shows them."""
+    p = torch.zeros(1, requires_grad=True)
+    p.grad = torch.zeros(1)
+    probe = kind([{**settings, "params": [p]}])
+    probe.step()
+    return set(probe.state[p])
 
 
 @dataclass
@@ -284,7 +300,8 @@ class TrainState:
 
         Raises:
             ArtifactError: the optimizer's or scaler's state does not fit this phase's
-                parameters (other groups, other ids, a moment of another shape): one line,
+                parameters (other groups, other ids, a moment missing or of another
+                shape, a flag such as ``fused`` other than the run's): one line,
                 before the phase's first step.
         """
         if self.resumed is None or self.resumed.phase != phase:
@@ -303,10 +320,17 @@ class TrainState:
             odd = _odd_setting(ref, group)  # torch loads a group's settings as they are
             if odd is not None:
                 raise damaged(path, f"optimizer.param_groups.{i}", odd)
-        # a moment of another shape (or no tensor) would only fail inside the first step
-        for group in self.optimizer.param_groups:
+            # a moment missing, of another shape or no tensor would only fail inside the
+            # first step; a parameter without moments (it never had a gradient) starts afresh
+            need = _moments(type(self.optimizer), ref)
             for p in group["params"]:
-                for name, value in self.optimizer.state.get(p, {}).items():
+                moments = self.optimizer.state.get(p, {})
+                lacks = sorted(need - moments.keys()) if moments else []
+                if lacks:
+                    raise damaged(
+                        path, "optimizer", f"a parameter of group {i} lacks its {lacks[0]}"
+                    )
+                for name, value in moments.items():
                     # a moment is a tensor (SGD's unused momentum buffer: None); only a
                     # step count may be a plain number (older torch saved it so)
                     number = name == "step" and isinstance(value, (int, float))

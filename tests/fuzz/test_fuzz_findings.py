@@ -67,6 +67,19 @@ def test_an_optimizer_group_lacking_a_setting_is_refused_before_training(seeds, 
     assert run.result.exit_code == 2 and "momentum" in run.result.stderr
 
 
+def test_a_group_setting_that_switches_the_optimizer_path_is_refused(seeds, tmp_path):
+    """Found: a group's ``fused`` changed from None to a number (-1.8e16), with one
+    parameter's momentum buffer deleted, passed the checks; torch's fused SGD step then
+    raised (TypeError: expected Tensor as element 2 in argument 2, but got NoneType)."""
+    ckpt, _ = _moment(seeds)
+    doc = _skeleton(ckpt)
+    group = doc["optimizer"]["param_groups"][1]
+    del doc["optimizer"]["state"][group["params"][0]]["momentum_buffer"]
+    group["fused"] = -1.8e16
+    run = _run(seeds, "checkpoint", {"kind": "tree", "doc": doc}, tmp_path)
+    assert run.result.exit_code == 2 and "fused" in run.result.stderr
+
+
 def test_a_refused_image_is_one_line_without_the_decoders_warnings(seeds, tmp_path):
     """Found: a damaged TIFF (named .jpg) in a training folder was refused with its one line,
     followed by PIL's "warning: Tag data larger than file. Skipping tag 284" — two lines."""
