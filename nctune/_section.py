@@ -42,6 +42,11 @@ MAX_IMAGE_SIZE = 4096
 MIN_CROP_PCT = 0.5
 MAX_CROP_PCT = 2.0
 
+#: Most classes a saved model's classifier (and its backbone's recorded head) may have:
+#: ImageNet-22k has 21,843; at 10^5 rows a 2048-wide head is 0.8 GB. A tampered count
+#: (10^11) would make rebuilding the model allocate a classifier no machine holds.
+MAX_CLASSES = 100_000
+
 
 class Section(BaseModel):
     """Base of every recipe section: no unknown keys, validated on assignment too.

@@ -22,9 +22,22 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from nctune._section import MAX_CROP_PCT, MAX_IMAGE_SIZE, MIN_CROP_PCT, MIN_IMAGE_SIZE
+from nctune._section import (
+    MAX_CLASSES,
+    MAX_CROP_PCT,
+    MAX_IMAGE_SIZE,
+    MIN_CROP_PCT,
+    MIN_IMAGE_SIZE,
+)
 from nctune.errors import ArtifactError, NctuneError
 
 
@@ -395,7 +408,25 @@ class _BackboneMeta(_Meta):
     model_config = ConfigDict(strict=True, extra="allow")  # Backbone.metadata() may grow
     spec: str = Field(min_length=1)
     num_classes: str = Field(pattern=r"^[0-9]+$")  # safetensors metadata values are strings
-    model_kwargs: str = "{}"
+    model_kwargs: str = "{}"  # a JSON object: the model factory's keyword arguments
+
+    @field_validator("num_classes")
+    @classmethod
+    def _bounded(cls, v: str) -> str:
+        if int(v) > MAX_CLASSES:
+            raise ValueError(f"at most {MAX_CLASSES} classes, got {v:.20}")
+        return v
+
+    @field_validator("model_kwargs")
+    @classmethod
+    def _mapping(cls, v: str) -> str:
+        try:
+            kwargs = json.loads(v)
+        except ValueError:
+            kwargs = None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"must be a mapping of keyword arguments (got {v!r:.40})")
+        return v
 
 
 class _ConfigMeta(_Meta):
@@ -404,7 +435,7 @@ class _ConfigMeta(_Meta):
     backbone: _BackboneMeta
     backbone_spec: str | None = None
     classifier_name: str | None = None
-    num_classes: int = Field(ge=1)
+    num_classes: int = Field(ge=1, le=MAX_CLASSES)
     skip_block: str | None
     token_pool: Literal["cls", "mean"]
     head_dropout: float = Field(ge=0.0, lt=1.0)

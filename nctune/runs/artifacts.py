@@ -135,7 +135,8 @@ def load_finetuned(path: str | Path, device: str = "cpu") -> TunedModel:
     Raises:
         ArtifactError: no model file at ``path``, a file that is not an nctune fine-tuned
             model (unreadable), metadata that does not match the schema :func:`save_model`
-            writes (a missing, extra or mistyped field, a negative ``num_classes``, bad JSON,
+            writes (a missing, extra or mistyped field, a ``num_classes`` below 1 or above
+            :data:`~nctune._section.MAX_CLASSES`, ``model_kwargs`` that are no mapping, bad JSON,
             another format version, an unknown ``interpolation``, a class named twice, an
             image side or ``crop_pct`` outside :mod:`nctune._section`'s bounds; the message
             names the field), weights that do not fit the recorded

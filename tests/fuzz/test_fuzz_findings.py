@@ -99,9 +99,8 @@ def test_a_refused_image_is_one_line_without_the_decoders_log_records(seeds, tmp
     assert run.result.exit_code == 2 and "cannot read image" in run.result.stderr
 
 
-def test_a_model_whose_mean_has_two_values_is_refused_in_one_line(seeds, tmp_path):
-    """Found: a model file's metadata with ``input_config.mean`` (and ``std``) of two values
-    passed the metadata checks and failed building the transform (ValueError, exit 1)."""
+def _model_doc(seeds) -> dict:
+    """The seed model file's metadata, each JSON value decoded."""
     import json
 
     from tests.fuzz.targets import _metadata
@@ -112,11 +111,46 @@ def test_a_model_whose_mean_has_two_values_is_refused_in_one_line(seeds, tmp_pat
             doc[k] = json.loads(v)
         except ValueError:  # a plain string value
             doc[k] = v
+    return doc
+
+
+def test_a_model_whose_mean_has_two_values_is_refused_in_one_line(seeds, tmp_path):
+    """Found: a model file's metadata with ``input_config.mean`` (and ``std``) of two values
+    passed the metadata checks and failed building the transform (ValueError, exit 1)."""
+    doc = _model_doc(seeds)
     doc["config"]["input_config"]["mean"] = [0.485, 0.406]
     doc["config"]["input_config"]["std"] = [0.229, 0.224]
     example = {"where": "safetensors", "edit": {"doc": doc, "raw": None}, "command": "predict"}
     run = _run(seeds, "metadata", example, tmp_path)
     assert run.result.exit_code == 2 and "input_config" in run.result.stderr
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("backbone.model_kwargs", "787"),  # found: JSON, but no mapping (TypeError, exit 1)
+        ("backbone.model_kwargs", "[1, 2]"),
+        ("backbone.model_kwargs", "not json"),
+        ("backbone.num_classes", "99999999999"),  # a classifier of 10^11 rows (RuntimeError)
+        ("num_classes", 10**11),
+    ],
+    ids=["number", "list", "text", "huge-backbone-head", "huge-head"],
+)
+def test_a_model_whose_architecture_metadata_is_damaged_is_refused_in_one_line(
+    seeds, tmp_path, field, value
+):
+    """Found: ``config.backbone.model_kwargs`` edited from ``'{}'`` to ``'787'`` passed the
+    metadata checks; rebuilding the architecture then raised ``TypeError: 'int' object is
+    not a mapping`` (exit 1). A class count of 10^11 failed the same way (a RuntimeError)."""
+    doc = _model_doc(seeds)
+    *parents, key = field.split(".")
+    section = doc["config"]
+    for name in parents:
+        section = section[name]
+    section[key] = value
+    example = {"where": "safetensors", "edit": {"doc": doc, "raw": None}, "command": "predict"}
+    run = _run(seeds, "metadata", example, tmp_path)
+    assert run.result.exit_code == 2 and f"config.{field}" in run.result.stderr
 
 
 def test_an_image_too_elongated_to_resize_is_refused_in_one_line(seeds, tmp_path):
