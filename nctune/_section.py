@@ -23,7 +23,7 @@ MAX_INT = 2**31 - 1
 
 #: Smallest input side in pixels, wherever one is set or read: the recipe's
 #: ``data.image_size``, the side :func:`nctune.data.input_config.resolve_input_config`
-#: gives a run, and the input config a saved run records (``nctune.runs._io``).
+#: gives a run, and the input config a saved run records (``nctune.runs._model_meta``).
 MIN_IMAGE_SIZE = 8
 
 #: Largest input side in pixels: the recipe's ``data.image_size`` and the input config a

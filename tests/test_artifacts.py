@@ -103,6 +103,6 @@ def test_the_metadata_schema_knows_every_input_config_field():
     import dataclasses
 
     from nctune.backbones import InputConfig
-    from nctune.runs._io import _InputConfigMeta
+    from nctune.runs._model_meta import _InputConfigMeta
 
     assert set(_InputConfigMeta.model_fields) == {f.name for f in dataclasses.fields(InputConfig)}

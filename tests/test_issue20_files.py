@@ -168,7 +168,7 @@ def test_timm_crop_pcts_above_one_still_load(run_copy):
 def test_the_interpolation_names_are_torchvisions():
     from torchvision.transforms import InterpolationMode
 
-    from nctune.runs._io import INTERPOLATIONS
+    from nctune.runs._model_meta import INTERPOLATIONS
 
     assert set(INTERPOLATIONS) == {m.value for m in InterpolationMode}
 

@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from nctune.errors import ArtifactError, BackboneError, one_line
-from nctune.runs._io import parse_run_metadata
+from nctune.runs._model_meta import parse_run_metadata
 
 __all__ = [
     "load_state_dict_file",
@@ -178,7 +178,7 @@ def read_run_model(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any],
 
     Raises:
         ArtifactError: not a safetensors file, or metadata that fails
-            :func:`nctune.runs._io.parse_run_metadata` (the same line
+            :func:`nctune.runs._model_meta.parse_run_metadata` (the same line
             :func:`nctune.runs.artifacts.load_finetuned` gives, naming the field).
     """
     try:

@@ -30,9 +30,9 @@ from nctune.runs._io import (
     atomic_write_json,
     atomic_write_text,
     jsonable,
-    parse_run_metadata,
     replacing,
 )
+from nctune.runs._model_meta import parse_run_metadata
 from nctune.taps import resolve_device
 from nctune.training.heads import TunedModel
 
