@@ -160,3 +160,11 @@ def test_an_image_too_elongated_to_resize_is_refused_in_one_line(seeds, tmp_path
     example = _damaged_tiff("test/cat/5.png", 342, "1", (1, 1), ".jpg")
     run = _run(seeds, "image", example, tmp_path)
     assert run.result.exit_code == 2 and "5.jpg" in run.result.stderr
+
+
+def test_a_set_value_with_a_nul_byte_reaches_the_command(seeds, tmp_path):
+    """Found (a harness error, not nctune's): the campaign's cost check stat-ed a
+    ``data.path`` holding a NUL byte (ValueError: embedded null byte) before the command
+    ran. nctune itself refuses such a path in one line."""
+    run = _run(seeds, "set", ["data.source=imagefolder", "data.path==\x08*\x00¶"], tmp_path)
+    assert run.result.exit_code == 2 and "data.path" in run.result.stderr
