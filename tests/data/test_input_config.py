@@ -34,7 +34,7 @@ def test_the_recipe_side_wins_and_the_rest_is_the_backbones():
 
 
 def test_one_bound_on_the_side_everywhere():
-    from nctune.runs._io import _InputConfigMeta
+    from nctune.runs._model_meta import _InputConfigMeta
 
     assert _bound(DataConfig, "image_size") == MIN_IMAGE_SIZE
     assert _bound(_InputConfigMeta, "image_size") == MIN_IMAGE_SIZE
